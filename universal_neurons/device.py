@@ -1,0 +1,57 @@
+"""Device and dtype handling, in one place.
+
+Scripts take the original's flags (--device, --model_1_device, --correlation_device, ...);
+each is passed through `resolve_device`, so 'cuda' on a machine without a GPU fails with one
+clear message instead of a stack trace deep inside torch.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float64": torch.float64, "fp64": torch.float64, "64": torch.float64,
+}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto'/None -> cuda if available else cpu; validates cuda/mps requests."""
+    if device is None or str(device) == "auto":
+        return torch.device(default_device())
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} requested but CUDA is not available on this machine "
+                            "(install a CUDA build of torch, or pass --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r} requested but MPS is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
