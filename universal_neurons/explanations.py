@@ -1,0 +1,215 @@
+"""Explaining neurons by boolean token features: variance reduction.
+
+For a neuron's activation a over T tokens and a boolean feature F,
+
+    VR = (Var(a) - [p_F Var(a | F) + p_notF Var(a | not F)]) / Var(a)
+
+(population variances, p_F = share of tokens with F). The within-group sum of squares is the
+total minus the between-group one, so with n = T, n1 = #F, n0 = n - n1 and the centred
+activations x = a - mean(a):
+
+    VR = between / total = n * c^2 / (n1 * n0 * sum(x^2)),   c = sum_{F} x = n * cov(a, F)
+
+i.e. the squared point-biserial correlation of a with F. This form needs only the counts
+F^T 1, the sums F^T x and the per-neuron sum of squares: one GEMM [F, T] x [T, N] per batch for
+all neurons and features, no sums of squares per feature, and no difference of two large
+within-group terms (the cancellation the direct formula suffers when VR is small).
+
+Everything is accumulated in float64 over batches of tokens, with activations shifted by the
+first batch's mean (`x = a - shift`, with the exact correction for the residual mean), so a
+neuron with a large mean keeps its precision.
+
+Degenerate cases give NaN: a constant (or dead) neuron (Var(a) = 0), a feature true on no token
+or on every token (p_F in {0, 1}), no tokens at all, or NaN activations.
+
+`prev_token` VR uses the feature of the previous token in the same sequence: pairs
+(position t-1, position t) where both positions are kept by the token mask; the first kept
+position of a sequence has no previous token and is left out.
+
+Artifacts: `$RESULTS_DIR/explanations/<model>/<dataset>/<type>_feature/layer_<l>/`
+variance_reduction.csv and prev_token_variance_reduction.csv, rows 'l.n', columns features.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .paths import atomic_path, explanation_dir, model_dirname
+
+VR_FILE = "variance_reduction.csv"
+PREV_VR_FILE = "prev_token_variance_reduction.csv"
+
+
+class VarianceReduction:
+    """Streaming variance reduction of N neurons by F boolean features.
+
+    update(acts [T, N], features [T, F]) any number of times, then result() -> [N, F] float64.
+    `add_features(k)` appends k features that were false on every token seen so far (their
+    statistics start at zero, which is exact), for feature sets discovered while streaming.
+    """
+
+    def __init__(self, n_neurons: int, n_features: int, device: str | torch.device = "cpu"):
+        kw = dict(dtype=torch.float64, device=device)
+        self.device = torch.device(device)
+        self.n = 0
+        self.shift: torch.Tensor | None = None  # [N] the first batch's mean
+        self.sum = torch.zeros(n_neurons, **kw)  # [N] sum of x
+        self.sumsq = torch.zeros(n_neurons, **kw)  # [N] sum of x^2
+        self.min = torch.full((n_neurons,), torch.inf, **kw)
+        self.max = torch.full((n_neurons,), -torch.inf, **kw)
+        self.count = torch.zeros(n_features, **kw)  # [F] tokens with the feature
+        self.fsum = torch.zeros(n_features, n_neurons, **kw)  # [F, N] sum of x over tokens with it
+
+    def add_features(self, k: int) -> None:
+        if k > 0:
+            self.count = torch.cat([self.count, self.count.new_zeros(k)])
+            self.fsum = torch.cat([self.fsum, self.fsum.new_zeros(k, self.fsum.shape[1])])
+
+    def update(self, acts, features) -> None:
+        """acts: [T, N] activations; features: [T, F] bool/0-1 (F may be fewer than the
+        accumulator's features: the missing trailing ones are false on these tokens)."""
+        a = torch.as_tensor(acts).to(self.device, torch.float64)
+        f = torch.as_tensor(features).to(self.device, torch.float64)
+        if a.ndim != 2 or f.ndim != 2 or a.shape[0] != f.shape[0] or a.shape[1] != self.sum.shape[0] \
+                or f.shape[1] > self.count.shape[0]:
+            raise ValueError(f"expected acts [T, {self.sum.shape[0]}] and features [T, <= {self.count.shape[0]}], "
+                             f"got {tuple(a.shape)} and {tuple(f.shape)}")
+        if a.shape[0] == 0:
+            return
+        if self.shift is None:
+            self.shift = a.mean(0)
+            self.shift = torch.where(torch.isfinite(self.shift), self.shift, 0.0)
+        x = a - self.shift
+        self.n += a.shape[0]
+        self.sum += x.sum(0)
+        self.sumsq += (x * x).sum(0)
+        self.min = torch.minimum(self.min, a.min(0).values)  # NaN propagates: a NaN neuron stays NaN
+        self.max = torch.maximum(self.max, a.max(0).values)
+        k = f.shape[1]
+        self.count[:k] += f.sum(0)
+        self.fsum[:k] += f.T @ x
+
+    def result(self) -> torch.Tensor:
+        """[N, F] float64 variance reductions (NaN for the degenerate cases above)."""
+        n = float(self.n)
+        if n == 0:
+            return torch.full((self.sum.shape[0], self.count.shape[0]), torch.nan, dtype=torch.float64)
+        mean_x = self.sum / n  # [N] residual mean after the shift (small)
+        total = self.sumsq - self.sum * mean_x  # [N] sum of squared deviations
+        c = self.fsum - self.count[:, None] * mean_x[None, :]  # [F, N] sum over F of deviations
+        n1, n0 = self.count, n - self.count
+        vr = n * c.square() / (n1 * n0)[:, None] / total[None, :]
+        degenerate = (n1 == 0) | (n0 == 0)
+        constant = ~(self.max > self.min)  # also True when min/max are NaN
+        vr[degenerate, :] = torch.nan
+        vr[:, constant] = torch.nan
+        return vr.T.cpu()
+
+
+def variance_reduction(acts, features) -> np.ndarray:
+    """acts [T, N] activations, features [T, F] bool -> [N, F] float64 variance reductions."""
+    acts = torch.as_tensor(np.asarray(acts) if not torch.is_tensor(acts) else acts)
+    features = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
+    vr = VarianceReduction(acts.shape[1], features.shape[1])
+    vr.update(acts, features)
+    return vr.result().numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# A layer's (or any neuron set's) explanation over token sequences
+# ------------------------------------------------------------------------------------------------
+
+
+class SequenceExplainer:
+    """Current- and previous-token VR accumulated over batches of sequences.
+
+    update(acts [B, P, N], features [B, P, F] bool, mask [B, P] bool): positions with mask False
+    (BOS, padding) are left out; the previous-token statistics pair position t with t-1 when both
+    are kept.
+    """
+
+    def __init__(self, n_neurons: int, n_features: int, device: str | torch.device = "cpu"):
+        self.current = VarianceReduction(n_neurons, n_features, device)
+        self.previous = VarianceReduction(n_neurons, n_features, device)
+
+    def add_features(self, k: int) -> None:
+        self.current.add_features(k)
+        self.previous.add_features(k)
+
+    def update(self, acts, features, mask=None) -> None:
+        acts = torch.as_tensor(acts)
+        features = torch.as_tensor(features)
+        mask = torch.ones(acts.shape[:2], dtype=torch.bool) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        mask = mask.to(acts.device)
+        features = features.to(acts.device)
+        self.current.update(acts[mask], features[mask])
+        pair = mask[:, 1:] & mask[:, :-1]  # [B, P-1]
+        self.previous.update(acts[:, 1:][pair], features[:, :-1][pair])
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.current.result(), self.previous.result()
+
+
+def neuron_index(layers, neurons) -> pd.Index:
+    """Row labels 'l.n' (the original's format)."""
+    return pd.Index([f"{l}.{n}" for l, n in zip(layers, neurons)], name="neuron")
+
+
+def vr_frame(vr, layers, neurons, feature_names) -> pd.DataFrame:
+    """[N, F] values -> DataFrame indexed 'l.n', one column per feature."""
+    return pd.DataFrame(np.asarray(vr, dtype=np.float64), index=neuron_index(layers, neurons),
+                        columns=pd.Index(list(feature_names), name="feature"))
+
+
+def vocab_feature_matrix(vocab_df: pd.DataFrame) -> tuple[torch.Tensor, list[str]]:
+    """The boolean columns of a vocab df as a [vocab, F] bool tensor, and their names."""
+    names = [c for c in vocab_df.columns if vocab_df[c].dtype == bool]
+    return torch.tensor(vocab_df[names].to_numpy(dtype=bool)), names
+
+
+def explain_layer(acts, tokens, vocab_df: pd.DataFrame, mask=None, layer: int = 0,
+                  neurons=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Token-feature explanations of one layer from arrays (no model needed).
+
+    acts: [B, P, N] activations of the layer's neurons `neurons` (default 0..N-1); tokens:
+    [B, P] ids; vocab_df: `analysis.vocab_df.make_vocab_df` table (bool columns = features,
+    looked up by token id); mask: [B, P] bool positions to use (default all).
+    Returns (variance_reduction, prev_token_variance_reduction), DataFrames [N, F] indexed 'l.n'.
+    """
+    acts = torch.as_tensor(acts)
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    table, names = vocab_feature_matrix(vocab_df)
+    if int(tokens.max()) >= table.shape[0] or int(tokens.min()) < 0:
+        raise ValueError(f"token id {int(tokens.max())} outside the vocab df's {table.shape[0]} rows")
+    neurons = list(range(acts.shape[-1])) if neurons is None else list(neurons)
+    ex = SequenceExplainer(acts.shape[-1], len(names))
+    ex.update(acts, table[tokens], mask)
+    cur, prev = ex.result()
+    layers = [layer] * len(neurons)
+    return vr_frame(cur, layers, neurons, names), vr_frame(prev, layers, neurons, names)
+
+
+def layer_dir(model: str, dataset: str, feature_type: str, layer: int) -> Path:
+    return explanation_dir() / model_dirname(model) / dataset / f"{feature_type}_feature" / f"layer_{layer}"
+
+
+def write_layer(vr: pd.DataFrame, prev_vr: pd.DataFrame, model: str, dataset: str, feature_type: str,
+                layer: int) -> Path:
+    """Write one layer's two CSVs atomically; returns the folder."""
+    out = layer_dir(model, dataset, feature_type, layer)
+    for frame, name in ((vr, VR_FILE), (prev_vr, PREV_VR_FILE)):
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp)
+    return out
+
+
+def read_vr_csv(path: str | Path) -> pd.DataFrame:
+    """A variance-reduction CSV; the 'l.n' labels stay strings ('3.10' must not become 3.1)."""
+    return pd.read_csv(path, index_col=0, dtype={0: str})
+
+
+def read_layer(model: str, dataset: str, feature_type: str, layer: int, prev: bool = False) -> pd.DataFrame:
+    return read_vr_csv(layer_dir(model, dataset, feature_type, layer) / (PREV_VR_FILE if prev else VR_FILE))
