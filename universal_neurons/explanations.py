@@ -213,3 +213,172 @@ def read_vr_csv(path: str | Path) -> pd.DataFrame:
 
 def read_layer(model: str, dataset: str, feature_type: str, layer: int, prev: bool = False) -> pd.DataFrame:
     return read_vr_csv(layer_dir(model, dataset, feature_type, layer) / (PREV_VR_FILE if prev else VR_FILE))
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole datasets: the explain.py pipeline
+# ------------------------------------------------------------------------------------------------
+
+
+def select_neurons(n_layers: int, d_mlp: int, layer: int = -1, neuron_df_path: str | Path | None = None
+                   ) -> dict[int, np.ndarray]:
+    """Neurons to explain, {layer: neuron indices}: every neuron of `layer` (-1 = all layers), or
+    only the rows (columns `layer`, `neuron`) of the CSV at `neuron_df_path` in those layers."""
+    from .errors import UserError
+
+    if layer != -1 and not 0 <= layer < n_layers:
+        raise UserError(f"--layer {layer} is out of range for a model with {n_layers} layers (use -1 for all)")
+    layers = range(n_layers) if layer == -1 else [layer]
+    if neuron_df_path is None:
+        return {l: np.arange(d_mlp) for l in layers}
+    try:
+        df = pd.read_csv(neuron_df_path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"cannot read neuron dataframe {neuron_df_path}: {e}") from None
+    if not {"layer", "neuron"} <= set(df.columns):
+        raise UserError(f"{neuron_df_path} needs 'layer' and 'neuron' columns (has {list(df.columns)[:8]})")
+    bad = df[(df.layer < 0) | (df.layer >= n_layers) | (df.neuron < 0) | (df.neuron >= d_mlp)]
+    if len(bad):
+        raise UserError(f"{neuron_df_path}: neuron {bad.layer.iloc[0]}.{bad.neuron.iloc[0]} is out of range for "
+                        f"a model with {n_layers} layers x {d_mlp} neurons")
+    chosen = {l: np.unique(df.neuron[df.layer == l].to_numpy(dtype=np.int64)) for l in layers}
+    chosen = {l: n for l, n in chosen.items() if len(n)}
+    if not chosen:
+        raise UserError(f"{neuron_df_path} lists no neurons in layer(s) {list(layers)}")
+    return chosen
+
+
+def explain_batches(batches, neurons: dict[int, np.ndarray], feature_type: str = "token", vocab_df=None,
+                    vocab: list[str] | None = None, nlp=None, device="cpu"
+                    ) -> dict[int, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Current/previous-token VR of the chosen neurons over a stream of batches (no model needed).
+
+    batches: iterable of (tokens [B, P] ids, acts [B, P, L, D] or {layer: [B, P, n_chosen]}, mask
+    [B, P] bool); neurons: {layer: neuron indices} (`select_neurons`); feature_type 'token' uses the
+    bool columns of `vocab_df` looked up by token id, 'sequence' tags the text with the spaCy
+    pipeline `nlp` (`analysis.sequence_features`), `vocab` being the decoded vocabulary.
+    Returns {layer: (variance_reduction, prev_token_variance_reduction)} DataFrames indexed 'l.n'.
+    """
+    device = torch.device(device)
+    if feature_type == "token":
+        table, names = vocab_feature_matrix(vocab_df)
+        table = table.to(device)
+    elif feature_type == "sequence":
+        from analysis.sequence_features import sequence_features
+
+        seq_names: dict[str, int] = {}
+    else:
+        raise ValueError(f"unknown feature type {feature_type!r}")
+    n_features = len(names) if feature_type == "token" else 0
+    explainers = {l: SequenceExplainer(len(n), n_features, device) for l, n in neurons.items()}
+    index = {l: torch.as_tensor(n, dtype=torch.long, device=device) for l, n in neurons.items()}
+    for tokens, acts, mask in batches:
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        mask = torch.as_tensor(mask, dtype=torch.bool).to(device)
+        if feature_type == "token":
+            feats = table[tokens.to(device)]
+        else:
+            before = len(seq_names)
+            feats, _ = sequence_features(tokens.numpy(), vocab, nlp, mask.cpu().numpy(), seq_names)
+            feats = torch.from_numpy(feats).to(device)
+            for ex in explainers.values():
+                ex.add_features(len(seq_names) - before)
+        for l, ex in explainers.items():
+            layer_acts = acts[l] if isinstance(acts, dict) else torch.as_tensor(acts)[:, :, l].to(device)[..., index[l]]
+            ex.update(torch.as_tensor(layer_acts).to(device), feats, mask)
+    if feature_type == "sequence":
+        names = sorted(seq_names, key=seq_names.get)
+    out = {}
+    for l, ex in explainers.items():
+        cur, prev = ex.result()
+        layers = [l] * len(neurons[l])
+        out[l] = (vr_frame(cur, layers, neurons[l], names), vr_frame(prev, layers, neurons[l], names))
+    return out
+
+
+def cached_activation_batches(activation_path: str | Path, model: str, dataset: str, neurons: dict[int, np.ndarray],
+                              n_rows: int, ctx: int, batch_size: int):
+    """Yield {layer: [B, ctx, n_chosen] float32} from activations.py's neuron files.
+
+    Looks for `{l}.{n}.pt` (fp16 [n_seq * ctx], flat index seq * ctx + pos) in
+    `<activation_path>/<model>/<dataset>/`, else in `<activation_path>/` itself; files are
+    memory-mapped, so only each batch's rows are read.
+    """
+    from .errors import UserError
+
+    folder = Path(activation_path) / model_dirname(model) / dataset
+    if not folder.is_dir():
+        folder = Path(activation_path)
+    files = {(l, n): folder / f"{l}.{n}.pt" for l, ns in neurons.items() for n in ns.tolist()}
+    missing = [f"{l}.{n}" for (l, n), p in files.items() if not p.is_file()]
+    if missing:
+        raise UserError(f"no cached activations for {len(missing)} neuron(s) ({', '.join(missing[:5])}, ...) in "
+                        f"{folder}: run activations.py --model {model} --token_dataset {dataset} "
+                        f"--neuron_subset_file <csv> first, or leave out --activation_path to compute them")
+    flat = {}
+    for key, path in files.items():
+        t = torch.load(path, mmap=True, weights_only=True)
+        if t.numel() < n_rows * ctx:
+            raise UserError(f"{path} holds {t.numel()} activations, fewer than the {n_rows} x {ctx} tokens "
+                            f"of {dataset}: it was cached for another dataset")
+        flat[key] = t.reshape(-1)[: n_rows * ctx].view(n_rows, ctx)
+    for lo in range(0, n_rows, batch_size):
+        hi = min(lo + batch_size, n_rows)
+        yield {l: torch.stack([flat[l, n][lo:hi].float() for n in ns.tolist()], dim=-1) for l, ns in neurons.items()}
+
+
+def run_explanations(model_name: str, dataset: str, feature_type: str = "token", layer: int = -1,
+                     neuron_df_path: str | None = None, activation_path: str | None = None, batch_size: int = 32,
+                     device: str | None = None, n_seq: int = -1, location: str = "mlp.hook_post",
+                     min_count: int = 3000, min_forms: int = 3, progress: bool = True) -> list[Path]:
+    """explain.py: explain a model's neurons on a token dataset; returns the layer folders written.
+
+    Activations are `blocks.{l}.<location>` computed by the model (or read from
+    `activation_path`); BOS/padding positions are left out (capture.token_mask). Token features
+    come from `analysis.vocab_df.make_vocab_df` with unigram counts taken from the same tokens.
+    """
+    from tqdm.auto import tqdm
+
+    from analysis.sequence_features import load_spacy
+    from analysis.vocab_df import decoded_vocab, make_vocab_df
+
+    from .capture import mlp_activations, token_mask
+    from .device import resolve_device
+    from .errors import UserError
+    from .models import load_model
+    from .token_datasets import load_token_dataset
+
+    if feature_type not in ("token", "sequence"):
+        raise UserError(f"unknown --feature_type {feature_type!r}: choose token or sequence")
+    nlp = load_spacy() if feature_type == "sequence" else None  # fail before loading anything big
+    dev = resolve_device(device)
+    model = load_model(model_name, device=str(dev))
+    neurons = select_neurons(model.cfg.n_layers, model.cfg.d_mlp, layer, neuron_df_path)
+    ds = load_token_dataset(dataset, model.family)
+    tokens = torch.as_tensor(np.asarray(ds["tokens"]), dtype=torch.long)
+    if n_seq > 0:
+        tokens = tokens[:n_seq]
+    mask = token_mask(tokens, model.tokenizer)
+    if feature_type == "token":
+        counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0])
+        vocab_df, vocab = make_vocab_df(model.tokenizer, model.W_E, model.W_U, counts.numpy(), min_count, min_forms), None
+    else:
+        vocab_df, vocab = None, decoded_vocab(model.tokenizer)
+
+    starts = range(0, len(tokens), batch_size)
+    cached = (cached_activation_batches(activation_path, model_name, dataset, neurons, len(tokens), tokens.shape[1],
+                                        batch_size) if activation_path else None)
+
+    def batches():
+        for lo in tqdm(starts, desc=f"explain {dataset}", disable=not progress):
+            batch = tokens[lo:lo + batch_size]
+            if cached is not None:
+                acts = next(cached)
+            else:
+                with torch.no_grad():
+                    full = mlp_activations(model, batch.to(dev), location=location)  # [B, P, L, D]
+                acts = {l: full[:, :, l, torch.as_tensor(ns, device=full.device)] for l, ns in neurons.items()}
+            yield batch, acts, mask[lo:lo + batch_size]
+
+    results = explain_batches(batches(), neurons, feature_type, vocab_df=vocab_df, vocab=vocab, nlp=nlp, device=dev)
+    return [write_layer(cur, prev, model_name, dataset, feature_type, l) for l, (cur, prev) in results.items()]
