@@ -53,13 +53,15 @@ def test_matches_brute_force_including_degenerate_cases():
     rng = np.random.default_rng(1)
     T = 500
     acts = rng.standard_normal((T, 6)) * np.array([1, 1e-3, 10, 1, 1, 1]) + np.array([0, 1e4, -5, 0, 0, 0])
-    acts[:, 3] = 7.25  # constant neuron
+    acts[:, 3] = 0.1  # constant neuron (0.1 * 500 is inexact in float64: the mean is off by an ulp)
     acts[:, 4] = np.maximum(acts[:, 4], 0)  # relu-like, half zeros
     acts[17, 5] = np.nan  # a NaN poisons only its own neuron
     feats = rng.random((T, 5)) < np.array([0.5, 0.01, 0.0, 1.0, 0.9])  # feature 2 never, 3 always
     feats[:, 1] = False
     feats[3, 1] = True  # a feature on one token
+    before = acts.copy()
     vr = variance_reduction(acts, feats)
+    np.testing.assert_array_equal(acts, before)  # the caller's float64 array is not modified in place
     ref = brute_matrix(acts, feats)
     assert np.array_equal(np.isnan(vr), np.isnan(ref))
     assert np.isnan(vr[3]).all() and np.isnan(vr[5]).all() and np.isnan(vr[:, 2:4]).all()
