@@ -415,7 +415,8 @@ def make_vocab_df(tokenizer, W_E=None, W_U=None, token_counts=None, min_count: i
         n = max(n, W_U.shape[1])
     tokens = tokens + [""] * (n - len(tokens))
     df = token_features(tokens)
-    special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) | {
+        i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
     df.insert(0, "is_special_token", np.isin(np.arange(n), sorted(special)))
     if token_counts is not None:
         df = pd.concat([df, unigram_features(tokens, token_counts, min_count, min_forms)], axis=1)

@@ -202,6 +202,20 @@ def test_decoded_vocab_of_byte_level_bpe(toy_tokenizer):
     assert all(vocab[i] == toy_tokenizer.decode([i]) for i in range(len(vocab)) if i != 0)
 
 
+def test_added_whitespace_tokens_like_pythia():
+    """GPT-NeoX (Pythia) adds literal runs of spaces as non-special tokens on top of its byte-level BPE."""
+    from universal_neurons.tokenizer import train_bpe
+
+    tok = train_bpe(TEXTS, 300)
+    tok.add_tokens(["    ", "\t\t"])
+    vocab = decoded_vocab(tok)
+    four, tabs = tok.convert_tokens_to_ids(["    ", "\t\t"])
+    assert vocab[four] == "    " and vocab[tabs] == "\t\t"
+    df = make_vocab_df(tok)
+    assert df.loc[four, "is_indent"] and df.loc[tabs, "contains_tab"]
+    assert not df.loc[four, "is_special_token"] and df.loc[tok.bos_token_id, "is_special_token"]
+
+
 def test_unigram_features_tiny_thresholds():
     tokens = ["the", " the", "The", " The", "THE", "cat", " cat", " Cat", "dog", " ", "\ufffd", " \ufffd", "\ufffd"]
     counts = np.array([5, 5, 1, 1, 1, 10, 10, 10, 100, 1000, 50, 50, 50])
