@@ -185,7 +185,8 @@ def explain_layer(acts, tokens, vocab_df: pd.DataFrame, mask=None, layer: int = 
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     table, names = vocab_feature_matrix(vocab_df)
     if int(tokens.max()) >= table.shape[0] or int(tokens.min()) < 0:
-        raise ValueError(f"token id {int(tokens.max())} outside the vocab df's {table.shape[0]} rows")
+        raise ValueError(f"token ids span [{int(tokens.min())}, {int(tokens.max())}], outside the vocab df's "
+                         f"{table.shape[0]} rows")
     neurons = list(range(acts.shape[-1])) if neurons is None else list(neurons)
     ex = SequenceExplainer(acts.shape[-1], len(names))
     ex.update(acts, table[tokens], mask)
