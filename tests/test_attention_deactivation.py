@@ -77,16 +77,15 @@ def tokens_for(model, n=4, seed=1):
     return t
 
 
-@pytest.mark.parametrize("restart", [True, False])
-def test_path_ablation_matches_attention_recomputed_by_hand(lm, restart):
+def test_path_ablation_matches_attention_recomputed_by_hand(lm):
     _, model = lm
     t = tokens_for(model)
     neurons = [(0, WRITER), (0, 11), (0, 40)]
+    before = model(t)
     abl = ad.PathAblation(model, LAYER, HEAD, neuron_chunk=2)  # 2 + 1: stacked and single passes
-    if not restart:
-        abl.restart = False
     out = abl.run(t, neurons)
-    assert abl.restart is restart  # the self-check accepted the start-at-layer shortcut on GPT-2
+    assert abl.checked  # the query self-check ran and passed
+    assert torch.equal(model(t), before)  # passes stopped early by an exception left no hook behind
     for nrn in neurons:
         a, d_bos, d_norm = by_hand(model, t, nrn)
         got_a, got_bos, got_norm = out[nrn]
@@ -141,7 +140,16 @@ def test_correlations_use_all_batches(lm):
     rank = pd.read_csv(out / "heuristic_ranking.csv")
     assert len(rank) == LAYER * 64 and rank["rank"].tolist() == list(range(len(rank)))
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["neurons"] == [f"0.{WRITER}", "0.11"] and meta["n_seq"] == N_SEQ and meta["restart_at_layer"]
+    assert meta["neurons"] == [f"0.{WRITER}", "0.11"] and meta["n_seq"] == N_SEQ
+
+
+def test_unfolded_layernorm_is_refused(lm):
+    from universal_neurons.models import load_model
+
+    folder, _ = lm
+    raw = load_model(folder, compatibility_mode=False)  # ln1 keeps its weights: q is not LN(x) @ W_Q + b_Q
+    with pytest.raises(UserError, match="hook_q is not LN"):
+        ad.PathAblation(raw, LAYER, HEAD).run(tokens_for(raw, n=2), [(0, WRITER)])
 
 
 def test_correlations_of_constant_input_are_nan():

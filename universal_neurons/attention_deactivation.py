@@ -17,8 +17,9 @@ replaces the head's query at blocks.{A}.attn.hook_q; keys and values stay clean;
 the pattern and z. Per query position p >= after_pos we record the activation a[p], the change of
 attention to BOS  pattern'[p, 0] - pattern[p, 0], and the change of the head's output norm
 ||z'_h[p] W_O[A, h]|| - ||z_h[p] W_O[A, h]||. Several neurons share one forward pass: the batch is
-repeated once per neuron (`neuron_chunk` at a time), and the pass starts at layer A from the cached
-clean residual when the model supports it (checked on the first batch) and stops after layer A.
+repeated once per neuron (`neuron_chunk` at a time), and every pass stops at blocks.{A}.attn.hook_z.
+(TransformerLens 4's start_at_layer still runs the blocks before it, so restarting at layer A from
+the cached residual would save nothing: each patched pass costs the blocks 0..A-1 plus A's attention.)
 
 Pearson and Spearman correlations between activation and each change are taken over the tokens of
 ALL batches (the original used its last batch only). Written to
@@ -101,6 +102,10 @@ def normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
+class _Stop(Exception):
+    """Raised by the last hook a pass needs, so the forward pass ends there."""
+
+
 class PathAblation:
     """Path-ablate neurons' direct contributions to one head's query; see the module docstring.
 
@@ -111,107 +116,82 @@ class PathAblation:
     def __init__(self, model, layer: int, head: int, neuron_chunk: int = 8):
         self.model, self.layer, self.head = model, layer, head
         self.chunk = max(1, neuron_chunk)
-        self.stop = layer + 1 if layer + 1 < model.cfg.n_layers else None
         self.w_q = model.W_Q[layer, head].float()  # [d_model, d_head]
         self.b_q = model.b_Q[layer, head].float()  # [d_head]
         self.w_o = model.W_O[layer, head].float()  # [d_head, d_model]
         self.w_out = model.W_out.float()  # [L, d_mlp, d_model]
         self.eps = float(model.cfg.eps)
-        self.restart = None  # start the patched passes at layer A? decided on the first batch
+        self.checked = False
         self.A = f"blocks.{layer}"
 
-    def _head_out(self, store: dict, name: str, pattern, z) -> None:
-        store[f"{name}_bos"] = pattern[:, self.head, :, 0].float()  # [batch, pos]
-        store[f"{name}_norm"] = (z[:, :, self.head].float() @ self.w_o).norm(dim=-1)  # [batch, pos]
+    def _forward(self, tokens, hooks: list, store: dict) -> dict:
+        """Run until layer A's hook_z (the last hook), then stop; adds the head's BOS attention
+        store['bos'] [batch, pos] and output norm store['norm'] [batch, pos] (float32)."""
+        def save(key, last=False):
+            def f(x, hook):
+                store[key] = x.detach()
+                if last:
+                    raise _Stop
+            return f
 
-    def _clean(self, tokens, layers: list[int]) -> dict:
-        store = {}
-        hooks = [(f"blocks.{l}.mlp.hook_post", self._saver(store, f"post{l}")) for l in layers]
-        hooks += [(f"{self.A}.hook_resid_pre", self._saver(store, "resid")),
-                  (f"{self.A}.attn.hook_q", self._saver(store, "q")),
-                  (f"{self.A}.attn.hook_pattern", self._saver(store, "pattern")),
-                  (f"{self.A}.attn.hook_z", self._saver(store, "z"))]
-        self.model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=self.stop, return_type=None)
-        self._head_out(store, "clean", store.pop("pattern"), store.pop("z"))
+        hooks = hooks + [(f"{self.A}.attn.hook_pattern", save("pattern")), (f"{self.A}.attn.hook_z", save("z", True))]
+        try:
+            self.model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
+        except _Stop:
+            pass
+        store["bos"] = store.pop("pattern")[:, self.head, :, 0].float()
+        store["norm"] = (store.pop("z")[:, :, self.head].float() @ self.w_o).norm(dim=-1)
         return store
-
-    @staticmethod
-    def _saver(store, key):
-        def save(x, hook):
-            store[key] = x.detach()
-        return save
 
     def _query(self, resid: torch.Tensor) -> torch.Tensor:
         """q_h [..., pos, d_head] from a residual stream [..., pos, d_model] (float32)."""
         return normalize(resid.float(), self.eps) @ self.w_q + self.b_q
 
-    def _patched(self, resid: torch.Tensor, q_h: torch.Tensor, restart: bool) -> dict:
-        """Run layer A's head with the head's query replaced by q_h [k*batch, pos, d_head]."""
-        store = {}
-        k = q_h.shape[0] // resid.shape[0]
-
-        def set_q(q, hook):
-            q = q.clone()
-            q[:, :, self.head] = q_h.to(q.dtype)
-            return q
-
-        def save(pattern_or_z):
-            def f(x, hook):
-                store[pattern_or_z] = x.detach()
-            return f
-
-        hooks = [(f"{self.A}.attn.hook_q", set_q), (f"{self.A}.attn.hook_pattern", save("pattern")),
-                 (f"{self.A}.attn.hook_z", save("z"))]
-        if restart:
-            x = resid.repeat(k, 1, 1)
-            self.model.run_with_hooks(x, fwd_hooks=hooks, start_at_layer=self.layer, stop_at_layer=self.stop,
-                                      return_type=None)
-        else:
-            self.model.run_with_hooks(self._tokens.repeat(k, 1), fwd_hooks=hooks, stop_at_layer=self.stop,
-                                      return_type=None)
-        self._head_out(store, "patched", store["pattern"], store["z"])
-        return store
-
     @torch.no_grad()
     def run(self, tokens: torch.Tensor, neurons: list[Neuron]) -> dict[Neuron, tuple]:
         tokens = tokens.to(_device(self.model))
-        self._tokens = tokens
-        clean = self._clean(tokens, sorted({l for l, _ in neurons}))
-        resid = clean["resid"]  # [batch, pos, d_model]
-        if self.restart is None:
-            self._self_check(clean, resid)
+        clean = {}
+
+        def keep(key):
+            def f(x, hook):
+                clean[key] = x.detach()
+            return f
+
+        hooks = [(f"blocks.{l}.mlp.hook_post", keep(f"post{l}")) for l in sorted({l for l, _ in neurons})]
+        hooks += [(f"{self.A}.hook_resid_pre", keep("resid")), (f"{self.A}.attn.hook_q", keep("q"))]
+        self._forward(tokens, hooks, clean)
+        resid = clean["resid"].float()  # [batch, pos, d_model]
+        if not self.checked:
+            self._self_check(clean["q"][:, :, self.head].float(), resid)
         out = {}
         for lo in range(0, len(neurons), self.chunk):
             chunk = neurons[lo:lo + self.chunk]
             acts = torch.stack([clean[f"post{l}"][:, :, n].float() for l, n in chunk])  # [k, batch, pos]
             w = torch.stack([self.w_out[l, n] for l, n in chunk])  # [k, d_model]
-            patched_resid = resid.float()[None] - acts[..., None] * w[:, None, None, :]  # [k, batch, pos, d_model]
-            q_h = self._query(patched_resid).flatten(0, 1)  # [k * batch, pos, d_head]
-            res = self._patched(resid, q_h, self.restart)
-            d_bos = (res["patched_bos"].unflatten(0, (len(chunk), -1)) - clean["clean_bos"]).cpu()
-            d_norm = (res["patched_norm"].unflatten(0, (len(chunk), -1)) - clean["clean_norm"]).cpu()
+            q_h = self._query(resid[None] - acts[..., None] * w[:, None, None, :]).flatten(0, 1)  # [k * batch, pos, d_head]
+
+            def set_q(q, hook):
+                q = q.clone()
+                q[:, :, self.head] = q_h.to(q.dtype)
+                return q
+
+            res = self._forward(tokens.repeat(len(chunk), 1), [(f"{self.A}.attn.hook_q", set_q)], {})
+            d_bos = (res["bos"].unflatten(0, (len(chunk), -1)) - clean["bos"]).cpu()
+            d_norm = (res["norm"].unflatten(0, (len(chunk), -1)) - clean["norm"]).cpu()
             for i, nrn in enumerate(chunk):
                 out[nrn] = (acts[i].cpu(), d_bos[i], d_norm[i])
         return out
 
-    def _self_check(self, clean: dict, resid: torch.Tensor) -> None:
-        """The query recomputed from the clean residual must be the model's own (else this architecture
-        computes queries differently, e.g. unfolded LayerNorm); an unpatched restart at layer A must
-        reproduce the clean head (else run every patched pass from the tokens)."""
-        q_model = clean["q"][:, :, self.head].float()
+    def _self_check(self, q_model: torch.Tensor, resid: torch.Tensor) -> None:
+        """The query recomputed from the clean residual must be the model's own; otherwise this
+        architecture computes queries differently (e.g. LayerNorm not folded, rotary before hook_q)."""
         q_ours = self._query(resid)
         tol = 1e-3 * (1 + q_model.abs().max().item())
         if not torch.allclose(q_ours, q_model, atol=tol, rtol=1e-3):
             raise UserError(f"{self.A}.attn.hook_q is not LN(resid_pre) @ W_Q + b_Q for this model (max error "
                             f"{(q_ours - q_model).abs().max().item():.3g}); load it with compatibility mode "
                             f"(folded LayerNorm) or use an architecture with pre-LayerNorm queries")
-        try:
-            res = self._patched(resid, q_ours, restart=True)
-            ok = torch.allclose(res["patched_bos"], clean["clean_bos"], atol=1e-4) and \
-                torch.allclose(res["patched_norm"], clean["clean_norm"], atol=1e-4 * (1 + clean["clean_norm"].max().item()))
-        except Exception:  # start_at_layer unsupported by this bridge
-            ok = False
-        self.restart = ok
+        self.checked = True
 
 
 def _correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -305,7 +285,6 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
             rec[nrn]["activation"].append(a[:, after_pos:])
             rec[nrn]["bos_attn"].append(d_bos[:, after_pos:])
             rec[nrn]["norm"].append(d_norm[:, after_pos:])
-    meta["restart_at_layer"] = bool(ablation.restart)
 
     corr, records = {}, {}
     for nrn, label in zip(chosen, labels):
