@@ -15,11 +15,11 @@ import math
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from analysis.entropy_neurons import intervention_curves, load_intervention_frame, plot_entropy_intervention, read_summary
+from analysis.entropy_neurons import (intervention_curves, load_intervention_frame, plot_entropy_intervention,
+                                     read_summary)
 from conftest import build_gpt2_folder
 from universal_neurons import interventions as iv
 from universal_neurons.errors import UserError
@@ -400,6 +400,9 @@ def test_rerun_skips_and_a_new_n_seq_recomputes(crafted, capsys):
     intervention.main(argv)
     assert capsys.readouterr().out.count("skip") == 2  # the run and the clean reference
     assert os.stat(run_folder + "/loss.pt").st_mtime_ns == stamp
+    intervention.main(argv + ["--activation_location", "mlp.hook_pre"])
+    assert capsys.readouterr().out.count("skip") == 1  # only the clean run
+    assert json.loads(open(run_folder + "/meta.json").read())["location"] == "mlp.hook_pre"
     intervention.main(argv + ["--n_seq", "2"])
     assert "skip" not in capsys.readouterr().out
     assert torch.load(run_folder + "/loss.pt").shape == (2, CTX)

@@ -10,8 +10,8 @@ Every run folder holds (n_seq rows of the token dataset, ctx positions each):
     rank.pt     int32 [n_seq, ctx]  rank of the true next token (0 = top: how many tokens have a
                                     strictly larger logit); -1 at the last position
     scale.pt    fp16  [n_seq, ctx]  final LayerNorm scale ln_final.hook_scale (entropy runs and clean)
-    meta.json   what was run (model, dataset, neurons, type, param, location, n_seq); a rerun with
-                the same n_seq skips the folder, another n_seq recomputes it.
+    meta.json   what was run (model, dataset, neurons, type, param, location, n_seq); a rerun of
+                the same run skips the folder, another n_seq or location recomputes it.
 The original wrote [n_seq, ctx - 1] loss/rank in intervention.py and zero-padded them in
 entropy_intervention.py; NaN / -1 padding keeps a naive mean from counting a fake zero loss.
 
@@ -205,10 +205,15 @@ def read_meta(folder: Path) -> dict | None:
         return None
 
 
-def is_done(folder: Path, n_seq: int) -> bool:
-    """A finished run folder for the same number of sequences (the folder is written atomically)."""
-    meta = read_meta(folder)
-    return meta is not None and meta.get("n_seq") == n_seq
+_SAME_RUN = ("n_seq", "ctx", "neurons", "intervention_type", "intervention_param", "location")
+
+
+def is_done(folder: Path, meta: dict) -> bool:
+    """A finished run folder (written atomically) of the same run: same rows, neurons, intervention
+    and hook location. The location is not part of the folder name (as in the original): a rerun
+    with another one recomputes the folder."""
+    old = read_meta(folder)
+    return old is not None and all(old.get(k) == meta.get(k) for k in _SAME_RUN)
 
 
 def write_run(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -229,7 +234,7 @@ def load_run(folder: Path) -> dict[str, torch.Tensor]:
 
 def _run_once(model, tokens, folder: Path, hooks, meta: dict, batch_size: int, record_scale: bool,
               progress: bool, desc: str) -> Path:
-    if is_done(folder, meta["n_seq"]):
+    if is_done(folder, meta):
         if progress:
             print(f"skip {folder} (done)")
         return folder
