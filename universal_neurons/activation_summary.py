@@ -333,6 +333,8 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
     if batch_size < 1:
         raise UserError(f"--batch_size must be >= 1 (got {batch_size})")
     bin_edges(n_bins, bin_min, bin_max)  # validate before loading anything
+    if top_k < 1 or vocab_k < -1:
+        raise UserError(f"need --top_k_dataset_examples >= 1 and --top_vocab_k_truncate >= -1 (got {top_k}, {vocab_k})")
     settings = dict(n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k, vocab_k=vocab_k, n_seq=n_seq)
     todo = []
     for ds in datasets:
