@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -224,3 +225,142 @@ def test_cli_writes_skips_and_reports_errors(tiny_zoo, reference, capsys):
             cli.main(args + bad)
         assert e.value.code == 2
     assert "no.such.set" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Viewer loaders and panels
+# ------------------------------------------------------------------------------------------------
+
+def test_short_names():
+    from universal_neurons.viewer_data import short_names
+
+    assert short_names(["python-stdlib.code.64", "python-stdlib.prose.64", "python-stdlib.all-1m.64"]) == {
+        "python-stdlib.code.64": "code", "python-stdlib.prose.64": "prose", "python-stdlib.all-1m.64": "all-1m"}
+    assert short_names(["pile.test.arxiv.512", "pile.test.pile_cc.512"]) == {
+        "pile.test.arxiv.512": "arxiv", "pile.test.pile_cc.512": "pile_cc"}
+    assert short_names(["pile.test.arxiv.512"]) == {"pile.test.arxiv.512": "arxiv"}
+    assert short_names(["pile.test.arxiv.512", "pile.test.arxiv.1024"]) == {
+        "pile.test.arxiv.512": "512", "pile.test.arxiv.1024": "1024"}
+    mixed = ["pile.test.arxiv.512", "python-stdlib.code.64"]
+    assert short_names(mixed) == {n: n for n in mixed}
+    assert short_names(["a.b", "a.b.c"]) == {"a.b": "a.b", "a.b.c": "a.b.c"}  # one would be empty
+
+
+@pytest.fixture(scope="module")
+def viewer_setup(tiny_zoo, reference, tmp_path_factory):
+    """Two summarised datasets and fake weight summaries under a module folder."""
+    import os
+
+    root = tmp_path_factory.mktemp("viewer")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        tokens = reference[0]
+        for name, rows in (("rand.test.one.32", tokens), ("rand.test.two.32", tokens.flip(0))):
+            _save_dataset(tiny_zoo[0], name, rows)
+        su.run_summary(tiny_zoo[0], ["rand.test.one.32", "rand.test.two.32"], "summary_data", top_k=20,
+                       batch_size=6, progress=False)
+    finally:
+        os.chdir(old)
+    return tiny_zoo[0], root
+
+
+def _fake_weights(folder, L, D, V, H=2):
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    pd.DataFrame({"layer": np.repeat(np.arange(L), D), "neuron_ix": np.tile(np.arange(D), L),
+                  "input_weight_norm": 1.0, "input_bias": 0.0, "output_weight_norm": 1.0,
+                  "in_out_sim": 0.0}).to_csv(folder / "neuron_stats.csv", index=False)
+    g = torch.Generator().manual_seed(0)
+    torch.save(torch.rand(L, D, L, H, generator=g).half(), folder / "k_comps.pt")
+
+    def rows(what, C, k):
+        top = torch.rand(L, D, C, generator=g).topk(k, -1)
+        return {f"top_{what}_value": top.values, f"top_{what}_ix": top.indices,
+                f"bottom_{what}_value": -top.values, f"bottom_{what}_ix": top.indices.flip(-1),
+                "comp_hist": torch.randint(0, 5, (L, D, 101), dtype=torch.int32, generator=g)}
+
+    torch.save({k: rows("vocab", V, 100) for k in ("E_in", "U_in", "E_out", "U_out")}, folder / "vocab_comps.pt")
+
+
+def test_loaders(viewer_setup, monkeypatch):
+    from universal_neurons import viewer_data as vd
+
+    model_name, root = viewer_setup
+    monkeypatch.chdir(root)
+    assert vd.summary_datasets(model_name) == ["rand.test.one.32", "rand.test.two.32"]
+    alls = vd.load_all_summaries(model_name)
+    assert list(alls) == ["one", "two"]
+    one = vd.load_dataset_summary(model_name, "rand.test.one.32")
+    assert set(one) == {su.BIN_EDGES, su.BIN_COUNTS, su.TOP_INDEX, su.TOP_VALUE, su.VOCAB_MAX, su.VOCAB_MAX_IX,
+                        su.VOCAB_MEAN, su.VOCAB_MEAN_IX, su.VOCAB_COUNTS}
+    assert torch.equal(alls["one"][su.BIN_COUNTS], one[su.BIN_COUNTS])
+    with pytest.raises(UserError, match="summary.py --model"):
+        vd.load_dataset_summary(model_name, "rand.test.none.32")
+    assert vd.load_weights_summary(model_name) == {}
+    L, D, _ = one[su.BIN_COUNTS].shape
+    V = len(one[su.VOCAB_COUNTS])
+    weights_dir = root / "summary_data" / model_name / "weights"
+    _fake_weights(weights_dir, L, D, V)
+    try:
+        w = vd.load_weights_summary(model_name)
+    finally:
+        shutil.rmtree(weights_dir)
+    assert set(w) == {"neuron_stats", "k_comps", "vocab_comps"} and len(w["neuron_stats"]) == L * D
+    assert set(w["vocab_comps"]) == {"E_in", "U_in", "E_out", "U_out"}
+    tok, vocab = vd.get_tokenizer_and_decoded_vocab(model_name)
+    assert len(vocab) == V and vocab[tok.bos_token_id] == tok.bos_token
+
+
+def test_panel_data(reference):
+    from universal_neurons import viewer_data as vd
+
+    edges = torch.tensor([0.0, 1.0, 2.0])
+    counts = torch.zeros(4)
+    counts[2] = 5  # bin 2 holds (1, 2]
+    v, e = vd.histogram_stairs(counts, edges)
+    assert list(e) == [-1.0, 0.0, 1.0, 2.0, 3.0] and (e[2], e[3]) == (1.0, 2.0) and v[2] == 5
+    tokens = torch.arange(40).view(4, 10)
+    summary = {su.TOP_INDEX: torch.tensor([[[12, 9, 30, -1]]]),
+               su.TOP_VALUE: torch.tensor([[[3.0, 2.0, 1.0, math.nan]]]).half(),
+               su.VOCAB_MAX: torch.tensor([[[0.5, -0.25, math.nan]]]).half(),
+               su.VOCAB_MAX_IX: torch.tensor([[[7, 3, -1]]], dtype=torch.int32)}
+    ex = vd.max_activating_examples(summary, tokens, 0, 0, n=10, before=4, after=3)
+    assert len(ex) == 3  # the empty slot is not an example
+    assert ex[0]["seq"] == 1 and ex[0]["pos"] == 2 and ex[0]["before"] == [10, 11]  # clipped at the row start
+    assert ex[0]["token"] == 12 and ex[0]["after"] == [13, 14, 15]
+    assert ex[1]["before"] == [5, 6, 7, 8] and ex[1]["after"] == []  # clipped at the row end, no wrap into row 1
+    assert vd.top_tokens(summary, 0, 0, "max") == [(7, 0.5), (3, -0.25)]
+    full = {su.VOCAB_MAX: torch.tensor([[[0.1, math.nan, -0.3, 0.2]]]).half()}
+    assert [i for i, _ in vd.top_tokens(full, 0, 0, "max", 10)] == [3, 0, 2]
+    assert vd.top_tokens(full, 0, 0, "mean") == []
+
+
+def test_display_summary_panels_and_notes(viewer_setup, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from universal_neurons import viewer_data as vd
+
+    model_name, root = viewer_setup
+    monkeypatch.chdir(root)
+    figs = vd.display_summary(model_name, 1, 3, show=False)
+    assert {"activation_percentiles", "activation_distribution", "top_tokens_max", "top_tokens_mean",
+            "max_activating_examples", "weight_cosines", "attention_composition"} <= set(figs)
+    assert all(isinstance(f, Figure) for f in figs.values())
+    note = figs["attention_composition"].axes[0].texts[0].get_text()
+    assert "weights.py --model" in note  # missing weight artifacts name their command
+    texts = figs["max_activating_examples"].axes[0].texts  # per example: value, left, token, right
+    assert len(texts) == 4 * 10 and sum(t.get_bbox_patch() is not None for t in texts) == 10
+    q = vd.activation_percentiles(vd.load_all_summaries(model_name), 1, 3)
+    assert set(q) == {"one", "two"} and np.all(np.diff(q["one"]) >= 0)
+    L, D, _ = vd.load_dataset_summary(model_name, "rand.test.one.32")[su.BIN_COUNTS].shape
+    _fake_weights(root / "summary_data" / model_name / "weights", L, D, 512)
+    try:
+        figs = vd.display_summary(model_name, 1, 3, datasets=["rand.test.two.32"], show=False)
+        assert {"top_vocab_tokens", "attention_composition", "weight_cosines"} <= set(figs)
+        assert len(figs["attention_composition"].axes) == 2  # k heatmap and its colour bar
+    finally:
+        shutil.rmtree(root / "summary_data" / model_name / "weights")
+    with pytest.raises(UserError, match="out of range"):
+        vd.display_summary(model_name, 5, 3, show=False)
