@@ -55,6 +55,7 @@ VOCAB_MEAN, VOCAB_MEAN_IX = "neuron_vocab_mean", "neuron_vocab_mean_ix"
 VOCAB_COUNTS = "vocab_counts"
 CONFIG_FILE = "summary_config.json"
 GB = 1024 ** 3
+FINISH_BYTES = 2 ** 27  # size of the per-chunk temporaries when finishing the per-token statistics
 
 
 def bin_edges(n_bins: int = 256, bin_min: float = -10.0, bin_max: float = 15.0) -> torch.Tensor:
@@ -132,15 +133,13 @@ def update_vocab(vmax: torch.Tensor, vsum: torch.Tensor, x: torch.Tensor, tok: t
     vsum.index_add_(1, tok, xt)
 
 
-def top_vocab(stat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k along the vocabulary of stat [D, V] (-inf = token not seen) -> (fp16 values, int32 ids)
-    [D, k]; slots beyond the seen tokens get value NaN and id -1."""
+def top_vocab(stat: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of stat [D, S] over the S tokens seen (ids [S] their token ids) -> (fp16 values, int32
+    token ids) [D, k]; when S < k the remaining slots get value NaN and id -1."""
     kk = min(k, stat.shape[1])
-    v, ix = torch.topk(stat, kk, dim=1)
-    empty = v == -math.inf
-    v = v.masked_fill(empty, math.nan).half()
-    ix = ix.masked_fill(empty, -1).int()
-    if kk < k:  # fewer vocabulary entries than k: pad
+    v, pos = torch.topk(stat, kk, dim=1)
+    v, ix = v.half(), ids[pos].int()
+    if kk < k:
         v = torch.cat([v, v.new_full((v.shape[0], k - kk), math.nan)], dim=1)
         ix = torch.cat([ix, ix.new_full((ix.shape[0], k - kk), -1)], dim=1)
     return v, ix
@@ -176,14 +175,17 @@ def summarize_tokens(model, tokens: torch.Tensor, *, n_bins: int = 256, bin_min:
     top_index = torch.full((L, D, top_k), -1, dtype=torch.int64)
     vocab_counts = torch.zeros(V, dtype=torch.int64, device=dev)
     out: dict[str, torch.Tensor] = {}
-    if vocab_k == -1:
-        out[VOCAB_MAX] = torch.empty(L, D, V, dtype=torch.float16)
-        out[VOCAB_MEAN] = torch.empty(L, D, V, dtype=torch.float16)
+    if vocab_k == -1:  # NaN = token never seen
+        out[VOCAB_MAX] = torch.full((L, D, V), math.nan, dtype=torch.float16)
+        out[VOCAB_MEAN] = torch.full((L, D, V), math.nan, dtype=torch.float16)
     elif vocab_k > 0:
         for name, dtype in ((VOCAB_MAX, torch.float16), (VOCAB_MEAN, torch.float16),
                             (VOCAB_MAX_IX, torch.int32), (VOCAB_MEAN_IX, torch.int32)):
             out[name] = torch.empty(L, D, vocab_k, dtype=dtype)
 
+    if vocab_k:  # allocated once for the largest group, refilled for each
+        vocab_max = torch.empty(max(map(len, groups)), D, V, device=dev)
+        vocab_sum = torch.empty_like(vocab_max)
     bar = tqdm(total=len(groups) * math.ceil(n_seq / batch_size), desc="summary", disable=not progress)
     for g, layers in enumerate(groups):
         # the group's accumulators live on the device; copied into the CPU results after its pass
@@ -191,8 +193,8 @@ def summarize_tokens(model, tokens: torch.Tensor, *, n_bins: int = 256, bin_min:
         g_top_v = torch.full((len(layers), D, top_k), -math.inf, device=dev)
         g_top_i = torch.full((len(layers), D, top_k), -1, dtype=torch.int64, device=dev)
         if vocab_k:
-            g_max = torch.full((len(layers), D, V), -math.inf, device=dev)
-            g_sum = torch.zeros(len(layers), D, V, device=dev)
+            g_max = vocab_max[:len(layers)].fill_(-math.inf)
+            g_sum = vocab_sum[:len(layers)].zero_()
         batch: dict[str, torch.Tensor] = {}  # this batch's mask, token ids and flat indices
 
         def on_pre(act, hook, j):
@@ -224,19 +226,10 @@ def summarize_tokens(model, tokens: torch.Tensor, *, n_bins: int = 256, bin_min:
         top_value[sl] = g_top_v.cpu()
         top_index[sl] = g_top_i.cpu()
         if vocab_k:
-            seen = vocab_counts > 0
-            for j, l in enumerate(layers):
-                # in place, to stay within the budget: sum -> mean; never-seen tokens -> -inf, so
-                # they rank last and are marked empty
-                mean = g_sum[j].div_(vocab_counts.clamp(min=1).float()).masked_fill_(~seen, -math.inf)
-                if vocab_k == -1:
-                    out[VOCAB_MAX][l] = g_max[j].masked_fill(~seen, math.nan).half().cpu()
-                    out[VOCAB_MEAN][l] = mean.masked_fill(~seen, math.nan).half().cpu()
-                else:
-                    out[VOCAB_MAX][l], out[VOCAB_MAX_IX][l] = (t.cpu() for t in top_vocab(g_max[j], vocab_k))
-                    out[VOCAB_MEAN][l], out[VOCAB_MEAN_IX][l] = (t.cpu() for t in top_vocab(mean, vocab_k))
-            del g_max, g_sum
+            _finish_vocab(out, g_max, g_sum, vocab_counts, layers, vocab_k)
     bar.close()
+    if vocab_k:
+        del vocab_max, vocab_sum, g_max, g_sum
 
     if bin_counts.numel() and int(bin_counts.max()) > torch.iinfo(torch.int32).max:
         raise UserError("a histogram bin holds more than 2^31 tokens: split the dataset")
@@ -247,6 +240,32 @@ def summarize_tokens(model, tokens: torch.Tensor, *, n_bins: int = 256, bin_min:
     out[TOP_VALUE] = top_value.masked_fill(empty, math.nan).half()
     out[VOCAB_COUNTS] = vocab_counts.float().cpu()
     return out
+
+
+def _finish_vocab(out: dict, g_max: torch.Tensor, g_sum: torch.Tensor, vocab_counts: torch.Tensor,
+                  layers: list[int], vocab_k: int) -> None:
+    """Per-token max / sum [G, D, V] of a layer group -> the CPU results in `out` (top-k or full).
+
+    Only the S tokens seen enter (unseen ones are never reported); rows of neurons are done in
+    chunks so the [rows, S] temporaries stay near FINISH_BYTES.
+    """
+    seen = torch.nonzero(vocab_counts).squeeze(1)  # [S] token ids
+    count = vocab_counts[seen].float()
+    seen_cpu = seen.cpu()
+    D = g_max.shape[1]
+    rows = max(1, FINISH_BYTES // (4 * max(len(seen), 1)))
+    for j, l in enumerate(layers):
+        for r0 in range(0, D, rows):
+            r = slice(r0, min(r0 + rows, D))
+            vmax = g_max[j, r][:, seen]  # [rows, S]
+            vmean = g_sum[j, r][:, seen] / count
+            if vocab_k == -1:
+                out[VOCAB_MAX][l, r, seen_cpu] = vmax.half().cpu()
+                out[VOCAB_MEAN][l, r, seen_cpu] = vmean.half().cpu()
+            else:
+                for name, ix_name, stat in ((VOCAB_MAX, VOCAB_MAX_IX, vmax), (VOCAB_MEAN, VOCAB_MEAN_IX, vmean)):
+                    v, ix = top_vocab(stat, seen, vocab_k)
+                    out[name][l, r], out[ix_name][l, r] = v.cpu(), ix.cpu()
 
 
 # Statistics read back from the histograms ---------------------------------------------------------
