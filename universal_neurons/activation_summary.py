@@ -31,8 +31,9 @@ so the end-of-text separators between documents are left out too. Nothing else i
 
 Memory: the histogram and top-k buffers are small ([L, D, n_bins] and [L, D, k]); the per-token
 max and sum are [layer, neuron, vocab] float32 each (2 x 7.4 GB for GPT2-small). Those are held
-only for a group of layers at a time, sized to --max_memory_gb; the forward pass is re-run for
-each group (and stops after the group's last layer). Everything is accumulated on the model's
+only for a group of layers at a time, sized to --max_memory_gb (plus ~0.3 GB of temporaries and the
+batch's activations); the forward pass is re-run for each group and stops after the group's last
+layer (benchmarks/summary_bench.md). Everything is accumulated on the model's
 device with bucketize + bincount, topk merges, scatter_reduce(amax) and index_add_.
 """
 from __future__ import annotations
