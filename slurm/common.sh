@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by every job script in slurm/: strict mode, the checkout, the environment, a log header.
 #
 # Environment (set by the driver, or by you when you sbatch a job script yourself):
@@ -16,10 +17,13 @@ fi
 export PYTHONPATH="$UN_REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-# un_run CMD ARGS...: print what runs where, then run it (its exit status is the job's).
+# un_run CMD ARGS...: print what runs where, run it, print how long it took; its exit status is the job's.
 un_run() {
+  local start=$SECONDS rc=0
   echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-(no slurm)}${SLURM_ARRAY_TASK_ID:+ task $SLURM_ARRAY_TASK_ID} on $(hostname): $*"
-  "$@"
+  "$@" || rc=$?
+  echo "[$(date '+%F %T')] exit $rc after $((SECONDS - start)) s"
+  return "$rc"
 }
 
 # un_array_item "W0 W1 W2 ...": the word of the list at this array task's index (task 0 outside an array).

@@ -33,6 +33,8 @@
 #   UN_N_LAYERS        layers (array of the explanations; default from the family)
 #   UN_CORR_DATASET, UN_EXPLAIN_DATASET, UN_INTERVENTION_DATASET: token datasets (one name);
 #   UN_SUMMARY_DATASETS: the datasets summarised (space-separated)
+#   UN_EXPLAIN_NEURONS CSV (layer, neuron columns) of the neurons to explain (default: the universal
+#                      ones, dataframes/interpretable_neurons/<model>/universal.csv)
 #   UN_INTERVENTION_NEURONS  neuron subsets to fix, space-separated (l.n or l.n,l.n; "auto": the
 #                      last layer's largest-norm neuron in the dataframe); "none" = no interventions
 #   UN_INTERVENTION_VALUES   fixed activation values (default "-0.17 0 1 2 3 4 5 6", as the paper)
@@ -121,6 +123,9 @@ dataframe_root=${DATAFRAME_DIR:-dataframes}
 explanation_root=${EXPLANATION_DIR:-$results_root/explanations}
 intervention_root=${INTERVENTION_DIR:-intervention_results}
 universal_csv=$dataframe_root/interpretable_neurons/$model/universal.csv
+explain_csv=${UN_EXPLAIN_NEURONS:-$universal_csv}
+full_matrix=0
+[[ " ${UN_CORR_ARGS:-} " != *" --save_full_correlation_matrix "* ]] || full_matrix=1
 
 corr_done() {  # corr_done OTHER: both baselines' summaries of (model, OTHER) exist
   local b f
@@ -128,6 +133,7 @@ corr_done() {  # corr_done OTHER: both baselines' summaries of (model, OTHER) ex
     for f in correlation_summary.pt correlation_summary_T.pt; do
       [ -f "$results_root/$model+$1/$corr_ds/pearson.$b/$f" ] || return 1
     done
+    [ "$full_matrix" = 0 ] || [ -f "$results_root/$model+$1/$corr_ds/pearson.$b/correlation.pt" ] || return 1
   done
 }
 weights_done() {
@@ -142,9 +148,9 @@ summary_done() {  # summary_done DATASET
     [ -f "$summary_root/$model/activations/$1/$f" ] || return 1
   done
 }
-explain_done() {  # explain_done LAYER: explained, or universal.csv has no neuron in LAYER
+explain_done() {  # explain_done LAYER: explained, or the neurons to explain include none of LAYER
   [ -f "$explanation_root/$model/$explain_ds/token_feature/layer_$1/variance_reduction.csv" ] ||
-    { [ -f "$universal_csv" ] && [ "$(un_layer_rows "$universal_csv" "$1")" -eq 0 ]; }
+    { [ -f "$explain_csv" ] && [ "$(un_layer_rows "$explain_csv" "$1")" -eq 0 ]; }
 }
 intervention_dir() {  # intervention_dir NEURON_SUBSET: the subset's folder (11.3030,11.2859 -> 11.3030_11.2859)
   echo "$intervention_root/$model/$intervention_ds/${1//,/_}"
@@ -186,11 +192,13 @@ submit() {
   n_jobs=$((n_jobs + 1))
   if [ "$dry_run" = 1 ]; then
     id="\$JOB$n_jobs"
+    # shellcheck disable=SC2016  # the $(...) and ${...} are for the printed script
     printf 'JOB%s=$(sbatch' "$n_jobs"
     printf ' %q' "${opts[@]}"
     # a failed job cancels the jobs that wait for it instead of leaving them pending forever
     [ -z "$deps" ] || printf ' --kill-on-invalid-dep=yes --dependency=afterok:%s' "$deps"
     printf ' %q' "$UN_REPO/slurm/$script" "$@"
+    # shellcheck disable=SC2016
     printf '); JOB%s=${JOB%s%%%%;*}  # %s\n' "$n_jobs" "$n_jobs" "$name"
   else
     mkdir -p "$log_dir"
@@ -256,6 +264,7 @@ todo=()
 for other in "${others[@]}"; do corr_done "$other" || todo+=("$other"); done
 if [ "$pairs_per_pass" = all ]; then passes=("${todo[*]}"); else passes=("${todo[@]}"); fi
 merge_jobs=()
+shard_job=""
 for pass in "${passes[@]}"; do
   [ -n "$pass" ] || continue
   read -ra pass_models <<< "$pass"
@@ -309,7 +318,7 @@ if [ "${#todo[@]}" -gt 0 ]; then
   # shellcheck disable=SC2206
   explain_extra=(${UN_EXPLAIN_ARGS:-})
   submit explain_job explain "$df_job" 1 "$(ranges "${todo[@]}")" explain.sbatch --model "$model" \
-    --dataset "$explain_ds" --neuron_df_path "$universal_csv" "${explain_extra[@]}"
+    --dataset "$explain_ds" --neuron_df_path "$explain_csv" "${explain_extra[@]}"
 else
   note "explanations of $model on $explain_ds: done"
 fi

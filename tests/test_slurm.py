@@ -353,61 +353,92 @@ def test_cluster_runs_an_array_then_a_dependent_job(slurm_cluster, tmp_path):
     assert (tmp_path / "all").read_text().split() == ["0", "1", "2"]
 
 
+FULL_MATRIX = ["--save_full_correlation_matrix", "--save_precision", "32"]
+
+
+def assert_same_correlations(merged_root: Path, single_root: Path, model: str, others: list[str], ds: str) -> float:
+    """The sharded run's artifacts against the single run's: float32 full matrices within 1e-6; the fp16
+    summaries equal up to fp16 rounding (1/1024 relative, about one fp16 step), their histograms and
+    max/min indices equal (the tail indices may swap values that are equal in fp16). Returns the largest
+    full-matrix difference."""
+    import torch
+
+    worst = 0.0
+    for other in others:
+        for base in ("none", "rotation"):
+            rel = paths.correlation_path(model, other, ds, "pearson", base).relative_to(paths.results_dir())
+            full, ref = (torch.load(root / rel / "correlation.pt") for root in (merged_root, single_root))
+            assert full.dtype == torch.float32 and full.shape == ref.shape == (2, 128, 2, 128)
+            assert torch.equal(full.isnan(), ref.isnan())
+            worst = max(worst, (full.double() - ref.double()).abs().nan_to_num(0.0).max().item())
+            assert worst <= 1e-6, (other, base, worst)
+            for f in ("correlation_summary.pt", "correlation_summary_T.pt"):
+                got, want = (torch.load(root / rel / f) for root in (merged_root, single_root))
+                assert got.keys() == want.keys()
+                for k, w in want.items():
+                    if not isinstance(w, torch.Tensor):
+                        continue
+                    g = got[k]
+                    assert g.dtype == w.dtype and g.shape == w.shape, (f, k)
+                    if w.is_floating_point():
+                        assert torch.equal(g.isnan(), w.isnan()), (f, k)
+                        err = ((g.double() - w.double()).abs() / w.double().abs().clamp_min(1)).nan_to_num(0.0)
+                        assert err.max() <= 2 ** -10, (other, base, f, k, err.max().item())
+                    elif k not in ("max_tail_corr_ix", "min_tail_corr_ix"):
+                        assert torch.equal(g, w), (other, base, f, k)
+    return worst
+
+
 @pytest.mark.slurm
 def test_toy_tiny_grid_on_slurm(slurm_cluster, tiny_zoo3, tmp_path, capsys):
     """The whole toy-tiny grid on CPUs, 3 correlation shards: merged = single-process run."""
-    import torch
+    import pandas as pd
+
+    from universal_neurons.explanations import read_vr_csv
 
     t0 = time.monotonic()
-    env = slurm_cluster.env(base_env())
+    a, b, c = tiny_zoo3
+    ds = "python-stdlib.all-8k.32"
+    # The tiny models have no universal neuron (excess_corr > 0.5): explain two chosen ones instead.
+    explain_csv = tmp_path / "explain.csv"
+    explain_csv.write_text("layer,neuron\n1,3\n1,77\n")
+    env = slurm_cluster.env(base_env(UN_CORR_ARGS=" ".join(FULL_MATRIX), UN_EXPLAIN_NEURONS=str(explain_csv)))
     out = run_driver("toy-tiny", env)
     submitted = dict(re.findall(r"^submitted (\d+) un-(\S+)", out.stdout, re.M))
     ids = {name: i for i, name in submitted.items()}
-    assert {"dataset", "corr", "merge", "weights", "summary", "neuron-df", "explain", "intervention"} <= set(ids)
+    assert set(ids) == {"dataset", "corr", "merge", "weights", "summary", "neuron-df", "explain", "intervention",
+                        "intervention-summary"}, out.stdout
     states = slurm_cluster.wait(timeout=600)
+    grid_s = time.monotonic() - t0
     ours = {k: v for k, v in states.items() if k.split("_")[0] in submitted}
     bad = {k: v for k, v in ours.items() if v != "COMPLETED"}
     if bad:
         logs = "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-25:])
                          for p in sorted((tmp_path / "slurm_logs").glob("*.out")))
         pytest.fail(f"jobs did not complete: {bad}\n{logs}")
-    shard_tasks = sorted(k for k in ours if k.startswith(ids["corr"] + "_"))
-    assert len(shard_tasks) == SHARDS
-    grid_s = time.monotonic() - t0
+    n_tasks = {name: sum(1 for k in ours if k.split("_")[0] == i) for i, name in submitted.items()}
+    assert n_tasks == {"dataset": 1, "corr": SHARDS, "merge": 1, "weights": 1, "summary": 3, "neuron-df": 1,
+                       "explain": 2, "intervention": 2, "intervention-summary": 1}
 
-    a, b, c = tiny_zoo3
-    ds = "python-stdlib.all-8k.32"
     single = subprocess.run([sys.executable, str(REPO / "correlations_fast.py"), "--model_1_name", a,
-                             "--model_2_name", b, c, "--token_dataset", ds, "--baseline", "none", "rotation"],
-                            env={**base_env(), "RESULTS_DIR": str(tmp_path / "single")}, capture_output=True,
-                            text=True, timeout=300)
+                             "--model_2_name", b, c, "--token_dataset", ds, "--baseline", "none", "rotation",
+                             *FULL_MATRIX], env={**base_env(), "RESULTS_DIR": str(tmp_path / "single")},
+                            capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
-    worst = 0.0
-    for other in (b, c):
-        for base in ("none", "rotation"):
-            for f in ("correlation_summary.pt", "correlation_summary_T.pt"):
-                merged_path = paths.correlation_path(a, other, ds, "pearson", base) / f
-                merged = torch.load(merged_path)
-                ref = torch.load(tmp_path / "single" / merged_path.relative_to(paths.results_dir()))
-                assert merged.keys() == ref.keys()
-                for k in ref:
-                    assert merged[k].dtype == ref[k].dtype and merged[k].shape == ref[k].shape, k
-                    diff = (merged[k].double() - ref[k].double()).abs().nan_to_num(0.0).max().item()
-                    assert torch.equal(merged[k].isnan(), ref[k].isnan()), k
-                    assert diff <= 1e-6, (other, base, f, k, diff)
-                    worst = max(worst, diff)
-
-    import pandas as pd
+    worst = assert_same_correlations(tmp_path / paths.results_dir(), tmp_path / "single", a, [b, c], ds)
 
     df = pd.read_csv(paths.neuron_df_path(a))
-    assert len(df) == 2 * 128 and df["max_corr"].notna().all()
+    assert len(df) == 2 * 128 and df["max_corr"].notna().all() and df["mean_baseline"].notna().all()
     assert (paths.interpretable_neurons_path(a) / "universal.csv").is_file()
+    vr = read_vr_csv(paths.explanation_dir() / a / ds / "token_feature" / "layer_1" / "variance_reduction.csv")
+    assert list(vr.index) == ["1.3", "1.77"]
+    assert not (paths.explanation_dir() / a / ds / "token_feature" / "layer_0").exists()   # nothing to explain
+    runs = pd.read_csv(next(paths.intervention_dir().glob(f"{a}/{ds}/*/summary_fixed_activation.csv")))
+    assert sorted(runs["value"].dropna()) == [0.0, 3.0]
     again = run_driver("toy-tiny", env)                       # everything is done: nothing to submit
     assert "0 job(s) submitted" in again.stdout, again.stdout
     with capsys.disabled():
-        n_tasks = {name: sum(1 for k in ours if k.split("_")[0] == i) for i, name in submitted.items()}
-        print(f"\n[slurm] toy-tiny grid: {len(submitted)} jobs submitted, "
-              f"{sum(n_tasks.values())} jobs/array tasks COMPLETED ({n_tasks}) in {grid_s:.0f} s; "
-              f"{SHARDS} correlation shards merged = single-process run (max |diff| {worst:.1e}); "
-              f"neuron dataframe {len(df)} rows, {int((df['excess_corr'] > 0.5).sum())} universal; "
-              f"resubmission: 0 jobs; test {time.monotonic() - t0:.0f} s")
+        print(f"\n[slurm] toy-tiny grid: {len(submitted)} jobs submitted, {sum(n_tasks.values())} jobs/array tasks "
+              f"COMPLETED {n_tasks} in {grid_s:.0f} s; {SHARDS} correlation shards merged = single-process run "
+              f"(full float32 matrices max |diff| {worst:.1e}); neuron dataframe {len(df)} rows; resubmission: "
+              f"0 jobs; test {time.monotonic() - t0:.0f} s")
