@@ -147,8 +147,10 @@ def test_toy_tiny_grid_jobs_and_dependencies(tmp_path, tiny_zoo3):
 
 
 def test_resubmission_skips_finished_work(tmp_path, tiny_zoo3):
-    """Final artifacts at the places universal_neurons.paths names: nothing is submitted again; one
-    missing summary dataset: its array task and everything after it."""
+    """Final artifacts at the places the stages write them: nothing is submitted again; one missing
+    summary dataset: its array task and everything after it."""
+    from universal_neurons import explanations, interventions
+
     a, b, c = tiny_zoo3
     ctx, corr_ds = 32, "python-stdlib.all-8k.32"
     subsets = [f"python-stdlib.{s}.{ctx}" for s in ("prose", "code", "tests")]
@@ -169,11 +171,12 @@ def test_resubmission_skips_finished_work(tmp_path, tiny_zoo3):
     paths.neuron_df_path(a).write_text("layer,neuron,w_out_norm\n0,5,1.0\n1,7,2.0\n1,9,3.0\n")
     (paths.interpretable_neurons_path(a)).mkdir(parents=True)
     (paths.interpretable_neurons_path(a) / "universal.csv").write_text("layer,neuron\n1,7\n")  # none in layer 0
-    touch(paths.explanation_dir() / a / corr_ds / "token_feature" / "layer_1" / "variance_reduction.csv")
-    subset_dir = paths.intervention_dir() / a / corr_ds / "1.9"      # auto: the largest w_out_norm of layer 1
-    for v in ("0.0", "3.0"):
-        touch(subset_dir / f"fixed_activation_{v}" / "meta.json")
-    touch(subset_dir / "summary_fixed_activation.csv")
+    touch(explanations.layer_dir(a, corr_ds, "token", 1) / explanations.VR_FILE)
+    subset = [(1, 9)]     # auto: the largest w_out_norm of the last layer
+    for v in (0, 3):
+        touch(interventions.run_dir(None, a, corr_ds, interventions.neuron_label(subset),
+                                    interventions.intervention_name("fixed_activation", v)) / "meta.json")
+    touch(interventions.summary_path(None, a, corr_ds, subset, "fixed_activation"))
 
     env = fake_sbatch_env(tmp_path)
     out = run_driver("toy-tiny", env)
