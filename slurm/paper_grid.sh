@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Submit the paper's experiment grid for one model family as dependent Slurm jobs:
 #
-#   zoo (toy) -> token datasets (toy) -> correlation shards (array) -> merge ----------+
-#                                     -> activation summaries (array over datasets) ---+-> neuron dataframe
-#   weight summaries ---------------------------------------------------------------+    -> explanations (array over layers)
-#                                                                                        -> interventions (array over values)
+#   (toy families: zoo -> token datasets, before everything else)
+#   correlation shards (array) -> merge ------------+
+#   activation summaries (array over datasets) -----+-> neuron dataframe -+-> explanations (array over layers)
+#   weight summaries -------------------------------+                     +-> interventions (array over values)
+#                                                                               -> intervention summary
 #
 # usage: slurm/paper_grid.sh FAMILY [--dry-run]
 #   FAMILY     stanford-gpt2-small | stanford-gpt2-medium | pythia-160m | toy | toy-tiny
@@ -46,7 +47,7 @@
 #   Toy families: UN_TOY_N_SEQ (rows per subset, toy-tiny 500) and UN_TOY_MIX (mix size, toy 1m, toy-tiny 16k).
 set -euo pipefail
 
-usage() { sed -n '9,11p' "$0" >&2; exit 2; }
+usage() { sed -n '/^# usage:/,/^#   --dry-run/p' "$0" >&2; exit 2; }
 family=""
 dry_run=0
 for arg in "$@"; do
