@@ -28,6 +28,17 @@ def property_differences(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOL
     return out
 
 
+def intervention_table(iv: pd.DataFrame) -> pd.DataFrame:
+    """Per value: the target's deltas and the random baselines' mean (std) delta entropy."""
+    tgt = iv[iv["group"] == "target"].set_index("value")
+    rnd = iv[iv["group"] == "random"].groupby("value")["delta_entropy"]
+    out = pd.DataFrame({"neuron": tgt["label"], "delta_entropy": tgt["delta_entropy"],
+                        "delta_loss": tgt["delta_loss"], "delta_scale": tgt["delta_scale"]})
+    out["random_delta_entropy_mean"] = rnd.mean().reindex(out.index)
+    out["random_delta_entropy_std"] = rnd.std().reindex(out.index)
+    return out.reset_index()
+
+
 def _fmt_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
@@ -53,8 +64,11 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
         "universal_by_layer.png": plots.universal_by_layer(df, threshold),
         "properties.png": plots.property_percentiles(df, threshold),
     }
+    iv_table = None
     if intervention is not None and len(intervention):
-        figures["entropy_intervention.png"] = plots.intervention_curve(intervention)
+        iv = intervention[intervention["group"] != "clean"]
+        figures["entropy_intervention.png"] = plots.intervention_curve(iv, label_col="label")
+        iv_table = intervention_table(iv)
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=110)
         plots.plt.close(fig)
@@ -87,11 +101,13 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
     if explanations is not None:
         table = table.merge(explanations, on=["layer", "neuron"], how="left")
     md += [_fmt_table(table), ""]
-    if intervention is not None and len(intervention):
+    if iv_table is not None:
         md += ["## Entropy-neuron style intervention", "",
-               "Mean change of next-token entropy and loss when the neuron is fixed to each value, against "
-               "random last-layer neurons fixed the same way (grey):", "",
-               _fmt_table(intervention), "", "![intervention](entropy_intervention.png)", ""]
+               f"The last-layer neuron most like an entropy neuron (large output norm, output nearly orthogonal "
+               f"to the unembedding), `{iv_table['neuron'].iloc[0]}`, fixed to each value on every token: mean "
+               "change of next-token entropy (nats), loss and final LayerNorm scale against the clean run, and "
+               "the same for random last-layer neurons (grey in the figure):", "",
+               _fmt_table(iv_table.drop(columns="neuron")), "", "![intervention](entropy_intervention.png)", ""]
     if attention:
         md += ["## Attention deactivation", "", "```", str(attention), "```", ""]
     if timings:
