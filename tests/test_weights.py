@@ -324,3 +324,48 @@ def test_row_summary_bin_convention_at_edges():
     assert s["top_x_value"][0].tolist() == [1.5, 1.0, rows[0, 7].item()] and s["top_x_ix"][0].tolist() == [5, 3, 7]
     assert s["bottom_x_ix"][0].tolist() == [4, 0, 1]
     assert s["comp_var"][2] == 0 and torch.isnan(s["comp_kurt"][2])  # constant row: undefined shape moments
+
+
+# Command line -----------------------------------------------------------------------------------
+
+def test_cli(adversarial, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    calls = []
+
+    def load_model(name, device="cpu", dtype=None):
+        calls.append((name, device))
+        return adversarial
+
+    monkeypatch.setitem(sys.modules, "universal_neurons.models", types.SimpleNamespace(load_model=load_model))
+    spec = importlib.util.spec_from_file_location("weights_cli", Path(__file__).parents[1] / "weights.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    cli.main(["--model", "org/tiny", "--save_path", str(tmp_path), "--device", "cpu", "--batch_size", "50"])
+    assert calls == [("org/tiny", "cpu")]
+    assert len(list((tmp_path / "org_tiny" / "weights").iterdir())) == 7
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", "org/tiny", "--save_path", str(tmp_path), "--block_size", "0"])
+    assert e.value.code == 2 and "block size" in capsys.readouterr().err and len(calls) == 1
+
+
+def test_layer_subset_equals_slice_of_full(adversarial, summaries):
+    part = W.compute_weight_summaries(adversarial, block_size=30, layers=[1])
+    assert part["neuron_stats"].layer.tolist() == [1] * D_MLP
+    for kind in "kqvo":
+        torch.testing.assert_close(part[f"{kind}_comps"], summaries[f"{kind}_comps"][1:], equal_nan=True, atol=1e-3, rtol=1e-3)
+    for group in ("vocab_comps", "neuron_comps"):
+        for kind, stats in part[group].items():
+            for key, t in stats.items():
+                full = summaries[group][kind][key][1:]
+                assert t.shape == full.shape
+                if key.endswith("_ix") or key == "comp_hist":
+                    assert torch.equal(t, full), (group, kind, key)
+                else:
+                    torch.testing.assert_close(t, full, equal_nan=True, atol=1e-6, rtol=1e-5)
+    with pytest.raises(W.UserError):
+        W.compute_weight_summaries(adversarial, layers=[2])

@@ -123,9 +123,27 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
+def _neuron_units(w: Weights) -> dict[str, torch.Tensor]:
+    """{'in': w_in / ||w_in||, 'out': w_out / ||w_out||}, each [N, d_model] in flat neuron order."""
+    N, d_model = w.n_layers * w.d_mlp, w.W_in.shape[-1]
+    return {"in": _unit_rows(w.W_in.reshape(N, d_model)), "out": _unit_rows(w.W_out.reshape(N, d_model))}
+
+
+def _row_index(w: Weights, layers) -> torch.Tensor:
+    """Flat indices [len(layers) * D] of the row neurons: all layers, or only `layers` (sharding, timing)."""
+    layers = range(w.n_layers) if layers is None else list(layers)
+    if not all(0 <= l < w.n_layers for l in layers):
+        raise UserError(f"layers {layers} out of range for a model with {w.n_layers} layers")
+    return (torch.as_tensor(layers, dtype=torch.long)[:, None] * w.d_mlp + torch.arange(w.d_mlp)).flatten()
+
+
+def check_block_size(block_size: int) -> None:
+    if not isinstance(block_size, int) or block_size < 1:
+        raise UserError(f"block size must be a positive number of neuron rows, got {block_size!r}")
+
+
 def _blocks(n: int, block_size: int, progress: bool, desc: str):
-    if block_size < 1:
-        raise UserError(f"block size must be >= 1, got {block_size}")
+    check_block_size(block_size)
     starts = range(0, n, block_size)
     return tqdm(starts, desc=desc, disable=not progress, total=len(starts))
 
@@ -177,9 +195,10 @@ def _read_factors(w: Weights) -> dict[str, torch.Tensor]:
     return {"q": W_Q @ RT(R_K), "k": W_K @ RT(R_Q), "v": W_V @ RT(R_O), "o": W_O_T @ RT(R_V)}
 
 
-def attention_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False
-                           ) -> dict[str, torch.Tensor]:
-    """Composition of every neuron with every attention head: kind -> fp16 [L, D, L_attn, H] (CPU).
+def attention_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False,
+                           layers=None) -> dict[str, torch.Tensor]:
+    """Composition of every neuron with every attention head: kind -> fp16 [L, D, L_attn, H] (CPU);
+    with `layers`, only those neuron layers ([len(layers), D, L_attn, H]).
 
     For neuron (l, n) with output w_out [d_model] and input w_in [d_model], and head (l', h) with
     W_QK = W_Q[l', h] W_K[l', h]^T and W_OV = W_V[l', h] W_O[l', h] ([d_model, d_model]; the
@@ -197,9 +216,10 @@ def attention_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, pro
     `causal_mask`. A zero w_out / w_in, or a head whose W_QK / W_OV is zero, gives NaN.
     """
     factors = _read_factors(w)
-    L, D, d_model = w.W_in.shape
+    row_ix = _row_index(w, layers).to(w.W_in.device)
+    n_rows = len(row_ix)
     L_attn, H, _, d_head = w.W_Q.shape
-    rows = {"in": _unit_rows(w.W_in.reshape(L * D, d_model)), "out": _unit_rows(w.W_out.reshape(L * D, d_model))}
+    rows = {side: u[row_ix] for side, u in _neuron_units(w).items()}
     reads = {"q": "out", "k": "out", "v": "out", "o": "in"}
     out = {}
     for kind in ATTN_KINDS:
@@ -207,11 +227,11 @@ def attention_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, pro
         fro = torch.linalg.matrix_norm(M).float()  # [L_attn, H]
         M_flat = einops.rearrange(M, "la h d e -> d (la h e)").float()
         x = rows[reads[kind]]
-        scores = torch.empty(L * D, L_attn, H, dtype=torch.float16)
-        for start in _blocks(L * D, block_size, progress, f"{kind}_comps"):
+        scores = torch.empty(n_rows, L_attn, H, dtype=torch.float16)
+        for start in _blocks(n_rows, block_size, progress, f"{kind}_comps"):
             proj = einops.rearrange(x[start:start + block_size] @ M_flat, "b (la h e) -> b la h e", la=L_attn, h=H)
             scores[start:start + block_size] = (torch.linalg.vector_norm(proj, dim=-1) / fro).to("cpu", torch.float16)
-        out[kind] = scores.view(L, D, L_attn, H)
+        out[kind] = scores.view(-1, w.d_mlp, L_attn, H)
     return out
 
 
@@ -304,44 +324,45 @@ def _store_block(store: dict, summary: dict, start: int) -> None:
         store[key].view(-1, *t.shape[1:])[start:stop] = t
 
 
-def vocab_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False) -> dict:
+def vocab_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False,
+                       layers=None) -> dict:
     """{E_in, U_in, E_out, U_out} -> row summaries of the cosines [L, D, V] between a neuron weight
     and every token: E_* with embedding rows W_E[v, :], U_* with unembedding columns W_U[:, v];
     *_in with w_in, *_out with w_out. Keys top/bottom_vocab_value/ix (k = 100), comp_hist,
-    comp_mean/var/skew/kurt (see the module docstring)."""
-    L, D, d_model = w.W_in.shape
-    N = L * D
+    comp_mean/var/skew/kurt (see the module docstring). `layers`: only those neuron layers."""
+    row_ix = _row_index(w, layers).to(w.W_in.device)
     edges = hist_edges(w.W_in.device)
-    rows = {"in": _unit_rows(w.W_in.reshape(N, d_model)), "out": _unit_rows(w.W_out.reshape(N, d_model))}
+    rows = {side: u[row_ix] for side, u in _neuron_units(w).items()}
     vocab = {"E": _unit_rows(w.W_E), "U": _unit_rows(w.W_U.T)}  # [V, d_model] each
     result = {}
     for kind in VOCAB_KINDS:
         tokens, side = kind.split("_")
-        store = _row_summary_store(L, D, VOCAB_TOP_K, "vocab")
-        for start in _blocks(N, block_size, progress, f"vocab {kind}"):
+        store = _row_summary_store(len(row_ix) // w.d_mlp, w.d_mlp, VOCAB_TOP_K, "vocab")
+        for start in _blocks(len(row_ix), block_size, progress, f"vocab {kind}"):
             cos = rows[side][start:start + block_size] @ vocab[tokens].T  # [B, V]
             _store_block(store, _summarise_rows(cos, VOCAB_TOP_K, edges, "vocab"), start)
         result[kind] = store
     return result
 
 
-def neuron_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False) -> dict:
+def neuron_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False,
+                        layers=None) -> dict:
     """{in_in, in_out, out_in, out_out} -> row summaries of the cosines between the row neuron's
     first-named weight and every column neuron's second-named weight ([L, D, N], e.g. in_out[i, j] =
     cos(w_in_i, w_out_j)), with the pair i == j EXCLUDED. Indices are flat (layer * D + neuron);
-    keys top/bottom_neuron_value/ix (k = 20), comp_hist, comp_mean/var/skew/kurt."""
-    L, D, d_model = w.W_in.shape
-    N = L * D
+    keys top/bottom_neuron_value/ix (k = 20), comp_hist, comp_mean/var/skew/kurt. `layers`: only
+    those row-neuron layers (the columns are always all N neurons)."""
+    row_ix = _row_index(w, layers).to(w.W_in.device)
     edges = hist_edges(w.W_in.device)
-    unit = {"in": _unit_rows(w.W_in.reshape(N, d_model)), "out": _unit_rows(w.W_out.reshape(N, d_model))}
+    unit = _neuron_units(w)
     result = {}
     for kind in NEURON_KINDS:
         row_side, col_side = kind.split("_")
-        store = _row_summary_store(L, D, NEURON_TOP_K, "neuron")
-        for start in _blocks(N, block_size, progress, f"neuron {kind}"):
-            cos = unit[row_side][start:start + block_size] @ unit[col_side].T  # [B, N]
-            b = torch.arange(cos.shape[0], device=cos.device)
-            cos[b, start + b] = torch.nan  # exclude self-similarity
+        store = _row_summary_store(len(row_ix) // w.d_mlp, w.d_mlp, NEURON_TOP_K, "neuron")
+        for start in _blocks(len(row_ix), block_size, progress, f"neuron {kind}"):
+            block_ix = row_ix[start:start + block_size]
+            cos = unit[row_side][block_ix] @ unit[col_side].T  # [B, N]
+            cos[torch.arange(len(block_ix), device=cos.device), block_ix] = torch.nan  # exclude self-similarity
             _store_block(store, _summarise_rows(cos, NEURON_TOP_K, edges, "neuron"), start)
         result[kind] = store
     return result
@@ -349,18 +370,21 @@ def neuron_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progre
 
 # Public entry points ----------------------------------------------------------------------------
 
-def compute_weight_summaries(model, block_size: int = DEFAULT_BLOCK_SIZE, device=None, progress: bool = False
-                             ) -> dict:
+def compute_weight_summaries(model, block_size: int = DEFAULT_BLOCK_SIZE, device=None, progress: bool = False,
+                             layers=None) -> dict:
     """All summaries in memory: {'neuron_stats': DataFrame, 'k_comps', 'q_comps', 'v_comps',
-    'o_comps': fp16 [L, D, L_attn, H], 'vocab_comps': {...}, 'neuron_comps': {...}} (CPU tensors)."""
+    'o_comps': fp16 [L, D, L_attn, H], 'vocab_comps': {...}, 'neuron_comps': {...}} (CPU tensors).
+    `layers` restricts the row neurons to those layers (outputs [len(layers), D, ...])."""
+    check_block_size(block_size)
     w = extract_weights(model, device)
     with torch.no_grad():
-        attn = attention_compositions(w, block_size, progress)
+        stats = neuron_stats(w)
+        attn = attention_compositions(w, block_size, progress, layers)
         return {
-            "neuron_stats": neuron_stats(w),
+            "neuron_stats": stats if layers is None else stats[stats.layer.isin(list(layers))].reset_index(drop=True),
             **{f"{k}_comps": attn[k] for k in ATTN_KINDS},
-            "vocab_comps": vocab_compositions(w, block_size, progress),
-            "neuron_comps": neuron_compositions(w, block_size, progress),
+            "vocab_comps": vocab_compositions(w, block_size, progress, layers),
+            "neuron_comps": neuron_compositions(w, block_size, progress, layers),
         }
 
 
@@ -371,6 +395,7 @@ def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: 
     Each group of files (neuron_stats / attention / vocab / neuron) is written atomically as soon
     as it is computed; a group whose files all exist is skipped unless `force`. Returns out_dir.
     """
+    check_block_size(block_size)
     if out_dir is None:
         name = getattr(model, "model_name", None)
         if not name:
