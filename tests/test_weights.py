@@ -369,3 +369,13 @@ def test_layer_subset_equals_slice_of_full(adversarial, summaries):
                     torch.testing.assert_close(t, full, equal_nan=True, atol=1e-6, rtol=1e-5)
     with pytest.raises(W.UserError):
         W.compute_weight_summaries(adversarial, layers=[2])
+
+
+def test_hist_bins_match_bucketize():
+    e = W.hist_edges()
+    up, down = torch.full_like(e, 2.0), torch.full_like(e, -2.0)
+    x = torch.cat([e, e.nextafter(up), e.nextafter(down), e.nextafter(up).nextafter(up),
+                   torch.rand(200_000, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2,
+                   torch.tensor([-1.0, 1.0, 0.0, -7.0, 7.0])])
+    np.testing.assert_array_equal(W._hist_bins(x[None], e)[0].long().numpy(), torch.bucketize(x, e).numpy())
+    assert torch.isnan(W._hist_bins(torch.tensor([[torch.nan]]), e)).all()
