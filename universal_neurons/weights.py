@@ -219,7 +219,8 @@ def attention_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, pro
     row_ix = _row_index(w, layers).to(w.W_in.device)
     n_rows = len(row_ix)
     L_attn, H, _, d_head = w.W_Q.shape
-    rows = {side: u[row_ix] for side, u in _neuron_units(w).items()}
+    units = _neuron_units(w)
+    rows = units if layers is None else {side: u[row_ix] for side, u in units.items()}  # no copy for all rows
     reads = {"q": "out", "k": "out", "v": "out", "o": "in"}
     out = {}
     for kind in ATTN_KINDS:
@@ -262,10 +263,12 @@ def _hist_bins(cos: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """
     n = len(edges)
     lo, hi = edges[0].item(), edges[-1].item()
-    pos = (cos - lo).mul_((n - 1) / (hi - lo))
-    bins = pos.ceil().clamp_(0, n)
-    near = (pos - pos.round()).abs_() < 1e-3
+    scale = (n - 1) / (hi - lo)
+    pos = torch.add(torch.tensor(-lo * scale, device=cos.device), cos, alpha=scale)  # (cos - lo) * scale
+    bins = pos.ceil()
+    near = (bins - pos).sub_(0.5).abs_() > 0.5 - 1e-3  # pos within 1e-3 of an integer
     del pos
+    bins.clamp_(0, n)
     if near.any():
         bins[near] = torch.bucketize(cos[near], edges).to(bins.dtype)
     return bins
@@ -278,9 +281,11 @@ def _summarise_rows(cos: torch.Tensor, k: int, edges: torch.Tensor, what: str) -
     Overwrites `cos` (its NaNs are filled) to save a [B, C] temporary. Returns CPU tensors.
     """
     B, C = cos.shape
-    valid = ~torch.isnan(cos)
-    count = valid.sum(1)  # [B]
-    all_valid = bool((count == C).all())
+    invalid = torch.isnan(cos)
+    all_valid = not bool(invalid.any())
+    valid = ~invalid
+    del invalid
+    count = torch.full((B,), C, device=cos.device) if all_valid else valid.sum(1)  # [B]
 
     # Histogram: excluded entries go to an extra overflow slot that is dropped; one bincount over
     # row-offset bin ids.
@@ -288,7 +293,8 @@ def _summarise_rows(cos: torch.Tensor, k: int, edges: torch.Tensor, what: str) -
     ids = _hist_bins(cos, edges)
     if not all_valid:
         ids.masked_fill_(~valid, n_bins)
-    ids = ids.long() + torch.arange(B, device=cos.device)[:, None] * (n_bins + 1)
+    ids = ids.long()
+    ids += torch.arange(B, device=cos.device)[:, None] * (n_bins + 1)
     hist = torch.bincount(ids.flatten(), minlength=B * (n_bins + 1)).view(B, n_bins + 1)[:, :n_bins]
     del ids
 
@@ -359,7 +365,8 @@ def vocab_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progres
     comp_mean/var/skew/kurt (see the module docstring). `layers`: only those neuron layers."""
     row_ix = _row_index(w, layers).to(w.W_in.device)
     edges = hist_edges(w.W_in.device)
-    rows = {side: u[row_ix] for side, u in _neuron_units(w).items()}
+    units = _neuron_units(w)
+    rows = units if layers is None else {side: u[row_ix] for side, u in units.items()}  # no copy for all rows
     vocab = {"E": _unit_rows(w.W_E), "U": _unit_rows(w.W_U.T)}  # [V, d_model] each
     result = {}
     for kind in VOCAB_KINDS:
