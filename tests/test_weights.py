@@ -150,8 +150,15 @@ def test_artifacts_schema_and_rerun(adversarial, tmp_path):
 def test_out_dir_from_model_name(adversarial, tmp_path, monkeypatch):
     monkeypatch.setenv("SUMMARY_DIR", str(tmp_path))
     monkeypatch.setattr(adversarial, "model_name", "org/tiny", raising=False)
-    W.save_weight_summaries(adversarial)  # only computes; checked via the default location
-    assert (tmp_path / "org_tiny" / "weights" / "neuron_comps.pt").exists()
+    out = tmp_path / "org_tiny" / "weights"
+    out.mkdir(parents=True)
+    for f in ("k_comps.pt", "q_comps.pt", "v_comps.pt", "o_comps.pt", "vocab_comps.pt", "neuron_comps.pt"):
+        (out / f).write_text("done before")  # only neuron_stats is left to compute
+    assert W.save_weight_summaries(adversarial) == out
+    assert len(pd.read_csv(out / "neuron_stats.csv")) == N and (out / "vocab_comps.pt").read_text() == "done before"
+    monkeypatch.setattr(adversarial, "model_name", None)
+    with pytest.raises(W.UserError):
+        W.save_weight_summaries(adversarial)
 
 
 # Numerics vs float64 brute force ----------------------------------------------------------------
@@ -328,29 +335,37 @@ def test_row_summary_bin_convention_at_edges():
 
 # Command line -----------------------------------------------------------------------------------
 
-def test_cli(adversarial, tmp_path, monkeypatch, capsys):
+def test_cli_end_to_end(tmp_path, capsys):
+    """weights.py on a local Hugging Face folder through the real loader (LayerNorm not trivial)."""
     import importlib.util
-    import sys
-    import types
     from pathlib import Path
 
-    calls = []
+    from universal_neurons import paths
+    from conftest import build_gpt2_folder
 
-    def load_model(name, device="cpu", dtype=None):
-        calls.append((name, device))
-        return adversarial
+    from universal_neurons.models import load_model
 
-    monkeypatch.setitem(sys.modules, "universal_neurons.models", types.SimpleNamespace(load_model=load_model))
+    folder, _ = build_gpt2_folder(tmp_path / "tiny-gpt2", vocab=300)
     spec = importlib.util.spec_from_file_location("weights_cli", Path(__file__).parents[1] / "weights.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
 
-    cli.main(["--model", "org/tiny", "--save_path", str(tmp_path), "--device", "cpu", "--batch_size", "50"])
-    assert calls == [("org/tiny", "cpu")]
-    assert len(list((tmp_path / "org_tiny" / "weights").iterdir())) == 7
+    cli.main(["--model", str(folder), "--save_path", str(tmp_path / "out"), "--device", "cpu", "--batch_size", "50"])
+    out = tmp_path / "out" / paths.model_dirname(str(folder)) / "weights"
+    assert sorted(p.name for p in out.iterdir()) == sorted(f for files in W.ARTIFACT_GROUPS.values() for f in files)
+    want = W.compute_weight_summaries(load_model(str(folder)), block_size=128)
+    got = torch.load(out / "neuron_comps.pt", weights_only=True)
+    for key, t in want["neuron_comps"]["out_in"].items():
+        torch.testing.assert_close(got["out_in"][key], t, equal_nan=True, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.load(out / "q_comps.pt", weights_only=True), want["q_comps"], atol=1e-3, rtol=1e-3)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "neuron_stats.csv"), want["neuron_stats"], check_exact=False, rtol=1e-9)
+
     with pytest.raises(SystemExit) as e:
-        cli.main(["--model", "org/tiny", "--save_path", str(tmp_path), "--block_size", "0"])
-    assert e.value.code == 2 and "block size" in capsys.readouterr().err and len(calls) == 1
+        cli.main(["--model", str(folder), "--block_size", "0"])
+    assert e.value.code == 2 and "block size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(tmp_path / "nowhere")])
+    assert e.value.code == 2
 
 
 def test_layer_subset_equals_slice_of_full(adversarial, summaries):
