@@ -33,10 +33,14 @@ def gpt2(seed=0, vocab=VOCAB):
 
 @pytest.fixture(scope="module")
 def adversarial():
-    """Random GPT-2 with a dead neuron (zero w_in and w_out), a constant w_out (zero after
-    centring), two neurons with identical w_in, a zero and a huge token embedding."""
+    """Random GPT-2 (non-trivial LayerNorms, so folding matters) with a dead neuron (zero w_in and
+    w_out), a constant w_out (zero after centring), two neurons with identical w_in, a zero and a
+    huge token embedding."""
     hf = gpt2(seed=1)
     with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if ".ln_" in name:
+                p.add_(0.3 * torch.randn_like(p))
         mlp0, mlp1 = hf.transformer.h[0].mlp, hf.transformer.h[1].mlp
         mlp0.c_fc.weight[:, 3] = 0          # neuron 0.3: dead
         mlp0.c_proj.weight[3, :] = 0
