@@ -1,9 +1,11 @@
 """Time and peak memory of the weight summaries on a random GPT2-small-shaped model.
 
     PYTHONPATH=. python benchmarks/weights_bench.py [--block_sizes 128 512 2048] [--layers 0]
+    PYTHONPATH=. python benchmarks/weights_bench.py --shape medium --block_sizes 512 --skip_attention
 
-Model: GPT2LMHeadModel(GPT2Config()) with random weights (12 layers, d_model 768, d_mlp 3072,
-12 heads, vocab 50257), wrapped in a TransformerBridge in compatibility mode, built in memory.
+Model: GPT2LMHeadModel with random weights, GPT2-small shape (12 layers, d_model 768, d_mlp 3072,
+12 heads, vocab 50257) or GPT2-medium shape (24 layers, d_model 1024, d_mlp 4096, 16 heads),
+wrapped in a TransformerBridge in compatibility mode, built in memory.
 Each block size runs in its own subprocess so that peak-memory readings do not mix.
 
 Per stage: wall time, and as a ratio to its GEMM floor measured in the same process (the bare
@@ -11,8 +13,8 @@ fp32 matmuls of the stage's shapes, no statistics). The vocab and neuron stages 
 row neurons of `--layers` only (all columns, so the per-row cost is the full run's) and
 extrapolated linearly to all 12 layers; the attention stage is run in full.
 
-Memory: the process's peak RSS (ru_maxrss, whole life: includes building the HF model and the
-bridge) and the peak during the summaries alone (VmHWM reset through /proc/self/clear_refs after
+Memory (read before the GEMM floors run): the process's peak RSS (ru_maxrss, whole life:
+includes building the HF model and the bridge) and the peak during the summaries alone (VmHWM reset through /proc/self/clear_refs after
 the model is built, minus the resident size at that moment).
 """
 from __future__ import annotations
@@ -44,7 +46,11 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(block_size: int, layers: list[int]) -> dict:
+SHAPES = {"small": dict(n_layer=12, n_embd=768, n_head=12, n_inner=3072),
+          "medium": dict(n_layer=24, n_embd=1024, n_head=16, n_inner=4096)}
+
+
+def worker(block_size: int, layers: list[int], shape: str, skip_attention: bool) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
@@ -52,11 +58,11 @@ def worker(block_size: int, layers: list[int]) -> dict:
     from universal_neurons import weights as W
 
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_inner=3072, vocab_size=50257)
+    cfg = GPT2Config(vocab_size=50257, **SHAPES[shape])
     bridge = build_bridge_from_module(GPT2LMHeadModel(cfg).eval(), "GPT2LMHeadModel", hf_config=cfg)
     bridge.enable_compatibility_mode()
     gc.collect()
-    res = {"block_size": block_size, "layers": layers, "threads": torch.get_num_threads(),
+    res = {"shape": shape, "block_size": block_size, "layers": layers, "threads": torch.get_num_threads(),
            "rss_after_build_mib": _status_kib("VmRSS") / 1024}
     base_kib = _status_kib("VmRSS")
     peak_reset = _reset_peak()
@@ -81,13 +87,19 @@ def worker(block_size: int, layers: list[int]) -> dict:
         n_rows = len(layers) * D
         res["peak_after_extract_mib"] = peak_mib()
 
-        _, res["attention_s"] = timed(lambda: W.attention_compositions(w, block_size), "attention")
+        if skip_attention:
+            res["attention_s"], cpu["attention"] = 0.0, 0.0
+        else:
+            _, res["attention_s"] = timed(lambda: W.attention_compositions(w, block_size), "attention")
         res["peak_after_attention_mib"] = peak_mib()
         _, res["vocab_subset_s"] = timed(lambda: W.vocab_compositions(w, block_size, layers=layers), "vocab_subset")
         res["peak_after_vocab_mib"] = peak_mib()
         _, res["neuron_subset_s"] = timed(lambda: W.neuron_compositions(w, block_size, layers=layers), "neuron_subset")
         res["peak_after_neuron_mib"] = peak_mib()
         _, res["neuron_stats_s"] = timed(lambda: W.neuron_stats(w), "neuron_stats")
+        # memory readings before the GEMM floors below, which allocate their own matrices
+        res["summaries_peak_mib"] = peak_mib()
+        res["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
         # GEMM floors: the same products, blockwise, nothing else
         def floor(cols, n_rows, name):
@@ -99,7 +111,7 @@ def worker(block_size: int, layers: list[int]) -> dict:
             return timed(gemms, name)[1]
 
         H_cols = w.W_Q.shape[0] * w.W_Q.shape[1] * w.W_Q.shape[3]
-        res["attention_floor_s"] = floor(H_cols, N, "attention_floor")
+        res["attention_floor_s"] = floor(H_cols, N if not skip_attention else 0, "attention_floor")
         res["vocab_subset_floor_s"] = floor(V, n_rows, "vocab_subset_floor")
         res["neuron_subset_floor_s"] = floor(N, n_rows, "neuron_subset_floor")
 
@@ -109,8 +121,6 @@ def worker(block_size: int, layers: list[int]) -> dict:
     res["cpu_s"] = cpu
     res["estimated_full_cpu_s"] = (cpu["extract"] + cpu["attention"] + cpu["neuron_stats"]
                                    + scale * (cpu["vocab_subset"] + cpu["neuron_subset"]))
-    res["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    res["summaries_peak_mib"] = peak_mib()
     return res
 
 
@@ -118,15 +128,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--block_sizes", type=int, nargs="+", default=[128, 512, 2048])
     p.add_argument("--layers", type=int, nargs="+", default=[0], help="row layers timed for vocab/neuron stages")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    p.add_argument("--skip_attention", action="store_true", help="time only the vocab and neuron stages")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.layers)))
+        print(json.dumps(worker(args.worker, args.layers, args.shape, args.skip_attention)))
         return
 
     rows = []
     for b in args.block_sizes:
-        cmd = [sys.executable, __file__, "--worker", str(b), "--layers", *map(str, args.layers)]
+        cmd = [sys.executable, __file__, "--worker", str(b), "--layers", *map(str, args.layers), "--shape", args.shape]
+        cmd += ["--skip_attention"] if args.skip_attention else []
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         rows.append(r)
@@ -137,7 +150,8 @@ def main():
           "| summaries peak MiB | ru_maxrss MiB")
     for r in rows:
         nl, c = len(r["layers"]), r["cpu_s"]
-        print(f"{r['block_size']:5d} | {c['attention']:6.1f} ({c['attention'] / c['attention_floor']:.2f}) | "
+        att = c["attention"] / c["attention_floor"] if c["attention"] else float("nan")
+        print(f"{r['block_size']:5d} | {c['attention']:6.1f} ({att:.2f}) | "
               f"{c['vocab_subset'] / nl:6.1f} ({c['vocab_subset'] / c['vocab_subset_floor']:.2f}) | "
               f"{c['neuron_subset'] / nl:6.1f} ({c['neuron_subset'] / c['neuron_subset_floor']:.2f}) | "
               f"{r['estimated_full_cpu_s']:6.0f} ({r['estimated_full_s']:6.0f}) | "
