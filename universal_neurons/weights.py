@@ -33,7 +33,8 @@ Memory: every [rows, columns] matrix is computed for `block_size` neuron rows at
 15 bytes per entry of a block, i.e. 15 * block_size * max(V, N) bytes, on top of a fixed part:
 a float32 copy of the weights used, unit-norm copies of w_in / w_out (8 N d_model bytes) and of
 W_E / W_U (8 V d_model bytes), and the outputs (about 11.3 kB per neuron for vocab_comps and
-3.6 kB for neuron_comps). GPT2-medium at block_size 512: about 4.7 GB besides the model.
+3.6 kB for neuron_comps). GPT2-medium shape at block_size 512: 2.6 GiB measured over the model
+for one layer of rows, about 3.7 GiB with all outputs, about 7.3 GiB for the whole process.
 Device-agnostic: runs where the model's weights are (or on `device=`), no .cuda() calls.
 """
 from __future__ import annotations
