@@ -146,8 +146,12 @@ class ModelArtifacts:
                 body = {"model": self.model, "columns": [], "rows": [], "threshold": UNIVERSAL_THRESHOLD,
                         "note": f"no neuron dataframe at {paths.neuron_df_path(self.model)}: run {self.cmd_neuron_df()}"}
                 return json.dumps(body).encode()
-            split = json.loads(df.to_json(orient="split", index=False, double_precision=6))
-            body = {"model": self.model, "columns": split["columns"], "rows": split["data"],
+            cols = {}
+            for c in df.columns:  # 6 significant digits keep the JSON small (~5 MB for GPT2-small)
+                v = df[c].to_numpy()
+                cols[c] = ([None if x != x else float(f"{x:.6g}") for x in v.tolist()] if v.dtype.kind == "f"
+                           else v.tolist())
+            body = {"model": self.model, "columns": list(df.columns), "rows": [list(r) for r in zip(*cols.values())],
                     "threshold": UNIVERSAL_THRESHOLD}
             return json.dumps(body, separators=(",", ":")).encode()
         return self._once("neuron_df_json", make)
