@@ -226,7 +226,7 @@ a{color:#0645ad}
 
 
 def _page(title: str, body: str) -> bytes:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}</body></html>").encode()
 
 
@@ -308,9 +308,9 @@ def _df_row_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
     if row.empty:
         return _note(f"neuron {layer}.{neuron} has no row in {paths.neuron_df_path(art.model)}")
     r = row.iloc[0]
-    cells = "".join(f"<tr><th>{html.escape(str(c))}</th><td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td></tr>"
-                    for c, v in r.items())
-    return f"<table id='dfrow'>{cells}</table>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in r.index)
+    cells = "".join(f"<td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td>" for v in r.tolist())
+    return f"<div style='overflow-x:auto'><table id='dfrow'><tr>{head}</tr><tr>{cells}</tr></table></div>"
 
 
 def _correlation_html(app: "ViewerApp", art: ModelArtifacts, layer: int, neuron: int, d_mlp: int) -> str:
