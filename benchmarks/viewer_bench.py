@@ -5,15 +5,16 @@
 The artifacts are random tensors with the real shapes and dtypes (L=12, D=3072, V=50257, top-k 50
 examples, 100 vocab tokens, 256 histogram bins, 4 other seeds), written by `write_fake_artifacts`
 (also used by tests/test_viewer*.py at tiny shapes), so no model is run. The model name 'gpt2'
-gives the real GPT-2 tokenizer offline. Memory is the server process's ru_maxrss (peak resident
-set), measured in a child process so the writer's memory does not count.
+gives the real GPT-2 tokenizer offline. Memory is the server process's peak resident set (VmHWM,
+i.e. ru_maxrss of a fresh exec) and current RSS, in a child process so the writer's memory does
+not count. 'cold': every load on the first request; 'warm': as the CLI, which loads the tokenizer
+and the table JSON in a background thread at start (measured after a 20 s pause).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -115,15 +116,22 @@ def write_fake_artifacts(model: str, others: list[str], n_layers: int, d_mlp: in
 
 
 SERVER = """
-import resource, sys, time
+import sys, threading, time
 t0 = time.perf_counter()
 from universal_neurons.viewer import make_server
+
+def mem():  # this process's peak and current resident set (VmHWM is per exec, unlike ru_maxrss)
+    f = dict(l.split(":", 1) for l in open("/proc/self/status"))
+    return int(f["VmHWM"].split()[0]) // 1024, int(f["VmRSS"].split()[0]) // 1024
+
 server, app = make_server(sys.argv[1], "127.0.0.1", 0)
-print(server.server_address[1], time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
-import threading
+print(server.server_address[1], time.perf_counter() - t0, *mem(), flush=True)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-for line in sys.stdin:  # 'rss' -> peak RSS so far
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+if sys.argv[2] == "warm":  # as serve() does: tokenizer and table JSON in the background
+    art = app.artifacts(sys.argv[1])
+    threading.Thread(target=lambda: (art.neuron_df_json(), art.vocab()), daemon=True).start()
+for line in sys.stdin:
+    print(*mem(), flush=True)
 """
 
 
@@ -152,35 +160,37 @@ def main():
                              n_seq=256, ctx=256, n_features=200)
         print(f"wrote fake artifacts in {time.perf_counter() - t:.1f} s to {work}")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, model], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env)
-    port, start_s, rss0 = proc.stdout.readline().split()
-    base = f"http://127.0.0.1:{port}"
-
-    def rss():
-        proc.stdin.write("rss\n")
-        proc.stdin.flush()
-        return int(proc.stdout.readline()) / 1024
-
-    print(f"server start-up (imports + make_server): {float(start_s):.2f} s, ru_maxrss {int(rss0) / 1024:.0f} MiB")
-    for what, url in [("table page /", "/"), ("/api/neurons (first)", "/api/neurons"), ("/api/neurons (cached)", "/api/neurons")]:
-        s, n = _get(base + url)
-        print(f"{what}: {s * 1000:.0f} ms, {n / 1e6:.2f} MB")
-    print(f"ru_maxrss after table: {rss():.0f} MiB")
     from universal_neurons.viewer import PANELS
 
-    for l, n in [(5, 100), (11, 3071)]:
-        s, size = _get(f"{base}/neuron/{l}/{n}")
-        pngs = [_get(f"{base}/plot/{p}/{l}/{n}.png")[0] for p in PANELS]
-        print(f"neuron {l}.{n}: html {s:.2f} s ({size / 1e3:.0f} kB); {len(PANELS)} panels {sum(pngs):.2f} s "
-              f"(slowest {max(pngs):.2f} s); page + panels {s + sum(pngs):.2f} s")
-        print(f"ru_maxrss after neuron {l}.{n}: {rss():.0f} MiB")
-    s, _ = _get(f"{base}/neuron/5/100")
-    print(f"neuron 5.100 again (cached): {s * 1000:.1f} ms")
-    proc.stdin.close()
-    proc.terminate()
-    proc.wait()
-    print(f"(bench process ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+    for mode in ("cold", "warm"):
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, model, mode], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env)
+        port, start_s, hwm, rss = proc.stdout.readline().split()
+        base = f"http://127.0.0.1:{port}"
+
+        def mem():
+            proc.stdin.write("mem\n")
+            proc.stdin.flush()
+            return "peak {} MiB, now {} MiB".format(*proc.stdout.readline().split())
+
+        print(f"[{mode}] server start-up (imports + make_server): {float(start_s):.2f} s, peak {hwm} MiB, now {rss} MiB")
+        if mode == "warm":
+            time.sleep(20)  # a user opening the browser
+        for what, url in [("table page /", "/"), ("/api/neurons", "/api/neurons"), ("/api/neurons again", "/api/neurons")]:
+            s, n = _get(base + url)
+            print(f"[{mode}] {what}: {s * 1000:.0f} ms, {n / 1e6:.2f} MB")
+        print(f"[{mode}] memory after the table: {mem()}")
+        for l, n in [(5, 100), (11, 3071)]:
+            s, size = _get(f"{base}/neuron/{l}/{n}")
+            pngs = [_get(f"{base}/plot/{p}/{l}/{n}.png")[0] for p in PANELS]
+            print(f"[{mode}] neuron {l}.{n}: html {s:.2f} s ({size / 1e3:.0f} kB); {len(PANELS)} panels "
+                  f"{sum(pngs):.2f} s (slowest {max(pngs):.2f} s); page + panels {s + sum(pngs):.2f} s")
+            print(f"[{mode}] memory after neuron {l}.{n}: {mem()}")
+        s, _ = _get(f"{base}/neuron/5/100")
+        print(f"[{mode}] neuron 5.100 again (cached): {s * 1000:.1f} ms")
+        proc.stdin.close()
+        proc.terminate()
+        proc.wait()
 
 
 if __name__ == "__main__":

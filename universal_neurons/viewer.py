@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import torch
 
 from . import paths, viewer_data as vd
@@ -149,8 +150,14 @@ class ModelArtifacts:
             cols = {}
             for c in df.columns:  # 6 significant digits keep the JSON small (~5 MB for GPT2-small)
                 v = df[c].to_numpy()
-                cols[c] = ([None if x != x else float(f"{x:.6g}") for x in v.tolist()] if v.dtype.kind == "f"
-                           else v.tolist())
+                if v.dtype.kind == "f":
+                    with np.errstate(all="ignore"):
+                        scale = 10.0 ** (5 - np.floor(np.log10(np.abs(v))))
+                        scale[~np.isfinite(scale)] = 1.0
+                        v = np.round(v * scale) / scale
+                    cols[c] = [None if x != x else x for x in v.tolist()]
+                else:
+                    cols[c] = v.tolist()
             body = {"model": self.model, "columns": list(df.columns), "rows": [list(r) for r in zip(*cols.values())],
                     "threshold": UNIVERSAL_THRESHOLD}
             return json.dumps(body, separators=(",", ":")).encode()
@@ -198,19 +205,25 @@ class ModelArtifacts:
             return out
         return self._once("correlations", make)
 
-    def top_features(self, layer: int) -> list[tuple[str, object]]:
-        """[(dataset, long-format top features of the whole layer)] of the token-feature explanations."""
-        def make():
-            from analysis.heuristic_explanation import load_top_features
-            root = paths.explanation_dir() / self.dirname
-            out = []
-            for ds in sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-                try:
-                    out.append((ds, load_top_features(self.model, ds, "token", k=5, layers=[layer])))
-                except UserError:
-                    continue
-            return out
-        return self._once(("features", layer), make)
+    def explanation_datasets(self) -> list[str]:
+        root = paths.explanation_dir() / self.dirname
+        return self._once("explanation_datasets", lambda: sorted(
+            p.name for p in root.iterdir() if (p / "token_feature").is_dir()) if root.is_dir() else [])
+
+
+def _vr_row(path: Path, label: str):
+    """Row `label` ('l.n') of an explain.py variance-reduction CSV as a one-row DataFrame, or None.
+
+    Only that line is parsed (a layer's CSV has d_mlp rows x every feature: hundreds of MB for GPT-2).
+    """
+    import pandas as pd
+
+    with open(path, encoding="utf-8") as f:
+        header = f.readline()
+        for line in f:
+            if line.startswith(label + ","):
+                return pd.read_csv(io.StringIO(header + line), index_col=0, dtype={0: str})
+    return None
 
 
 # Pages --------------------------------------------------------------------------------------------
@@ -357,22 +370,27 @@ def _composition_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
 
 
 def _explanations_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
-    found = art.top_features(layer)
-    if not found:
+    from analysis.heuristic_explanation import top_features
+    from .explanations import PREV_VR_FILE, VR_FILE, layer_dir
+
+    datasets = art.explanation_datasets()
+    if not datasets:
         return _note(f"no explanations under {paths.explanation_dir() / art.dirname}: run "
                      f"python explain.py --model {art.model} --dataset <dataset> --feature_type token")
     label = f"{layer}.{neuron}"
     parts = []
-    for ds, top in found:
-        mine = top[top["neuron"] == label]
-        if mine.empty:
-            parts.append(f"<p>{html.escape(ds)}: no feature explains this neuron (dead or not computed)</p>")
+    for ds in datasets:
+        folder = layer_dir(art.model, ds, "token", layer)
+        found = [(pos, _vr_row(folder / f, label)) for pos, f in (("current", VR_FILE), ("previous", PREV_VR_FILE))
+                 if (folder / f).is_file()]
+        rows = [(pos, r) for pos, vr in found if vr is not None for r in top_features(vr, 5).itertuples()]
+        if not rows:
+            parts.append(f"<p>{html.escape(ds)}: no explanation of {label} (layer not explained, or a dead neuron)</p>")
             continue
-        rows = "".join(f"<tr><td>{html.escape(r.position)}</td><td>{r.rank}</td><td style='text-align:left'>"
-                       f"{html.escape(repr(r.feature))}</td><td>{r.variance_reduction:.4f}</td></tr>"
-                       for r in mine.itertuples())
+        cells = "".join(f"<tr><td>{pos}</td><td>{r.rank}</td><td style='text-align:left'>{html.escape(repr(r.feature))}"
+                        f"</td><td>{r.variance_reduction:.4f}</td></tr>" for pos, r in rows)
         parts.append(f"<p>{html.escape(ds)}</p><table class='features'><tr><th>token</th><th>rank</th>"
-                     f"<th>feature</th><th>variance reduction</th></tr>{rows}</table>")
+                     f"<th>feature</th><th>variance reduction</th></tr>{cells}</table>")
     return "".join(parts)
 
 
@@ -600,7 +618,11 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000) -> None:
             not paths.neuron_df_path(model).exists():
         print(f"note: no artifacts of {model} under {paths.summary_dir()} or {paths.dataframe_dir()} "
               f"(working directory {Path.cwd()}); pages will say which commands make them")
-    server, _ = make_server(model, host, port)
+    server, app = make_server(model, host, port)
+    art = app.artifacts(model)
+    # the tokenizer (transformers' import is slow) and the table JSON are made in the background,
+    # so the server answers at once and the first neuron page does not wait for them
+    threading.Thread(target=lambda: (art.neuron_df_json(), art.vocab()), daemon=True).start()
     h, p = server.server_address[:2]
     if host not in LOOPBACK_HOSTS:
         print(f"warning: serving on {host}, reachable from other machines")
