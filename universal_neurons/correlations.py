@@ -115,13 +115,23 @@ def _batch_generator(seed: int, batch_id: int, salt: str, device) -> torch.Gener
     return torch.Generator(device=device).manual_seed(derive_seed(seed, batch_id, _SALT[salt]))
 
 
-def _sum64(t: torch.Tensor) -> torch.Tensor:
-    """Column sums [N] of [T, N] in float64."""
-    return t.sum(0, dtype=torch.float64)
+def _column_sums(t: torch.Tensor, scratch_rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column sums and sums of squares of t [T, N] (float32), returned in float64 [N].
 
-
-def _sumsq64(t: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(t, dim=0, dtype=torch.float64).square()
+    Both go through BLAS (ones @ t): float32 reductions over dim 0 are slow on CPU, and casting t
+    to float64 first would allocate 2x its size. Squares are formed in a small reused buffer.
+    """
+    ones = torch.ones(1, min(scratch_rows, t.shape[0]), device=t.device, dtype=t.dtype)
+    buf = torch.empty(min(scratch_rows, t.shape[0]), t.shape[1], device=t.device, dtype=t.dtype)
+    s = torch.zeros(t.shape[1], dtype=torch.float64, device=t.device)
+    ss = torch.zeros_like(s)
+    for r0 in range(0, t.shape[0], scratch_rows):
+        blk = t[r0:r0 + scratch_rows]
+        k = blk.shape[0]
+        s += (ones[:, :k] @ blk)[0]
+        torch.mul(blk, blk, out=buf[:k])
+        ss += (ones[:, :k] @ buf[:k])[0]
+    return s, ss
 
 
 def _own_float32(t: torch.Tensor, may_overwrite: bool) -> torch.Tensor:
@@ -279,15 +289,16 @@ class CorrelationStats:
         else:
             x = _own_float32(x, overwrite)
             if self.x_shift is None:
-                self.x_shift = (_sum64(x) / x.shape[0]).float()
+                self.x_shift = (_column_sums(x)[0] / x.shape[0]).float()
                 self.x_sum = torch.zeros(self.n_rows, dtype=torch.float64, device=x.device)
                 self.x_sumsq = torch.zeros_like(self.x_sum)
             x.sub_(self.x_shift)
         if self.x_sum is None:
             self.x_sum = torch.zeros(self.n_rows, dtype=torch.float64, device=x.device)
             self.x_sumsq = torch.zeros_like(self.x_sum)
-        self.x_sum += _sum64(x)
-        self.x_sumsq += _sumsq64(x)
+        s, ss = _column_sums(x)
+        self.x_sum += s
+        self.x_sumsq += ss
         return x
 
     def _variant(self, name: str, y: torch.Tensor, batch_id: int) -> torch.Tensor:
@@ -305,12 +316,12 @@ class CorrelationStats:
         raise AssertionError(name)
 
     def _rotation(self, sample: int, dtype=torch.float64) -> torch.Tensor:
-        """Cached rotation matrices [L2, D2, D2] of one sample, on self.device."""
+        """Rotation matrices [L2, D2, D2] of one sample, on self.device (cached, float64 and dtype)."""
         cache = self.__dict__.setdefault("_rotation_cache", {})
         if (sample, dtype) not in cache:
-            if len(cache) > 2 * self.n_rotations + 2:
-                cache.clear()
-            cache[(sample, dtype)] = rotation_matrices(self.seed, sample, self.layers_2, self.d_2, self.device).to(dtype)
+            if (sample, torch.float64) not in cache:
+                cache[(sample, torch.float64)] = rotation_matrices(self.seed, sample, self.layers_2, self.d_2, self.device)
+            cache[(sample, dtype)] = cache[(sample, torch.float64)].to(dtype)
         return cache[(sample, dtype)]
 
     def _update_stream(self, s: _Stream, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -321,10 +332,11 @@ class CorrelationStats:
                 s.shift = torch.zeros(self.n_cols, device=y.device)
         else:
             if s.shift is None:
-                s.shift = (_sum64(y) / y.shape[0]).float()
+                s.shift = (_column_sums(y)[0] / y.shape[0]).float()
             y.sub_(s.shift)
-        s.sum += _sum64(y)
-        s.sumsq += _sumsq64(y)
+        ys, yss = _column_sums(y)
+        s.sum += ys
+        s.sumsq += yss
         if s.gram is not None:
             y_l = y.view(y.shape[0], self.layers_2, self.d_2)
             s.gram += torch.bmm(y_l.permute(1, 2, 0), y_l.permute(1, 0, 2)).double()
@@ -479,7 +491,8 @@ class CorrelationStats:
     def cross_block(self, stream: str, r0: int, r1: int) -> torch.Tensor:
         """float64 [r1-r0, N2]: pearson: centred cross sums C; cosine: raw cross sums; jaccard: intersections."""
         s = self.streams[stream]
-        c = s.hi[r0:r1].double() + s.lo[r0:r1].double()
+        c = s.hi[r0:r1].double()
+        c += s.lo[r0:r1]
         if self.similarity == "pearson":
             c.addr_(self.x_sum[r0:r1], s.sum, alpha=-1.0 / self.n)
         elif self.similarity == "cosine":
@@ -528,43 +541,112 @@ class CorrelationStats:
 
 # Finalising: blockwise summaries ------------------------------------------------------------------
 
+def _bins(c: torch.Tensor) -> torch.Tensor:
+    """Histogram bin of every entry, float32: ceil((c + 1) * 49.5) clipped to [0, 100].
+
+    This is torch.bucketize(c, linspace(-1, 1, 100), right=False) - bin k holds
+    edges[k-1] < c <= edges[k] - computed arithmetically (4x faster on CPU); the two can differ
+    only for c within float rounding of an edge."""
+    return c.add(1).mul_((N_EDGES - 1) / 2).ceil_().clamp_(0, N_EDGES)
+
+
+def _tails(c: torch.Tensor, bins: torch.Tensor, counts: torch.Tensor, k: int, dim: int, largest: bool,
+           bound: torch.Tensor | None = None):
+    """Top-k (largest) or bottom-k values of every row (dim=1) or column (dim=0) of c, with indices.
+
+    Selection through the histogram instead of torch.topk (which dominated finalising on CPU):
+    the bin holding each group's k-th extreme value is read off the cumulative counts, every entry
+    in that bin or beyond is a candidate (typically k plus a few), and only candidates are sorted.
+    bins: bin of every entry (dead entries = 101); counts [groups, 101]: valid entries per bin;
+    bound [groups]: optional value the k-th extreme already reached (earlier blocks), which narrows
+    the candidates further. Returns values [groups, k] sorted from the extreme inwards (padded with
+    -inf / +inf) and indices [groups, k] along `dim` (padded with -1).
+    """
+    groups = counts.shape[0]
+    k_eff = counts.sum(1).clamp(max=k)
+    if largest:
+        cum = counts.flip(1).cumsum(1).flip(1)                     # entries in bins >= b
+        cut = (cum >= k_eff[:, None]).sum(1) - 1                   # bin of the k-th largest
+        if bound is not None:
+            cut = torch.maximum(cut, _bins(bound.clamp(-2, 2)).long())
+    else:
+        cum = counts.cumsum(1)                                     # entries in bins <= b
+        cut = (cum < k_eff[:, None]).sum(1)                        # bin of the k-th smallest
+        if bound is not None:
+            cut = torch.minimum(cut, _bins(bound.clamp(-2, 2)).long())
+    cut = (cut.view(-1, 1) if dim == 1 else cut.view(1, -1)).to(bins.dtype)
+    nz = (bins >= cut if largest else bins <= cut).nonzero()
+    if largest:      # dead entries (bin 101) pass the test above: drop them now
+        nz = nz[bins[nz[:, 0], nz[:, 1]] <= N_EDGES]
+    vals = c[nz[:, 0], nz[:, 1]]
+    group, member = (nz[:, 0], nz[:, 1]) if dim == 1 else (nz[:, 1], nz[:, 0])
+    key = group.double() * 4 + (1 - vals.double() if largest else 1 + vals.double())   # |c| <= 1
+    order = torch.sort(key, stable=True).indices
+    group, member, vals = group[order], member[order], vals[order]
+    n_cand = torch.bincount(group, minlength=groups)
+    rank = torch.arange(len(group), device=c.device) - (n_cand.cumsum(0) - n_cand)[group]
+    keep = rank < k
+    out_v = torch.full((groups, k), -float("inf") if largest else float("inf"), device=c.device)
+    out_i = torch.full((groups, k), -1, dtype=torch.int64, device=c.device)
+    out_v[group[keep], rank[keep]] = vals[keep]
+    out_i[group[keep], rank[keep]] = member[keep]
+    return out_v, out_i
+
+
 class _RowSummary:
     """Running summary of the rows of a similarity matrix whose columns arrive in blocks.
 
-    State per row: top / bottom N_TAIL values and column indices, a 101-bin histogram, power sums
-    of the valid values, their count, diagonal and first off-diagonal entries.
+    State per row: top / bottom N_TAIL values and column indices (block results are kept pending
+    and merged a few blocks at a time), a 101-bin histogram, power sums of the valid values and
+    their count, diagonal and first off-diagonal entries. extremes_only keeps just max and min.
     """
 
     def __init__(self, n_rows: int, n_cols: int, device, tail: int = N_TAIL, extremes_only: bool = False):
         self.n_rows, self.n_cols, self.tail, self.extremes_only = n_rows, n_cols, tail, extremes_only
         inf = float("inf")
-        k = 1 if extremes_only else tail
-        self.top_v = torch.full((n_rows, k), -inf, device=device)
-        self.bot_v = torch.full((n_rows, k), inf, device=device)
         if extremes_only:
+            self.max_v = torch.full((n_rows,), -inf, device=device)
+            self.min_v = torch.full((n_rows,), inf, device=device)
             return
-        self.top_i = torch.full((n_rows, k), -1, dtype=torch.int64, device=device)
-        self.bot_i = torch.full((n_rows, k), -1, dtype=torch.int64, device=device)
-        self.bins = torch.zeros(n_rows, N_BINS + 1, dtype=torch.int64, device=device)   # last = discarded
+        self.top_v = torch.full((n_rows, tail), -inf, device=device)
+        self.bot_v = torch.full((n_rows, tail), inf, device=device)
+        self.top_i = torch.full((n_rows, tail), -1, dtype=torch.int64, device=device)
+        self.bot_i = torch.full((n_rows, tail), -1, dtype=torch.int64, device=device)
+        self.pending = []      # (rows slice, top_v, top_i, bot_v, bot_i) not merged yet
+        self.bins = torch.zeros(n_rows, N_BINS, dtype=torch.int64, device=device)
         self.power = torch.zeros(n_rows, 4, dtype=torch.float64, device=device)
         self.count = torch.zeros(n_rows, dtype=torch.int64, device=device)
         self.diag = torch.full((min(n_rows, n_cols),), float("nan"), device=device)
         self.obo = torch.full((max(0, min(n_rows, n_cols - 1)),), float("nan"), device=device)
 
-    def _merge_tail(self, vals, idx, rows: slice, blk_v, blk_i, largest: bool):
-        cat_v = torch.cat([vals[rows], blk_v], 1)
-        v, pos = cat_v.topk(vals.shape[1], dim=1, largest=largest)
-        vals[rows] = v
-        if idx is not None:
-            idx[rows] = torch.cat([idx[rows], blk_i], 1).gather(1, pos)
+    def add_tails(self, rows: slice, top_v, top_i, bot_v, bot_i, max_pending: int = 16):
+        self.pending.append((rows, top_v, top_i, bot_v, bot_i))
+        if len(self.pending) >= max_pending:
+            self.flush()
+
+    def flush(self):
+        """Merge pending tails: for each row slice, one topk over [current | all pending blocks]."""
+        by_rows = {}
+        for rows, *t in self.pending:
+            by_rows.setdefault((rows.start, rows.stop), []).append(t)
+        self.pending = []
+        for (r0, r1), parts in by_rows.items():
+            rows = slice(r0, r1)
+            for vals, idx, j, largest in ((self.top_v, self.top_i, 0, True), (self.bot_v, self.bot_i, 2, False)):
+                cat_v = torch.cat([vals[rows]] + [p[j] for p in parts], 1)
+                cat_i = torch.cat([idx[rows]] + [p[j + 1] for p in parts], 1)
+                v, pos = cat_v.topk(self.tail, dim=1, largest=largest)
+                vals[rows], idx[rows] = v, cat_i.gather(1, pos)
 
     def result(self, dead: torch.Tensor, n_dead_other: int) -> dict:
         """The spec's summary dict (values float16, indices int32, bins int32) for these rows."""
         nan = float("nan")
+        if self.extremes_only:
+            return {"max_corr": self.max_v.masked_fill(~torch.isfinite(self.max_v) | dead, nan),
+                    "min_corr": self.min_v.masked_fill(~torch.isfinite(self.min_v) | dead, nan)}
+        self.flush()
         top_v = self.top_v.masked_fill(~torch.isfinite(self.top_v) | dead[:, None], nan)
         bot_v = self.bot_v.masked_fill(~torch.isfinite(self.bot_v) | dead[:, None], nan)
-        if self.extremes_only:
-            return {"max_corr": top_v[:, 0], "min_corr": bot_v[:, 0]}
         top_i = self.top_i.masked_fill(torch.isnan(top_v), -1)
         bot_i = self.bot_i.masked_fill(torch.isnan(bot_v), -1)
         cnt = self.count.double().masked_fill(dead, 0)
@@ -574,9 +656,8 @@ class _RowSummary:
         m3 = p[:, 2] - 3 * m * p[:, 1] + 2 * m ** 3
         m4 = p[:, 3] - 4 * m * p[:, 2] + 6 * m * m * p[:, 1] - 3 * m ** 4
         skew, kurt = m3 / var ** 1.5, m4 / var ** 2
-        bins = self.bins[:, :N_BINS].masked_fill(dead[:, None], 0)
-        n_diag = self.diag.shape[0]
-        diag = self.diag.masked_fill(dead[:n_diag], nan)
+        bins = self.bins.masked_fill(dead[:, None], 0)
+        diag = self.diag.masked_fill(dead[: self.diag.shape[0]], nan)
         obo = self.obo.masked_fill(dead[: self.obo.shape[0]], nan)
         h = lambda t: t.to(torch.float16).cpu()
         i32 = lambda t: t.to(torch.int32).cpu()
@@ -592,7 +673,7 @@ class _RowSummary:
 
 
 def _reduce_block(c: torch.Tensor, r0: int, rows: _RowSummary, cols: _RowSummary,
-                  dead_r: torch.Tensor, dead_c: torch.Tensor, edges: torch.Tensor) -> None:
+                  dead_r: torch.Tensor, dead_c: torch.Tensor) -> None:
     """Fold a similarity block c [rb, N2] (global rows r0.., all columns; dead entries exactly 0)
     into the row summary (rows r0:r0+rb) and the column summary (every column gets rb new entries).
     Both summaries come from the one block, so the [N1, N2] matrix is never held whole.
@@ -601,50 +682,64 @@ def _reduce_block(c: torch.Tensor, r0: int, rows: _RowSummary, cols: _RowSummary
     dev = c.device
     rsl = slice(r0, r0 + rb)
     dr, dc = dead_r.nonzero().flatten(), dead_c.nonzero().flatten()
+    inf = float("inf")
+    if rows.extremes_only:
+        for largest, acc_r, acc_c in ((True, rows.max_v, cols.max_v), (False, rows.min_v, cols.min_v)):
+            fill = -inf if largest else inf
+            c.index_fill_(1, dc, fill)
+            c.index_fill_(0, dr, fill)
+            red = torch.amax if largest else torch.amin
+            acc_r[rsl] = red(c, 1)
+            acc_c.copy_(red(torch.stack([acc_c, red(c, 0)]), 0))
+        return
+    # diagonal and first off-diagonal (global indices) of M = rows x cols and of M^T
+    i = torch.arange(r0, r0 + rb, device=dev)
     nan = float("nan")
-    if not rows.extremes_only:
-        # diagonal and first off-diagonal (global indices) of M = rows x cols and of M^T
-        i = torch.arange(r0, r0 + rb, device=dev)
-        for offset, target, at in ((0, rows.diag, i), (0, cols.diag, i), (1, rows.obo, i), (-1, cols.obo, i - 1)):
-            j = i + offset
-            ok = (j >= 0) & (j < nc) & (at >= 0) & (at < target.shape[0])
-            v = c[(i - r0)[ok], j[ok]]
-            target[at[ok]] = v.masked_fill(dead_r[(i - r0)[ok]] | dead_c[j[ok]], nan)
-        # histogram; dead entries go to an extra bin that is dropped at the end
-        nb = N_BINS + 1
-        b = torch.bucketize(c, edges, out_int32=True)
-        b.index_fill_(1, dc, N_BINS)
-        b.index_fill_(0, dr, N_BINS)
-        rows.bins[rsl] += torch.bincount((b + torch.arange(0, rb * nb, nb, device=dev, dtype=torch.int32)[:, None]).flatten(),
-                                         minlength=rb * nb).view(rb, nb)
-        cols.bins += torch.bincount((b + torch.arange(0, nc * nb, nb, device=dev, dtype=torch.int32)[None, :]).flatten(),
-                                    minlength=nc * nb).view(nc, nb)
-        del b
-        # power sums (dead entries are 0 so they add nothing; the counts leave them out).
-        # float32 sums of |c| <= 1 within a block are ample for float16 moments; blocks add in float64.
-        c2 = c * c
-        powers = (c, c2, c2 * c, c2.square())
-        rows.power[rsl] += torch.stack([p.sum(1) for p in powers], 1).double()
-        cols.power += torch.stack([p.sum(0) for p in powers], 1).double()
-        rows.count[rsl] += nc - len(dc)
-        cols.count += rb - len(dr)
-        del c2, powers
-    # extremes: dead entries -inf for the top-k; negate (and refill) for the bottom-k
-    for largest in (True, False):
-        if not largest:
-            c.neg_()
-        c.index_fill_(1, dc, -float("inf"))
-        c.index_fill_(0, dr, -float("inf"))
-        vr, ir = c.topk(min(rows.top_v.shape[1], nc), dim=1)
-        vc, ic = c.topk(min(cols.top_v.shape[1], rb), dim=0)
-        vc = vc.t()
-        if not largest:
-            vr, vc = vr.neg(), vc.neg()
-        ic = ic.t() + r0
-        for summ, sl, v, ix in ((rows, rsl, vr, ir), (cols, slice(None), vc, ic)):
-            vals, idx = (summ.top_v, None if summ.extremes_only else summ.top_i) if largest else \
-                        (summ.bot_v, None if summ.extremes_only else summ.bot_i)
-            summ._merge_tail(vals, idx, sl, v, ix, largest)
+    for offset, target, at in ((0, rows.diag, i), (0, cols.diag, i), (1, rows.obo, i), (-1, cols.obo, i - 1)):
+        j = i + offset
+        ok = (j >= 0) & (j < nc) & (at >= 0) & (at < target.shape[0])
+        v = c[(i - r0)[ok], j[ok]]
+        target[at[ok]] = v.masked_fill(dead_r[(i - r0)[ok]] | dead_c[j[ok]], nan)
+    # histograms of this block, by row and by column; dead entries go to an extra bin 101
+    b = _bins(c)
+    b.index_fill_(1, dc, N_BINS)
+    b.index_fill_(0, dr, N_BINS)
+    bl = b.long()
+    ones = torch.ones(1, 1, dtype=torch.int64, device=dev).expand(rb, nc)
+    row_bins = torch.zeros(rb, N_BINS + 1, dtype=torch.int64, device=dev).scatter_add_(1, bl, ones)[:, :N_BINS]
+    col_bins = torch.zeros(N_BINS + 1, nc, dtype=torch.int64, device=dev).scatter_add_(0, bl, ones)[:N_BINS].t()
+    del bl
+    rows.bins[rsl] += row_bins
+    cols.bins += col_bins
+    # tails, through the histograms (no topk over the block)
+    k = rows.tail
+    tv, ti = _tails(c, b, row_bins, k, 1, True)
+    bv, bi = _tails(c, b, row_bins, k, 1, False)
+    rows.top_v[rsl], rows.top_i[rsl], rows.bot_v[rsl], rows.bot_i[rsl] = tv, ti, bv, bi   # complete rows
+    # columns: what earlier blocks already hold bounds the candidates (classic streaming top-k)
+    tv, ti = _tails(c, b, col_bins, k, 0, True, bound=cols.top_v[:, -1])
+    bv, bi = _tails(c, b, col_bins, k, 0, False, bound=cols.bot_v[:, -1])
+    cols.add_tails(slice(0, nc), tv, ti.masked_fill(ti < 0, -1 - r0) + r0, bv, bi.masked_fill(bi < 0, -1 - r0) + r0,
+                   max_pending=1)
+    del b
+    # power sums (dead entries are 0 so they add nothing; the counts leave them out), as
+    # matrix-vector products: float32 sums of |c| <= 1 within a block are ample for float16
+    # moments, and blocks add up in float64.
+    one_c = torch.ones(nc, 1, device=dev)
+    one_r = torch.ones(1, rb, device=dev)
+    p = c * c
+    row_pow, col_pow = [c @ one_c, p @ one_c], [one_r @ c, one_r @ p]
+    p.mul_(c)
+    row_pow.append(p @ one_c)
+    col_pow.append(one_r @ p)
+    p.mul_(c)
+    row_pow.append(p @ one_c)
+    col_pow.append(one_r @ p)
+    del p
+    rows.power[rsl] += torch.cat(row_pow, 1).double()
+    cols.power += torch.cat(col_pow, 0).t().double()
+    rows.count[rsl] += nc - len(dc)
+    cols.count += rb - len(dr)
 
 
 class CorrelationFinalizer:
@@ -709,7 +804,7 @@ class CorrelationFinalizer:
                 if k == 0 and self.full_matrix:
                     self._store_full(b, c, o + r0, row_dead[r0:r1], col_dead)
                 rows, cols = self.acc[(b, k)]
-                _reduce_block(c, o + r0, rows, cols, row_dead[r0:r1], col_dead, self.edges)
+                _reduce_block(c, o + r0, rows, cols, row_dead[r0:r1], col_dead)
 
     def _store_full(self, baseline, c, g0, dead_r, dead_c):
         if self.full[baseline] is None:
@@ -732,7 +827,7 @@ class CorrelationFinalizer:
             summ_t = cols.result(col_dead[0], int(self.row_dead.sum()))
             meta = {"similarity": self.similarity, "baseline": b, "n_tokens": int(self.n_tokens or 0),
                     "seed": self.seed, "n_rotations": self.n_rotations if b == "rotation" else 1,
-                    "bin_edges": "torch.linspace(-1, 1, 100); bin = torch.bucketize(c, edges, right=False)"}
+                    "bin_edges": "linspace(-1, 1, 100); bin k holds edges[k-1] < c <= edges[k] (torch.bucketize, right=False)"}
             if b == "rotation" and self.n_rotations > 1:
                 per_r = [self.acc[(b, k)][0].result(self.row_dead, 0) if k else None for k in range(self.n_rotations)]
                 per_c = [self.acc[(b, k)][1].result(col_dead[k], 0) if k else None for k in range(self.n_rotations)]
