@@ -1,0 +1,157 @@
+"""Search for a zoo preset whose seeds show universal neurons (issue: the zoo must show the phenomenon).
+
+For each candidate configuration: train seeds a.. (in the zoo cache, as presets named by the
+config), measure on >= 1M held-out tokens (python-stdlib.all-1m.<ctx>, documents no seed trained on)
+the paper's quantities for seed a's neurons against every other seed: max correlation over all
+neurons of the other model, and the same against a Haar-rotated copy of each of its layers; then
+excess_corr = mean_corr - mean_baseline and the share of neurons with excess_corr > 0.5 per layer.
+Results are appended as JSON lines to benchmarks/zoo_search.jsonl (one line per configuration).
+
+    python benchmarks/zoo_search.py --configs s_shared s_perseed --n_seeds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from universal_neurons import token_datasets, zoo  # noqa: E402
+from universal_neurons.capture import mlp_activations, token_mask  # noqa: E402
+from universal_neurons.models import load_model  # noqa: E402
+
+P = zoo.Preset
+CONFIGS = {
+    # 2 layers, narrow, the FACTS baseline shape, data order per seed vs shared
+    "s_perseed": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=4_000_000),
+    "s_shared": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=4_000_000,
+                  shared_data_order=True),
+    "s_shared_v512": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=512, ctx_len=64,
+                       train_tokens=4_000_000, shared_data_order=True),
+    "s_shared_lr": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64,
+                     train_tokens=4_000_000, shared_data_order=True, lr=6e-3, batch_size=64),
+    "s_shared_wd": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64,
+                     train_tokens=4_000_000, shared_data_order=True, weight_decay=0.3),
+    "s_shared_128": P(n_layer=2, d_model=128, d_mlp=512, n_head=4, vocab_size=1024, ctx_len=64,
+                      train_tokens=4_000_000, shared_data_order=True),
+    "s_shared_3l": P(n_layer=3, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64,
+                     train_tokens=4_000_000, shared_data_order=True),
+}
+
+
+def haar(d: int, gen: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+@torch.no_grad()
+def max_corrs(models, ds, batch_size=64, seed=0):
+    """Seed a's neurons against each other model: (max corr, max rotated-baseline corr) [n_other, N1]."""
+    a, others = models[0], models[1:]
+    L, D = a.cfg.n_layers, a.cfg.d_mlp
+    N = L * D
+    n = 0
+    sx = torch.zeros(N, dtype=torch.float64)
+    sxx = torch.zeros(N, dtype=torch.float64)
+    stats = [dict(sy=torch.zeros(N, dtype=torch.float64), syy=torch.zeros(N, dtype=torch.float64),
+                  sxy=torch.zeros(N, N, dtype=torch.float64), g=torch.zeros(L, D, D, dtype=torch.float64)) for _ in others]
+    shift_x = None
+    shifts_y = [None] * len(others)
+    for toks in token_datasets.iter_token_batches(ds, batch_size):
+        m = token_mask(toks, a.tokenizer).reshape(-1)
+        x = mlp_activations(a, toks).reshape(-1, N)[m]
+        if shift_x is None:
+            shift_x = x.mean(0)
+        x = (x - shift_x).double()
+        n += x.shape[0]
+        sx += x.sum(0)
+        sxx += (x * x).sum(0)
+        for j, (o, st) in enumerate(zip(others, stats)):
+            y = mlp_activations(o, toks).reshape(-1, N)[m]
+            if shifts_y[j] is None:
+                shifts_y[j] = y.mean(0)
+            y = (y - shifts_y[j]).double()
+            st["sy"] += y.sum(0)
+            st["syy"] += (y * y).sum(0)
+            st["sxy"] += x.T @ y
+            yl = y.reshape(-1, L, D)
+            st["g"] += torch.einsum("tld,tle->lde", yl, yl)
+    gen = torch.Generator().manual_seed(seed)
+    mx = sx / n
+    vx = sxx / n - mx ** 2
+    out_max, out_base = [], []
+    for st in stats:
+        my = st["sy"] / n
+        cov = st["sxy"] / n - mx[:, None] * my[None, :]
+        vy = st["syy"] / n - my ** 2
+        corr = cov / torch.sqrt(vx[:, None] * vy[None, :])
+        out_max.append(torch.nan_to_num(corr, nan=-2).amax(1))
+        rot = []
+        for l in range(L):
+            R = haar(D, gen)
+            sig = st["g"][l] / n - my[l * D:(l + 1) * D, None] * my[None, l * D:(l + 1) * D]
+            c_rot = cov[:, l * D:(l + 1) * D] @ R.T
+            v_rot = torch.einsum("ij,jk,ik->i", R, sig, R)
+            rot.append(c_rot / torch.sqrt(vx[:, None] * v_rot[None, :]))
+        out_base.append(torch.nan_to_num(torch.cat(rot, 1), nan=-2).amax(1))
+    return torch.stack(out_max), torch.stack(out_base), n
+
+
+def evaluate(name: str, n_seeds: int, eval_tokens: int) -> dict:
+    preset = zoo.PRESETS[name]
+    t0 = time.time()
+    metas = zoo.train_zoo(name, n_seeds, progress=False)
+    train_min = sum(m["train_seconds"] for m in metas) / 60
+    models = [load_model(zoo.zoo_name(name, s)) for s in range(n_seeds)]
+    tok = models[0].tokenizer
+    ds_name = f"zoo-search.{name}.{preset.ctx_len}"
+    try:
+        ds = token_datasets.load_token_dataset(ds_name, "toy", tok)
+    except Exception:
+        from universal_neurons import corpus
+
+        rows = token_datasets.tokenize_and_concatenate((d for _, d in corpus.iter_all("heldout")), tok, preset.ctx_len,
+                                                       max_rows=eval_tokens // preset.ctx_len)
+        token_datasets.save_token_dataset(rows, "toy", ds_name, tok)
+        ds = token_datasets.load_token_dataset(ds_name, "toy", tok)
+    mxs, bases, n_tok = max_corrs(models, ds)
+    excess = mxs.mean(0) - bases.mean(0)
+    L, D = models[0].cfg.n_layers, models[0].cfg.d_mlp
+    ex = excess.reshape(L, D)
+    rec = {
+        "config": name, "preset": json.loads(preset.key()), "n_seeds": n_seeds, "eval_tokens": n_tok,
+        "train_min_per_seed": round(train_min / n_seeds, 2), "train_min_total": round(train_min, 2),
+        "heldout_loss": [round(m["heldout_loss"], 3) for m in metas],
+        "unigram_entropy": round(metas[0]["unigram_entropy"], 3),
+        "share_gt_0.5_per_layer": [round(float((ex[l] > 0.5).float().mean()), 4) for l in range(L)],
+        "share_gt_0.3_per_layer": [round(float((ex[l] > 0.3).float().mean()), 4) for l in range(L)],
+        "max_excess_per_layer": [round(float(ex[l].max()), 3) for l in range(L)],
+        "mean_baseline": round(float(bases.mean()), 3), "mean_max_corr": round(float(mxs.mean()), 3),
+        "wall_min": round((time.time() - t0) / 60, 2),
+    }
+    return rec
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    p.add_argument("--n_seeds", type=int, default=3)
+    p.add_argument("--eval_tokens", type=int, default=1_048_576)
+    p.add_argument("--out", default=str(Path(__file__).with_suffix(".jsonl")))
+    args = p.parse_args()
+    zoo.PRESETS.update(CONFIGS)
+    for c in args.configs:
+        rec = evaluate(c, args.n_seeds, args.eval_tokens)
+        print(json.dumps(rec), flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Foundation: tokenizer, model loader, token datasets, zoo, CLI errors."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, build_gpt2_folder
+from universal_neurons import paths, token_datasets, zoo
+from universal_neurons.capture import check_same_tokenizer, mlp_activations, token_mask
+from universal_neurons.errors import UserError, parse_neuron
+from universal_neurons.models import hub_id, load_model, load_tokenizer, model_family
+from universal_neurons.tokenizer import gpt2_tokenizer, train_bpe
+
+
+# Tokenizers --------------------------------------------------------------------------------------
+
+def test_offline_gpt2_tokenizer_known_ids():
+    tok = gpt2_tokenizer()
+    assert len(tok) == 50257
+    assert tok("Hello world")["input_ids"] == [15496, 995]
+    assert tok(" the")["input_ids"] == [262]
+    assert tok("\n")["input_ids"] == [198]
+    assert tok("<|endoftext|>")["input_ids"] == [50256]
+    assert tok.bos_token_id == tok.eos_token_id == 50256
+    text = "Universal neurons 1999, naïve café!\n\tx = 2"
+    assert tok.decode(tok(text)["input_ids"]) == text
+
+
+def test_train_bpe_roundtrip():
+    tok = train_bpe(["hello world hello there\n"] * 10, 300)
+    assert len(tok) <= 300 and tok.convert_ids_to_tokens(0) == "<|endoftext|>"
+    ids = tok("hello there, unseen ünïcode")["input_ids"]
+    assert tok.decode(ids) == "hello there, unseen ünïcode"
+
+
+# Model loader ------------------------------------------------------------------------------------
+
+def test_local_folder_loads_with_hooks_and_folded_weights(tmp_path):
+    folder, hf = build_gpt2_folder(tmp_path / "m", n_layer=3, d_model=32, d_mlp=96, n_head=4)
+    model = load_model(str(folder))
+    assert model.family == "gpt2" and model.model_name == str(folder)
+    L, D, d, V, H = 3, 96, 32, 50257, 4
+    assert model.W_in.shape == (L, d, D) and model.W_out.shape == (L, D, d) and model.b_in.shape == (L, D)
+    assert model.W_E.shape == (V, d) and model.W_U.shape == (d, V) and model.W_Q.shape == (L, H, d, d // H)
+    assert model.QK.shape == (L, H, d, d) and model.OV.shape == (L, H, d, d)
+    # compatibility mode: unembedding and writing weights centred
+    assert model.W_U.mean(-1).abs().max() < 1e-5
+    assert model.W_out.mean(-1).abs().max() < 1e-5
+    tokens = torch.tensor([[50256, 15496, 995, 262, 198, 11, 13]])
+    with torch.no_grad():
+        ref = hf(tokens).logits.log_softmax(-1)
+        lp = model(tokens).log_softmax(-1)
+    assert (lp - ref).abs().max() < 1e-4, "folded/centred weights must reproduce the unfolded log-probs"
+    _, cache = model.run_with_cache(tokens)
+    for l in range(L):
+        assert cache[f"blocks.{l}.mlp.hook_pre"].shape == (1, 7, D)
+        assert cache[f"blocks.{l}.mlp.hook_post"].shape == (1, 7, D)
+        assert cache[f"blocks.{l}.attn.hook_pattern"].shape == (1, H, 7, 7)
+    assert cache["ln_final.hook_scale"].shape == (1, 7, 1)
+    acts = mlp_activations(model, tokens)
+    assert acts.shape == (1, 7, L, D)
+    assert torch.allclose(acts[:, :, 1], cache["blocks.1.mlp.hook_post"])
+    # post = GELU(pre) is what the model computes; check the hook pair is consistent
+    pre = mlp_activations(model, tokens, "mlp.hook_pre")
+    assert torch.allclose(acts, torch.nn.functional.gelu(pre, approximate="tanh"), atol=1e-5)
+
+
+def test_unknown_model_fails_fast_with_clear_message():
+    t = time.time()
+    with pytest.raises(UserError) as e:
+        load_model("no-such-org/no-such-model-xyz")
+    assert time.time() - t < 10
+    msg = str(e.value)
+    assert "no-such-org/no-such-model-xyz" in msg and "tried" in msg and "local folder" in msg
+
+
+def test_paper_aliases_and_families():
+    assert hub_id("stanford-gpt2-small-a") == "stanford-crfm/alias-gpt2-small-x21"
+    assert hub_id("stanford-gpt2-medium-e") == "stanford-crfm/eowyn-gpt2-medium-x777"
+    assert hub_id("pythia-160m-seed2") == "EleutherAI/pythia-160m-seed2"
+    assert model_family("stanford-gpt2-small-c") == "gpt2"
+    assert model_family("pythia-160m") == "pythia"
+    assert model_family("toy-gpt2-tiny-a") == "toy"
+    # the GPT-2 family's tokenizer is available without the network
+    assert load_tokenizer("stanford-gpt2-small-b")("Hello world")["input_ids"] == [15496, 995]
+
+
+def test_cuda_request_without_gpu_is_a_user_error(gpt2_folder):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(UserError, match="CUDA is not available"):
+        load_model(str(gpt2_folder[0]), device="cuda")
+
+
+def test_neuron_spec_parsing():
+    assert parse_neuron("11.3030") == (11, 3030)
+    for bad in ("3.99999.1", "a.b", "3", "3.", "-1.2", "3.5e2"):
+        with pytest.raises(UserError):
+            parse_neuron(bad)
+
+
+# Token datasets ----------------------------------------------------------------------------------
+
+def test_tokenize_and_concatenate_rows_start_with_bos():
+    tok = gpt2_tokenizer()
+    rows = token_datasets.tokenize_and_concatenate(["Hello world. " * 50, "Another document."] * 3, tok, 16)
+    assert rows.shape[1] == 16 and rows.dtype == np.int32 and len(rows) > 5
+    assert (rows[:, 0] == tok.bos_token_id).all()
+    flat = rows[:, 1:].reshape(-1)
+    expected = tok("Hello world. " * 50, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert flat[: len(expected)].tolist() == expected  # document order and EOS separators kept
+
+
+def test_local_folder_dataset_mix_and_fingerprint(tmp_path):
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "alpha.txt").write_text("alpha beta gamma. " * 400)
+    (src / "beta.jsonl").write_text("\n".join(json.dumps({"text": f"line {i} of json text"}) for i in range(300)))
+    tok = gpt2_tokenizer()
+    written = token_datasets.build_local_folder(src, tok, "gpt2", 32, [2000], seed=3)
+    names = sorted(p.name for p in written)
+    assert names == ["corpus.all-2k.32", "corpus.alpha.32", "corpus.beta.32"]
+    mix = token_datasets.load_token_dataset("corpus.all-2k.32", "gpt2", tok)
+    assert len(mix) == 2000 // 32 and set(mix["subset"]) == {"alpha", "beta"}
+    again, labels = token_datasets.make_mix({"alpha": np.asarray(token_datasets.load_token_dataset("corpus.alpha.32", "gpt2")["tokens"]),
+                                             "beta": np.asarray(token_datasets.load_token_dataset("corpus.beta.32", "gpt2")["tokens"])}, 2000, 3)
+    assert np.array_equal(again, np.asarray(mix["tokens"])), "mixes are seeded"
+    other = train_bpe(["some other text"] * 5, 280)
+    with pytest.raises(UserError, match="different tokenizer"):
+        token_datasets.load_token_dataset("corpus.alpha.32", "gpt2", other)
+    with pytest.raises(UserError, match="not found"):
+        token_datasets.load_token_dataset("corpus.gamma.32", "gpt2")
+    with pytest.raises(UserError, match="needs"):
+        token_datasets.make_mix({"a": np.zeros((3, 32), dtype=np.int32)}, 10_000, 0)
+
+
+def test_shard_rows_partition():
+    for n, k in ((10, 3), (7, 7), (100, 8), (3, 5)):
+        ranges = [token_datasets.shard_rows(n, k, i) for i in range(k)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
+    with pytest.raises(UserError):
+        token_datasets.shard_rows(10, 2, 2)
+
+
+def test_builtin_corpus_subsets_and_split():
+    from universal_neurons import corpus
+
+    code_train = list(corpus.iter_documents("code", "train", max_docs=20))
+    code_held = list(corpus.iter_documents("code", "heldout", max_docs=20))
+    assert len(code_train) == 20 and len(code_held) == 20 and not set(code_train) & set(code_held)
+    assert any("def " in d for d in code_train)
+    prose = list(corpus.iter_documents("prose", "all", max_docs=5))
+    assert len(prose) == 5 and all(len(p) > 20 for p in prose)
+    assert all("site-packages" not in str(p) for p in corpus._source_files())
+
+
+# Zoo and capture ---------------------------------------------------------------------------------
+
+def test_zoo_models_load_by_name_and_share_tokenizer(tiny_zoo):
+    a, b = (load_model(n) for n in tiny_zoo)
+    assert a.family == "toy" and a.cfg.n_layers == zoo.PRESETS["tiny"].n_layer
+    check_same_tokenizer(a, b)
+    meta = zoo.model_meta(tiny_zoo[0])
+    assert meta["heldout_loss"] < meta["unigram_entropy"], "the model must beat the unigram baseline"
+    # different seeds, different weights
+    assert not torch.allclose(a.W_in, b.W_in)
+    toks = a.to_tokens(["def f(x):\n    return x\n"])
+    mask = token_mask(toks, a.tokenizer)
+    assert not mask[0, 0] and mask.sum() < mask.numel()
+    newline_ids = [i for i in toks[0].tolist() if "\n" in a.tokenizer.decode([i]) and not a.tokenizer.decode([i]).strip()]
+    assert all(not m for t, m in zip(toks[0].tolist(), mask[0].tolist()) if t in newline_ids)
+
+
+def test_mismatched_tokenizers_are_refused(tiny_zoo, gpt2_folder):
+    with pytest.raises(UserError, match="different tokenizers"):
+        check_same_tokenizer(load_model(tiny_zoo[0]), load_model(str(gpt2_folder[0])))
+
+
+def test_zoo_training_is_deterministic(tmp_path, tiny_zoo):
+    from safetensors.torch import load_file
+
+    meta = zoo.train_model("tiny", 0, tmp_path / "again", progress=False)
+    ref = load_file(str(zoo.model_dir(tiny_zoo[0]) / "model.safetensors"))
+    new = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert ref.keys() == new.keys()
+    assert all(torch.equal(ref[k], new[k]) for k in ref)
+    assert meta["heldout_loss"] == zoo.model_meta(tiny_zoo[0])["heldout_loss"]
+
+
+# Command lines -----------------------------------------------------------------------------------
+
+def _run(args, cwd):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_make_dataset_builtin_cli(tmp_path, tiny_zoo):
+    r = _run([str(REPO / "make_dataset.py"), "--model", tiny_zoo[0], "--hf_dataset", "python-stdlib",
+              "--ctx_len", "32", "--n_seq", "50", "--mix_tokens", "3k"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "token_datasets" / "toy"
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [f"python-stdlib.{s}.32" for s in ("prose", "code", "tests")] + ["python-stdlib.all-3k.32"])
+    ds = token_datasets.load_token_dataset("python-stdlib.code.32", "toy", load_tokenizer(tiny_zoo[0]))
+    assert len(ds) == 50 and len(ds[0]["tokens"]) == 32
+
+
+def test_cli_errors_exit_2_with_one_message(tmp_path):
+    r = _run([str(REPO / "make_dataset.py"), "--model", "no-such-model-xyz", "--hf_dataset", "python-stdlib"], tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: cannot load") and "Traceback" not in r.stderr
+    assert not (tmp_path / "token_datasets").exists()
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out" / "artifact.pt"
+    with pytest.raises(RuntimeError):
+        with paths.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists() and list((tmp_path / "out").iterdir()) == []
+    paths.torch_save_atomic({"x": 1}, target)
+    assert torch.load(target)["x"] == 1

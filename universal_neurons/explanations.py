@@ -1,0 +1,395 @@
+"""Explaining neurons by boolean token features: variance reduction.
+
+For a neuron's activation a over T tokens and a boolean feature F,
+
+    VR = (Var(a) - [p_F Var(a | F) + p_notF Var(a | not F)]) / Var(a)
+
+(population variances, p_F = share of tokens with F). The within-group sum of squares is the
+total minus the between-group one, so with n = T, n1 = #F, n0 = n - n1 and the centred
+activations x = a - mean(a):
+
+    VR = between / total = n * c^2 / (n1 * n0 * sum(x^2)),   c = sum_{F} x = n * cov(a, F)
+
+i.e. the squared point-biserial correlation of a with F. This form needs only the counts
+F^T 1, the sums F^T x and the per-neuron sum of squares: one GEMM [F, T] x [T, N] per batch for
+all neurons and features, no sums of squares per feature, and no difference of two large
+within-group terms (the cancellation the direct formula suffers when VR is small).
+
+Everything is accumulated in float64 over batches of tokens, with activations shifted by the
+first batch's mean (`x = a - shift`, with the exact correction for the residual mean), so a
+neuron with a large mean keeps its precision.
+
+Degenerate cases give NaN: a constant (or dead) neuron (Var(a) = 0), a feature true on no token
+or on every token (p_F in {0, 1}), no tokens at all, or NaN activations.
+
+`prev_token` VR uses the feature of the previous token in the same sequence: pairs
+(position t-1, position t) where both positions are kept by the token mask; the first kept
+position of a sequence has no previous token and is left out.
+
+Artifacts: `$RESULTS_DIR/explanations/<model>/<dataset>/<type>_feature/layer_<l>/`
+variance_reduction.csv and prev_token_variance_reduction.csv, rows 'l.n', columns features.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .paths import atomic_path, explanation_dir, model_dirname
+
+VR_FILE = "variance_reduction.csv"
+PREV_VR_FILE = "prev_token_variance_reduction.csv"
+
+
+class VarianceReduction:
+    """Streaming variance reduction of N neurons by F boolean features.
+
+    update(acts [T, N], features [T, F]) any number of times, then result() -> [N, F] float64.
+    `add_features(k)` appends k features that were false on every token seen so far (their
+    statistics start at zero, which is exact), for feature sets discovered while streaming.
+    """
+
+    def __init__(self, n_neurons: int, n_features: int, device: str | torch.device = "cpu"):
+        kw = dict(dtype=torch.float64, device=device)
+        self.device = torch.device(device)
+        self.n = 0
+        self.shift: torch.Tensor | None = None  # [N] the first batch's mean
+        self.sum = torch.zeros(n_neurons, **kw)  # [N] sum of x
+        self.sumsq = torch.zeros(n_neurons, **kw)  # [N] sum of x^2
+        self.min = torch.full((n_neurons,), torch.inf, **kw)  # [N] to tell constant neurons exactly
+        self.max = torch.full((n_neurons,), -torch.inf, **kw)
+        self.count = torch.zeros(n_features, **kw)  # [F] tokens with the feature
+        self.fsum = torch.zeros(n_features, n_neurons, **kw)  # [F, N] sum of x over tokens with it
+
+    def add_features(self, k: int) -> None:
+        if k > 0:
+            self.count = torch.cat([self.count, self.count.new_zeros(k)])
+            self.fsum = torch.cat([self.fsum, self.fsum.new_zeros(k, self.fsum.shape[1])])
+
+    def update(self, acts, features) -> None:
+        """acts: [T, N] activations; features: [T, F] bool/0-1 (F may be fewer than the
+        accumulator's features: the missing trailing ones are false on these tokens)."""
+        a_in = torch.as_tensor(acts).to(self.device)
+        a = a_in.to(torch.float64, copy=True)  # our own copy: modified in place below
+        f = torch.as_tensor(features).to(self.device, torch.float64)
+        if a.ndim != 2 or f.ndim != 2 or a.shape[0] != f.shape[0] or a.shape[1] != self.sum.shape[0] \
+                or f.shape[1] > self.count.shape[0]:
+            raise ValueError(f"expected acts [T, {self.sum.shape[0]}] and features [T, <= {self.count.shape[0]}], "
+                             f"got {tuple(a.shape)} and {tuple(f.shape)}")
+        if a.shape[0] == 0:
+            return
+        if self.shift is None:
+            self.shift = a.mean(0)
+            self.shift = torch.where(torch.isfinite(self.shift), self.shift, 0.0)
+        # amin/amax (not min(0)/aminmax: 10x slower on CPU) on the input dtype; NaN propagates.
+        self.min = torch.minimum(self.min, a_in.amin(0).to(torch.float64))
+        self.max = torch.maximum(self.max, a_in.amax(0).to(torch.float64))
+        x = a.sub_(self.shift)
+        k = f.shape[1]
+        self.n += x.shape[0]
+        self.count[:k] += f.sum(0)
+        self.fsum[:k] += f.T @ x
+        self.sum += x.sum(0)
+        self.sumsq += x.square_().sum(0)  # x is ours: square in place, after its last other use
+
+    def result(self) -> torch.Tensor:
+        """[N, F] float64 variance reductions (NaN for the degenerate cases above)."""
+        n = float(self.n)
+        if n == 0:
+            return torch.full((self.sum.shape[0], self.count.shape[0]), torch.nan, dtype=torch.float64)
+        mean_x = self.sum / n  # [N] residual mean after the shift (small)
+        total = self.sumsq - self.sum * mean_x  # [N] sum of squared deviations
+        c = self.fsum - self.count[:, None] * mean_x[None, :]  # [F, N] sum over F of deviations
+        n1, n0 = self.count, n - self.count
+        vr = n * c.square() / (n1 * n0)[:, None] / total[None, :]
+        degenerate = (n1 == 0) | (n0 == 0)
+        constant = ~(self.max > self.min)  # also True when min/max are NaN
+        vr[degenerate, :] = torch.nan
+        vr[:, constant] = torch.nan
+        return vr.T.cpu()
+
+
+def variance_reduction(acts, features) -> np.ndarray:
+    """acts [T, N] activations, features [T, F] bool -> [N, F] float64 variance reductions."""
+    acts = torch.as_tensor(np.asarray(acts) if not torch.is_tensor(acts) else acts)
+    features = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
+    vr = VarianceReduction(acts.shape[1], features.shape[1])
+    vr.update(acts, features)
+    return vr.result().numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# A layer's (or any neuron set's) explanation over token sequences
+# ------------------------------------------------------------------------------------------------
+
+
+class SequenceExplainer:
+    """Current- and previous-token VR accumulated over batches of sequences.
+
+    update(acts [B, P, N], features [B, P, F] bool, mask [B, P] bool): positions with mask False
+    (BOS, padding) are left out; the previous-token statistics pair position t with t-1 when both
+    are kept.
+    """
+
+    def __init__(self, n_neurons: int, n_features: int, device: str | torch.device = "cpu"):
+        self.current = VarianceReduction(n_neurons, n_features, device)
+        self.previous = VarianceReduction(n_neurons, n_features, device)
+
+    def add_features(self, k: int) -> None:
+        self.current.add_features(k)
+        self.previous.add_features(k)
+
+    def update(self, acts, features, mask=None) -> None:
+        acts = torch.as_tensor(acts)
+        features = torch.as_tensor(features)
+        mask = torch.ones(acts.shape[:2], dtype=torch.bool) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        mask = mask.to(acts.device)
+        features = features.to(acts.device)
+        self.current.update(acts[mask], features[mask])
+        pair = mask[:, 1:] & mask[:, :-1]  # [B, P-1]
+        self.previous.update(acts[:, 1:][pair], features[:, :-1][pair])
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.current.result(), self.previous.result()
+
+
+def neuron_index(layers, neurons) -> pd.Index:
+    """Row labels 'l.n' (the original's format)."""
+    return pd.Index([f"{l}.{n}" for l, n in zip(layers, neurons)], name="neuron")
+
+
+def vr_frame(vr, layers, neurons, feature_names) -> pd.DataFrame:
+    """[N, F] values -> DataFrame indexed 'l.n', one column per feature."""
+    return pd.DataFrame(np.asarray(vr, dtype=np.float64), index=neuron_index(layers, neurons),
+                        columns=pd.Index(list(feature_names), name="feature"))
+
+
+def vocab_feature_matrix(vocab_df: pd.DataFrame) -> tuple[torch.Tensor, list[str]]:
+    """The boolean columns of a vocab df as a [vocab, F] bool tensor, and their names."""
+    names = [c for c in vocab_df.columns if vocab_df[c].dtype == bool]
+    return torch.tensor(vocab_df[names].to_numpy(dtype=bool)), names
+
+
+def explain_layer(acts, tokens, vocab_df: pd.DataFrame, mask=None, layer: int = 0,
+                  neurons=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Token-feature explanations of one layer from arrays (no model needed).
+
+    acts: [B, P, N] activations of the layer's neurons `neurons` (default 0..N-1); tokens:
+    [B, P] ids; vocab_df: `analysis.vocab_df.make_vocab_df` table (bool columns = features,
+    looked up by token id); mask: [B, P] bool positions to use (default all).
+    Returns (variance_reduction, prev_token_variance_reduction), DataFrames [N, F] indexed 'l.n'.
+    """
+    acts = torch.as_tensor(acts)
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    table, names = vocab_feature_matrix(vocab_df)
+    if int(tokens.max()) >= table.shape[0] or int(tokens.min()) < 0:
+        raise ValueError(f"token ids span [{int(tokens.min())}, {int(tokens.max())}], outside the vocab df's "
+                         f"{table.shape[0]} rows")
+    neurons = list(range(acts.shape[-1])) if neurons is None else list(neurons)
+    ex = SequenceExplainer(acts.shape[-1], len(names))
+    ex.update(acts, table[tokens], mask)
+    cur, prev = ex.result()
+    layers = [layer] * len(neurons)
+    return vr_frame(cur, layers, neurons, names), vr_frame(prev, layers, neurons, names)
+
+
+def layer_dir(model: str, dataset: str, feature_type: str, layer: int) -> Path:
+    return explanation_dir() / model_dirname(model) / dataset / f"{feature_type}_feature" / f"layer_{layer}"
+
+
+def write_layer(vr: pd.DataFrame, prev_vr: pd.DataFrame, model: str, dataset: str, feature_type: str,
+                layer: int) -> Path:
+    """Write one layer's two CSVs atomically; returns the folder."""
+    out = layer_dir(model, dataset, feature_type, layer)
+    for frame, name in ((vr, VR_FILE), (prev_vr, PREV_VR_FILE)):
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp)
+    return out
+
+
+def read_vr_csv(path: str | Path) -> pd.DataFrame:
+    """A variance-reduction CSV; the 'l.n' labels stay strings ('3.10' must not become 3.1)."""
+    return pd.read_csv(path, index_col=0, dtype={0: str})
+
+
+def read_layer(model: str, dataset: str, feature_type: str, layer: int, prev: bool = False) -> pd.DataFrame:
+    return read_vr_csv(layer_dir(model, dataset, feature_type, layer) / (PREV_VR_FILE if prev else VR_FILE))
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole datasets: the explain.py pipeline
+# ------------------------------------------------------------------------------------------------
+
+
+def select_neurons(n_layers: int, d_mlp: int, layer: int = -1, neuron_df_path: str | Path | None = None
+                   ) -> dict[int, np.ndarray]:
+    """Neurons to explain, {layer: neuron indices}: every neuron of `layer` (-1 = all layers), or
+    only the rows (columns `layer`, `neuron`) of the CSV at `neuron_df_path` in those layers."""
+    from .errors import UserError
+
+    if layer != -1 and not 0 <= layer < n_layers:
+        raise UserError(f"--layer {layer} is out of range for a model with {n_layers} layers (use -1 for all)")
+    layers = range(n_layers) if layer == -1 else [layer]
+    if neuron_df_path is None:
+        return {l: np.arange(d_mlp) for l in layers}
+    try:
+        df = pd.read_csv(neuron_df_path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"cannot read neuron dataframe {neuron_df_path}: {e}") from None
+    if not {"layer", "neuron"} <= set(df.columns):
+        raise UserError(f"{neuron_df_path} needs 'layer' and 'neuron' columns (has {list(df.columns)[:8]})")
+    bad = df[(df.layer < 0) | (df.layer >= n_layers) | (df.neuron < 0) | (df.neuron >= d_mlp)]
+    if len(bad):
+        raise UserError(f"{neuron_df_path}: neuron {bad.layer.iloc[0]}.{bad.neuron.iloc[0]} is out of range for "
+                        f"a model with {n_layers} layers x {d_mlp} neurons")
+    chosen = {l: np.unique(df.neuron[df.layer == l].to_numpy(dtype=np.int64)) for l in layers}
+    chosen = {l: n for l, n in chosen.items() if len(n)}
+    if not chosen:
+        raise UserError(f"{neuron_df_path} lists no neurons in layer(s) {list(layers)}")
+    return chosen
+
+
+def explain_batches(batches, neurons: dict[int, np.ndarray], feature_type: str = "token", vocab_df=None,
+                    vocab: list[str] | None = None, nlp=None, device="cpu"
+                    ) -> dict[int, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Current/previous-token VR of the chosen neurons over a stream of batches (no model needed).
+
+    batches: iterable of (tokens [B, P] ids, acts [B, P, L, D] or {layer: [B, P, n_chosen]}, mask
+    [B, P] bool); neurons: {layer: neuron indices} (`select_neurons`); feature_type 'token' uses the
+    bool columns of `vocab_df` looked up by token id, 'sequence' tags the text with the spaCy
+    pipeline `nlp` (`analysis.sequence_features`), `vocab` being the decoded vocabulary.
+    Returns {layer: (variance_reduction, prev_token_variance_reduction)} DataFrames indexed 'l.n'.
+    """
+    device = torch.device(device)
+    if feature_type == "token":
+        table, names = vocab_feature_matrix(vocab_df)
+        table = table.to(device)
+    elif feature_type == "sequence":
+        from analysis.sequence_features import sequence_features
+
+        seq_names: dict[str, int] = {}
+    else:
+        raise ValueError(f"unknown feature type {feature_type!r}")
+    n_features = len(names) if feature_type == "token" else 0
+    explainers = {l: SequenceExplainer(len(n), n_features, device) for l, n in neurons.items()}
+    index = {l: torch.as_tensor(n, dtype=torch.long, device=device) for l, n in neurons.items()}
+    for tokens, acts, mask in batches:
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        mask = torch.as_tensor(mask, dtype=torch.bool).to(device)
+        if feature_type == "token":
+            feats = table[tokens.to(device)]
+        else:
+            before = len(seq_names)
+            feats, _ = sequence_features(tokens.numpy(), vocab, nlp, mask.cpu().numpy(), seq_names)
+            feats = torch.from_numpy(feats).to(device)
+            for ex in explainers.values():
+                ex.add_features(len(seq_names) - before)
+        for l, ex in explainers.items():
+            layer_acts = acts[l] if isinstance(acts, dict) else torch.as_tensor(acts)[:, :, l].to(device)[..., index[l]]
+            ex.update(torch.as_tensor(layer_acts).to(device), feats, mask)
+    if feature_type == "sequence":
+        names = sorted(seq_names, key=seq_names.get)
+    out = {}
+    for l, ex in explainers.items():
+        cur, prev = ex.result()
+        layers = [l] * len(neurons[l])
+        out[l] = (vr_frame(cur, layers, neurons[l], names), vr_frame(prev, layers, neurons[l], names))
+    return out
+
+
+def cached_activation_batches(activation_path: str | Path, model: str, dataset: str, neurons: dict[int, np.ndarray],
+                              n_rows: int, ctx: int, batch_size: int):
+    """Yield {layer: [B, ctx, n_chosen] float32} from activations.py's neuron files.
+
+    Looks for `{l}.{n}.pt` (fp16 [n_seq * ctx], flat index seq * ctx + pos) in
+    `<activation_path>/<model>/<dataset>/`, else in `<activation_path>/` itself; files are
+    memory-mapped, so only each batch's rows are read.
+    """
+    from .errors import UserError
+
+    folder = Path(activation_path) / model_dirname(model) / dataset
+    if not folder.is_dir():
+        folder = Path(activation_path)
+    files = {(l, n): folder / f"{l}.{n}.pt" for l, ns in neurons.items() for n in ns.tolist()}
+    missing = [f"{l}.{n}" for (l, n), p in files.items() if not p.is_file()]
+    if missing:
+        raise UserError(f"no cached activations for {len(missing)} neuron(s) ({', '.join(missing[:5])}, ...) in "
+                        f"{folder}: run activations.py --model {model} --token_dataset {dataset} "
+                        f"--neuron_subset_file <csv> first, or leave out --activation_path to compute them")
+    flat = {}
+    for key, path in files.items():
+        t = torch.load(path, mmap=True, weights_only=True)
+        if t.numel() < n_rows * ctx:
+            raise UserError(f"{path} holds {t.numel()} activations, fewer than the {n_rows} x {ctx} tokens "
+                            f"of {dataset}: it was cached for another dataset")
+        flat[key] = t.reshape(-1)[: n_rows * ctx].view(n_rows, ctx)
+    for lo in range(0, n_rows, batch_size):
+        hi = min(lo + batch_size, n_rows)
+        yield {l: torch.stack([flat[l, n][lo:hi].float() for n in ns.tolist()], dim=-1) for l, ns in neurons.items()}
+
+
+def special_token_mask(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
+    """[B, P] bool, False on BOS / EOS / padding ids.
+
+    Unlike capture.token_mask (the correlations' mask) newline tokens are kept: "is a newline"
+    is one of the features explanations test.
+    """
+    ids = [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None]
+    return ~torch.isin(tokens, torch.tensor(ids, dtype=tokens.dtype, device=tokens.device))
+
+
+def run_explanations(model_name: str, dataset: str, feature_type: str = "token", layer: int = -1,
+                     neuron_df_path: str | None = None, activation_path: str | None = None, batch_size: int = 32,
+                     device: str | None = None, n_seq: int = -1, location: str = "mlp.hook_post",
+                     min_count: int = 3000, min_forms: int = 3, progress: bool = True) -> list[Path]:
+    """explain.py: explain a model's neurons on a token dataset; returns the layer folders written.
+
+    Activations are `blocks.{l}.<location>` computed by the model (or read from
+    `activation_path`); BOS/EOS/padding positions are left out (`special_token_mask`). Token features
+    come from `analysis.vocab_df.make_vocab_df` with unigram counts taken from the same tokens.
+    """
+    from tqdm.auto import tqdm
+
+    from analysis.sequence_features import load_spacy
+    from analysis.vocab_df import decoded_vocab, make_vocab_df
+
+    from .capture import mlp_activations
+    from .device import resolve_device
+    from .errors import UserError
+    from .models import load_model
+    from .token_datasets import load_token_dataset, token_tensor
+
+    if feature_type not in ("token", "sequence"):
+        raise UserError(f"unknown --feature_type {feature_type!r}: choose token or sequence")
+    nlp = load_spacy() if feature_type == "sequence" else None  # fail before loading anything big
+    dev = resolve_device(device)
+    model = load_model(model_name, device=str(dev))
+    neurons = select_neurons(model.cfg.n_layers, model.cfg.d_mlp, layer, neuron_df_path)
+    ds = load_token_dataset(dataset, model.family, model.tokenizer)
+    tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
+    mask = special_token_mask(tokens, model.tokenizer)
+    if feature_type == "token":
+        counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0])
+        vocab_df, vocab = make_vocab_df(model.tokenizer, model.W_E, model.W_U, counts.numpy(), min_count, min_forms), None
+    else:
+        vocab_df, vocab = None, decoded_vocab(model.tokenizer)
+
+    starts = range(0, len(tokens), batch_size)
+    cached = (cached_activation_batches(activation_path, model_name, dataset, neurons, len(tokens), tokens.shape[1],
+                                        batch_size) if activation_path else None)
+
+    def batches():
+        for lo in tqdm(starts, desc=f"explain {dataset}", disable=not progress):
+            batch = tokens[lo:lo + batch_size]
+            if cached is not None:
+                acts = next(cached)
+            else:
+                with torch.no_grad():  # [B, P, len(neurons), D]; the forward pass stops after the last layer needed
+                    full = mlp_activations(model, batch.to(dev), location=location, layers=list(neurons))
+                acts = {l: full[:, :, i, torch.as_tensor(ns, device=full.device)] for i, (l, ns) in enumerate(neurons.items())}
+            yield batch, acts, mask[lo:lo + batch_size]
+
+    results = explain_batches(batches(), neurons, feature_type, vocab_df=vocab_df, vocab=vocab, nlp=nlp, device=dev)
+    return [write_layer(cur, prev, model_name, dataset, feature_type, l) for l, (cur, prev) in results.items()]

@@ -1,0 +1,166 @@
+"""One loader for every model the pipeline touches: `load_model(name, device, dtype)`.
+
+A name resolves, in this order, to
+  1. a zoo model  (toy-gpt2-a .. e, toy-gpt2-tiny-a .. e): trained on first use, see zoo.py;
+  2. a local Hugging Face folder (config.json + weights + tokenizer files);
+  3. a hub model: the paper's short names (stanford-gpt2-small-a .. e, stanford-gpt2-medium-a .. e,
+     pythia-160m, pythia-160m-seed1 .. 3) and any other TransformerLens alias map to hub ids; any
+     other name is taken as a hub id.
+The model is a TransformerLens 4 `TransformerBridge` with compatibility mode on (LayerNorm folded
+into the next weights, writing weights and unembedding centred), as the paper's HookedTransformer
+defaults were, so weight statistics mean what they meant in the paper. Hook names used downstream:
+blocks.{l}.mlp.hook_pre / hook_post [batch, pos, d_mlp], ln_final.hook_scale [batch, pos, 1],
+blocks.{l}.attn.hook_q / hook_k / hook_v / hook_z / hook_pattern, blocks.{l}.hook_resid_pre.
+Two attributes are added: `model.model_name` (the name given) and `model.family` ('gpt2', 'pythia',
+'toy', ...: the folder under $DATASET_DIR whose token datasets the model can read).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+from .device import resolve_device, resolve_dtype
+from .errors import UserError
+
+_SMALL = ["alias-gpt2-small-x21", "battlestar-gpt2-small-x49", "caprica-gpt2-small-x81",
+          "darkmatter-gpt2-small-x343", "expanse-gpt2-small-x777"]
+_MEDIUM = ["arwen-gpt2-medium-x21", "beren-gpt2-medium-x49", "celebrimbor-gpt2-medium-x81",
+           "durin-gpt2-medium-x343", "eowyn-gpt2-medium-x777"]
+PAPER_MODELS = {
+    **{f"stanford-gpt2-small-{s}": f"stanford-crfm/{h}" for s, h in zip("abcde", _SMALL)},
+    **{f"stanford-gpt2-medium-{s}": f"stanford-crfm/{h}" for s, h in zip("abcde", _MEDIUM)},
+    "pythia-160m": "EleutherAI/pythia-160m",
+    **{f"pythia-160m-seed{i}": f"EleutherAI/pythia-160m-seed{i}" for i in (1, 2, 3)},
+    "gpt2": "openai-community/gpt2", "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+}
+HUB_HOST = "huggingface.co"
+
+
+@lru_cache(maxsize=1)
+def _transformer_lens_aliases() -> dict[str, str]:
+    """TransformerLens' own alias table (short name -> hub id), read without triggering its warnings."""
+    import transformer_lens
+
+    path = Path(transformer_lens.__file__).parent / "tools" / "model_registry" / "data" / "model_aliases.json"
+    try:
+        table = json.loads(path.read_text())["aliases"]
+    except (OSError, KeyError, ValueError):
+        return {}
+    return {alias: hub for hub, aliases in table.items() for alias in aliases}
+
+
+def hub_id(name: str) -> str:
+    return PAPER_MODELS.get(name) or _transformer_lens_aliases().get(name) or name
+
+
+def is_local_folder(name: str) -> bool:
+    return (Path(name) / "config.json").is_file()
+
+
+def model_family(name: str) -> str:
+    """The dataset family of a model name: 'gpt2' | 'pythia' | 'toy' | <local folder's own>."""
+    from . import zoo
+
+    if zoo.is_zoo_name(name):
+        return "toy"
+    if is_local_folder(name):
+        meta = Path(name) / "universal_neurons.json"
+        if meta.is_file():
+            return json.loads(meta.read_text()).get("family", Path(name).resolve().name)
+        cfg = json.loads((Path(name) / "config.json").read_text())
+        if cfg.get("model_type") == "gpt2" and cfg.get("vocab_size") == 50257:
+            return "gpt2"
+        if cfg.get("model_type") == "gpt_neox" and "pythia" in name.lower():
+            return "pythia"
+        return Path(name).resolve().name
+    hid = hub_id(name).lower()
+    if "pythia" in hid:
+        return "pythia"
+    if "gpt2" in hid:
+        return "gpt2"
+    return hid.split("/")[-1]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _resolve_folder(name: str) -> str:
+    """A local folder to load `name` from, or the hub id when the hub is reachable; else UserError."""
+    from . import zoo
+
+    if zoo.is_zoo_name(name):
+        return str(zoo.ensure_model(name))
+    if is_local_folder(name):
+        return name
+    if Path(name).exists():
+        raise UserError(f"{name!r} is a path but not a Hugging Face model folder (no config.json in it)")
+    repo = hub_id(name)
+    if _hub_reachable():
+        return repo
+    try:  # offline: a copy already in the Hugging Face cache still works
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo, local_files_only=True)
+    except Exception:
+        pass
+    tried = [f"zoo name (toy-gpt2-a..e, toy-gpt2-tiny-a..e): no", f"local folder {name!r}: not found"]
+    tried.append(f"hub id {repo!r}: {HUB_HOST} unreachable and not in the local Hugging Face cache")
+    raise UserError(f"cannot load model {name!r}; tried " + "; ".join(tried))
+
+
+def load_model(name: str, device: str = "cpu", dtype: str | None = None, compatibility_mode: bool = True):
+    """Load `name` as a TransformerBridge on `device` (see module docstring)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from . import quiet_hf
+
+    quiet_hf()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    source = _resolve_folder(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # alias deprecation and folding chatter
+        try:
+            model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=torch_dtype)
+        except OSError as e:
+            raise UserError(f"cannot load model {name!r} from {source!r}: {str(e).splitlines()[0]}") from None
+        if compatibility_mode:
+            model.enable_compatibility_mode()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    object.__setattr__(model, "model_name", name)
+    object.__setattr__(model, "family", model_family(name))
+    return model
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a model without loading its weights (GPT-2 family works offline)."""
+    from transformers import AutoTokenizer
+
+    from . import zoo
+    from .tokenizer import gpt2_tokenizer
+
+    if zoo.is_zoo_name(name):
+        return AutoTokenizer.from_pretrained(str(zoo.ensure_model(name)))
+    if is_local_folder(name):
+        return AutoTokenizer.from_pretrained(name)
+    if model_family(name) == "gpt2":
+        return gpt2_tokenizer()  # the exact GPT-2 BPE, no network needed
+    source = _resolve_folder(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise UserError(f"cannot load the tokenizer of {name!r}: {str(e).splitlines()[0]}") from None

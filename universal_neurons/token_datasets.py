@@ -1,0 +1,270 @@
+"""Token datasets: text -> rows of `ctx_len` token ids with BOS first, saved with datasets.save_to_disk.
+
+Layout: $DATASET_DIR/<family>/<name>, a `datasets.Dataset` with an int column `tokens`
+[n_seq, ctx_len] (and `subset` for mixes). Names follow the original:
+    pile.test.<subset>.512, pile.test.all-10m.512          (the Pile, per subset and seeded mixes)
+    python-stdlib.<subset>.128, python-stdlib.all-1m.128   (the built-in offline corpus)
+    <folder>.<file stem>.<ctx>                             (a local folder of .txt / .jsonl files)
+Next to the data, `tokenizer_fingerprint.txt` records which vocabulary made it, so a dataset is
+never silently read with another tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from . import corpus, paths
+from .errors import UserError
+
+# The TransformerLens 10k-document sample sets (short aliases of the original make_dataset.py).
+HF_ALIASES = {
+    "pile": "NeelNanda/pile-10k",
+    "owt": "NeelNanda/openwebtext-10k",
+    "c4": "NeelNanda/c4-10k",
+    "code": "NeelNanda/code-10k",
+    "wiki": "NeelNanda/wiki-10k",
+}
+PILE = "EleutherAI/pile"
+BUILTIN = "python-stdlib"
+FINGERPRINT_FILE = "tokenizer_fingerprint.txt"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha1(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def format_count(n: int) -> str:
+    """1_000_000 -> '1m', 100_000 -> '100k' (the Pile mixes' naming)."""
+    for unit, size in (("b", 10**9), ("m", 10**6), ("k", 10**3)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def parse_count(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmb]?)", text.strip().lower())
+    if not m:
+        raise UserError(f"cannot read token count {text!r}: use e.g. 100k, 1m, 250000")
+    return int(float(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}[m.group(2)])
+
+
+def tokenize_and_concatenate(texts: Iterable[str], tokenizer, ctx_len: int, max_rows: int | None = None,
+                             chunk_docs: int = 64) -> np.ndarray:
+    """Documents joined by EOS, cut into rows of ctx_len - 1 tokens, each row prefixed with BOS.
+
+    Returns int32 [n_rows, ctx_len]; the trailing partial row is dropped.
+    """
+    if ctx_len < 2:
+        raise UserError("--ctx_len must be at least 2")
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    body = ctx_len - 1
+    rows: list[np.ndarray] = []
+    buf = np.zeros(0, dtype=np.int64)
+    batch: list[str] = []
+
+    def flush(batch):
+        nonlocal buf
+        ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        flat = np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=np.int64)
+        buf = np.concatenate([buf, flat])
+        n_full = len(buf) // body
+        if n_full:
+            block = buf[: n_full * body].reshape(n_full, body)
+            rows.append(np.concatenate([np.full((n_full, 1), bos), block], axis=1))
+            buf = buf[n_full * body:]
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= chunk_docs:
+            flush(batch)
+            batch = []
+            if max_rows is not None and sum(len(r) for r in rows) >= max_rows:
+                break
+    if batch:
+        flush(batch)
+    out = np.concatenate(rows) if rows else np.zeros((0, ctx_len), dtype=np.int64)
+    if max_rows is not None:
+        out = out[:max_rows]
+    return out.astype(np.int32)
+
+
+def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, subset: list[str] | None = None) -> Path:
+    """Atomically write a token dataset (and its tokenizer fingerprint) to $DATASET_DIR/<family>/<name>."""
+    from datasets import Dataset
+
+    from . import quiet_hf
+
+    quiet_hf()
+    columns = {"tokens": tokens.tolist()}
+    if subset is not None:
+        columns["subset"] = list(subset)
+    out = paths.token_dataset_path(family, name)
+    with paths.atomic_path(out) as tmp:
+        Dataset.from_dict(columns).save_to_disk(str(tmp))
+        (tmp / FINGERPRINT_FILE).write_text(tokenizer_fingerprint(tokenizer) + "\n")
+    return out
+
+
+def available_datasets(family: str) -> list[str]:
+    root = paths.dataset_dir() / family
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def load_token_dataset(name: str, family: str, tokenizer=None):
+    """The saved dataset $DATASET_DIR/<family>/<name>; checks it was made with `tokenizer` if given."""
+    from datasets import load_from_disk
+
+    path = paths.token_dataset_path(family, name)
+    if not path.is_dir():
+        have = available_datasets(family)
+        raise UserError(f"token dataset {name!r} not found at {path} "
+                        f"({'available: ' + ', '.join(have) if have else 'no datasets for family ' + repr(family)}); "
+                        f"make it with make_dataset.py")
+    fp = path / FINGERPRINT_FILE
+    if tokenizer is not None and fp.exists() and fp.read_text().strip() != tokenizer_fingerprint(tokenizer):
+        raise UserError(f"token dataset {path} was made with a different tokenizer than this model's; "
+                        f"rebuild it with make_dataset.py --model <this model>")
+    return load_from_disk(str(path))
+
+
+def token_tensor(dataset, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Rows [start, stop) of a token dataset as a LongTensor [n_seq, ctx]."""
+    stop = len(dataset) if stop is None else min(stop, len(dataset))
+    return torch.tensor(np.asarray(dataset[start:stop]["tokens"]), dtype=torch.long)
+
+
+def iter_token_batches(dataset, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+    """LongTensor [batch, ctx] batches of rows [start, stop)."""
+    stop = len(dataset) if stop is None else min(stop, len(dataset))
+    for i in range(start, stop, batch_size):
+        yield token_tensor(dataset, i, min(i + batch_size, stop))
+
+
+def shard_rows(n_rows: int, num_shards: int, shard_index: int) -> tuple[int, int]:
+    """Contiguous row range of shard `shard_index` of `num_shards` (sizes differ by at most one)."""
+    if not 0 <= shard_index < num_shards:
+        raise UserError(f"--shard_index {shard_index} must be in [0, {num_shards})")
+    base, extra = divmod(n_rows, num_shards)
+    start = shard_index * base + min(shard_index, extra)
+    return start, start + base + (shard_index < extra)
+
+
+# Builders ----------------------------------------------------------------------------------------
+
+def make_mix(parts: dict[str, np.ndarray], n_tokens: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """A seeded random mix of rows from several subsets totalling n_tokens (rows x ctx) tokens."""
+    ctx = next(iter(parts.values())).shape[1]
+    n_rows = n_tokens // ctx
+    labels = np.concatenate([np.full(len(v), k, dtype=object) for k, v in parts.items()])
+    rows = np.concatenate(list(parts.values()))
+    if n_rows > len(rows):
+        raise UserError(f"a mix of {format_count(n_tokens)} tokens needs {n_rows} rows of {ctx} but only "
+                        f"{len(rows)} ({len(rows) * ctx} tokens) are available")
+    pick = np.random.default_rng(seed).permutation(len(rows))[:n_rows]
+    return rows[pick], list(labels[pick])
+
+
+def build_builtin(tokenizer, family: str, ctx_len: int, mix_sizes: list[int], seed: int = 0,
+                  split: str = "heldout", max_docs: int | None = None, n_seq: int = -1) -> list[Path]:
+    """python-stdlib.<subset>.<ctx> per subset and python-stdlib.all-<N>.<ctx> mixes."""
+    from tqdm.auto import tqdm
+
+    parts = {}
+    written = []
+    for subset in tqdm(corpus.SUBSETS, desc="python-stdlib subsets"):
+        rows = tokenize_and_concatenate(corpus.iter_documents(subset, split, max_docs), tokenizer, ctx_len,
+                                        max_rows=None if n_seq < 0 else n_seq)
+        parts[subset] = rows
+        written.append(save_token_dataset(rows, family, f"{BUILTIN}.{subset}.{ctx_len}", tokenizer))
+    for n in mix_sizes:
+        rows, labels = make_mix(parts, n, seed)
+        written.append(save_token_dataset(rows, family, f"{BUILTIN}.all-{format_count(n)}.{ctx_len}", tokenizer, labels))
+    return written
+
+
+def build_local_folder(folder: Path, tokenizer, family: str, ctx_len: int, mix_sizes: list[int], seed: int = 0,
+                       n_seq: int = -1) -> list[Path]:
+    """<folder>.<stem>.<ctx> for every .txt / .jsonl file (jsonl: the 'text' field of each line)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".txt", ".jsonl"))
+    if not files:
+        raise UserError(f"no .txt or .jsonl files in {folder}")
+    parts, written = {}, []
+    for f in files:
+        if f.suffix == ".txt":
+            docs = [f.read_text(encoding="utf-8", errors="replace")]
+        else:
+            docs = [json.loads(line)["text"] for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = tokenize_and_concatenate(docs, tokenizer, ctx_len, max_rows=None if n_seq < 0 else n_seq)
+        parts[f.stem] = rows
+        written.append(save_token_dataset(rows, family, f"{folder.name}.{f.stem}.{ctx_len}", tokenizer))
+    for n in mix_sizes:
+        rows, labels = make_mix(parts, n, seed)
+        written.append(save_token_dataset(rows, family, f"{folder.name}.all-{format_count(n)}.{ctx_len}", tokenizer, labels))
+    return written
+
+
+def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int, mix_sizes: list[int],
+              seed: int = 0, n_seq: int = -1) -> list[Path]:
+    """A hub dataset (needs the network). The Pile is written per subset (meta.pile_set_name) plus mixes."""
+    from datasets import load_dataset
+
+    repo = HF_ALIASES.get(hf_dataset, hf_dataset)
+    try:
+        ds = load_dataset(repo, split=split)
+    except Exception as e:  # the hub client raises many types; all mean "could not get it"
+        raise UserError(f"could not load dataset {repo!r} split {split!r} from the hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}); offline, use --hf_dataset {BUILTIN} or a local folder") from None
+    short = "pile" if repo in (PILE, "NeelNanda/pile-10k") else repo.split("/")[-1]
+    max_rows = None if n_seq < 0 else n_seq
+    written, parts = [], {}
+    if "meta" in ds.column_names:
+        names = [m["pile_set_name"] for m in ds["meta"]]
+        for sub in sorted(set(names)):
+            docs = [t for t, n in zip(ds["text"], names) if n == sub]
+            key = sub.lower().replace("-", "_").replace(" ", "_").replace("(", "").replace(")", "")
+            rows = tokenize_and_concatenate(docs, tokenizer, ctx_len, max_rows)
+            parts[key] = rows
+            written.append(save_token_dataset(rows, family, f"{short}.{split}.{key}.{ctx_len}", tokenizer))
+        for n in mix_sizes:
+            rows, labels = make_mix(parts, n, seed)
+            written.append(save_token_dataset(rows, family, f"{short}.{split}.all-{format_count(n)}.{ctx_len}",
+                                              tokenizer, labels))
+    else:
+        rows = tokenize_and_concatenate(ds["text"], tokenizer, ctx_len, max_rows)
+        written.append(save_token_dataset(rows, family, f"{short}.{split}.{ctx_len}", tokenizer))
+    return written
+
+
+def main_make_dataset(args) -> list[Path]:
+    """make_dataset.py: resolve the tokenizer and the source, build, print what was written."""
+    import os
+
+    from .models import load_tokenizer, model_family
+
+    if args.output_dir:
+        os.environ["DATASET_DIR"] = str(args.output_dir)
+    tokenizer = load_tokenizer(args.model)
+    family = model_family(args.model)
+    src = args.hf_dataset
+    if args.mix_tokens is None:
+        mixes = [10**6] if src == BUILTIN else []
+    else:
+        mixes = [parse_count(m) for m in args.mix_tokens]
+    if src == BUILTIN:
+        written = build_builtin(tokenizer, family, args.ctx_len, mixes, args.seed, n_seq=args.n_seq)
+    elif Path(src).is_dir():
+        written = build_local_folder(Path(src), tokenizer, family, args.ctx_len, mixes, args.seed, args.n_seq)
+    elif Path(src).exists():
+        raise UserError(f"--hf_dataset {src!r} is a file; pass a folder of .txt/.jsonl files")
+    else:
+        written = build_hub(src, args.hf_dataset_split, tokenizer, family, args.ctx_len, mixes, args.seed, args.n_seq)
+    for w in written:
+        print(w)
+    return written

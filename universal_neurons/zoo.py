@@ -1,0 +1,243 @@
+"""The seed zoo: tiny GPT-2s trained from several seeds on the built-in corpus (the embedded default).
+
+Names: toy-gpt2-<seed letter> (preset 'default') and toy-gpt2-<preset>-<seed letter>, e.g.
+toy-gpt2-tiny-a. Seed letter a, b, c, ... = seed 0, 1, 2, ...; like the paper's a..e seeds, the
+models share architecture, data and tokenizer and differ in the random seed (initialisation, and
+the data order unless the preset shares it). Each model is saved as a Hugging Face folder
+(GPT2LMHeadModel + tokenizer) under $UNIVERSAL_NEURONS_ZOO/<name>, with zoo.json recording the
+preset, seed, training time and held-out loss. Loading a missing zoo name trains it; a folder whose
+preset no longer matches the code is retrained. Same seed, same machine: identical weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import corpus, paths
+from .errors import UserError
+
+SEED_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class Preset:
+    n_layer: int
+    d_model: int
+    d_mlp: int
+    n_head: int
+    vocab_size: int
+    ctx_len: int
+    train_tokens: int          # tokens seen in training, per seed
+    batch_size: int = 32       # sequences per step
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup_frac: float = 0.05
+    shared_data_order: bool = False   # True: every seed sees the same batches (only the init differs)
+    tokenizer_docs: int | None = None   # documents per subset used to train the BPE (None = all)
+    corpus_docs: int | None = None      # documents per subset used for training (None = all)
+    eval_tokens: int = 262_144
+
+    def key(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "corpus_version": corpus.VERSION}, sort_keys=True)
+
+
+PRESETS = {
+    # The embedded default: see benchmarks/zoo_search.md for how it was chosen.
+    "default": Preset(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64,
+                      train_tokens=6_000_000, batch_size=32),
+    # Seconds per seed: for tests and `universal-neurons run --quick`.
+    "tiny": Preset(n_layer=2, d_model=32, d_mlp=128, n_head=2, vocab_size=512, ctx_len=32,
+                   train_tokens=250_000, batch_size=16, lr=5e-3, tokenizer_docs=40, corpus_docs=60,
+                   eval_tokens=16_384),
+}
+
+_NAME = re.compile(r"toy-gpt2(?:-(?P<preset>[a-z0-9_]+))?-(?P<seed>[a-z])")
+
+
+def parse_zoo_name(name: str) -> tuple[str, int] | None:
+    """'toy-gpt2-c' -> ('default', 2); 'toy-gpt2-tiny-a' -> ('tiny', 0); other names -> None."""
+    m = _NAME.fullmatch(name)
+    if not m:
+        return None
+    return m.group("preset") or "default", SEED_LETTERS.index(m.group("seed"))
+
+
+def is_zoo_name(name: str) -> bool:
+    return parse_zoo_name(name) is not None
+
+
+def zoo_name(preset: str, seed: int) -> str:
+    return f"toy-gpt2-{SEED_LETTERS[seed]}" if preset == "default" else f"toy-gpt2-{preset}-{SEED_LETTERS[seed]}"
+
+
+def get_preset(preset: str) -> Preset:
+    if preset not in PRESETS:
+        raise UserError(f"unknown zoo preset {preset!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[preset]
+
+
+# Tokenizer and training tokens, shared by all seeds of a preset ------------------------------------
+
+def _preset_dir(preset: str) -> Path:
+    return paths.zoo_dir() / f".preset-{preset}"
+
+
+def preset_data(preset: str):
+    """(tokenizer, train ids int32 [n], heldout ids int32 [n]) for a preset, cached on disk."""
+    from transformers import AutoTokenizer
+
+    from .token_datasets import tokenize_and_concatenate
+    from .tokenizer import train_bpe
+
+    p = get_preset(preset)
+    d = _preset_dir(preset)
+    key_file = d / "preset.json"
+    if not (key_file.is_file() and key_file.read_text() == p.key()):
+        with paths.atomic_path(d) as tmp:
+            tmp.mkdir()
+            texts = [doc for _, doc in corpus.iter_all("train", p.tokenizer_docs)]
+            tok = train_bpe(texts, p.vocab_size)
+            tok.save_pretrained(str(tmp / "tokenizer"))
+            for split, n_docs in (("train", p.corpus_docs), ("heldout", p.corpus_docs)):
+                docs = (doc for _, doc in corpus.iter_all(split, n_docs))
+                ids = tokenize_and_concatenate(docs, tok, 1025).reshape(-1)  # BOS every 1024: harmless here
+                np.save(tmp / f"{split}.npy", ids)
+            (tmp / "preset.json").write_text(p.key())
+    tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"))
+    return tok, np.load(d / "train.npy"), np.load(d / "heldout.npy")
+
+
+def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
+    """Entropy (nats) of the token frequency distribution: the loss of the best context-free model."""
+    counts = np.bincount(ids, minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _windows(ids: np.ndarray, starts: np.ndarray, ctx: int, bos: int) -> torch.Tensor:
+    """Rows [len(starts), ctx]: BOS, then ctx-1 tokens of the stream from each start."""
+    idx = starts[:, None] + np.arange(ctx - 1)[None, :]
+    rows = np.concatenate([np.full((len(starts), 1), bos), ids[idx]], axis=1)
+    return torch.from_numpy(rows.astype(np.int64))
+
+
+@torch.no_grad()
+def heldout_loss(model, ids: np.ndarray, ctx: int, bos: int, n_tokens: int, batch_size: int = 64) -> float:
+    """Mean next-token cross-entropy (nats) on consecutive held-out windows."""
+    n_rows = max(1, min(n_tokens // ctx, (len(ids) - 1) // (ctx - 1)))
+    starts = np.arange(n_rows) * (ctx - 1)
+    total, count = 0.0, 0
+    for i in range(0, n_rows, batch_size):
+        x = _windows(ids, starts[i:i + batch_size], ctx, bos)
+        logits = model(x).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                                 reduction="sum")
+        total += loss.item()
+        count += x[:, 1:].numel()
+    return total / count
+
+
+def train_model(preset: str, seed: int, out: Path, progress: bool = True) -> dict:
+    """Train one zoo model and save it (atomically) as a Hugging Face folder at `out`."""
+    from tqdm.auto import tqdm
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from . import quiet_hf
+
+    quiet_hf()
+    p = get_preset(preset)
+    tok, train_ids, heldout_ids = preset_data(preset)
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=p.ctx_len, n_embd=p.d_model, n_layer=p.n_layer,
+                     n_head=p.n_head, n_inner=p.d_mlp, activation_function="gelu_new",
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = GPT2LMHeadModel(cfg)
+    decay = [q for n, q in model.named_parameters() if q.ndim >= 2 and "wpe" not in n]
+    no_decay = [q for n, q in model.named_parameters() if not (q.ndim >= 2 and "wpe" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": p.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=p.lr, betas=(0.9, 0.95))
+    steps = max(1, p.train_tokens // (p.batch_size * p.ctx_len))
+    warmup = max(1, int(p.warmup_frac * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    rng = np.random.default_rng(0 if p.shared_data_order else 1000 + seed)
+    bos = tok.bos_token_id
+    model.train()
+    t0 = time.time()
+    bar = tqdm(range(steps), desc=f"training {zoo_name(preset, seed)}", disable=not progress)
+    for step in bar:
+        x = _windows(train_ids, rng.integers(0, len(train_ids) - p.ctx_len, p.batch_size), p.ctx_len, bos)
+        loss = model(x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    train_s = time.time() - t0
+    model.eval()
+    meta = {
+        "name": zoo_name(preset, seed), "preset": preset, "seed": seed, "preset_config": json.loads(p.key()),
+        "family": "toy", "train_seconds": round(train_s, 1), "train_tokens": steps * p.batch_size * p.ctx_len,
+        "heldout_loss": heldout_loss(model, heldout_ids, p.ctx_len, bos, p.eval_tokens),
+        "unigram_entropy": unigram_entropy(train_ids, len(tok)),
+        "torch_version": torch.__version__,
+    }
+    with paths.atomic_path(out) as tmp:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "zoo.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "universal_neurons.json").write_text(json.dumps({"family": "toy"}))
+    return meta
+
+
+def model_dir(name: str) -> Path:
+    return paths.zoo_dir() / name
+
+
+def is_trained(name: str) -> bool:
+    parsed = parse_zoo_name(name)
+    meta = model_dir(name) / "zoo.json"
+    if parsed is None or not meta.is_file():
+        return False
+    return json.loads(meta.read_text()).get("preset_config") == json.loads(get_preset(parsed[0]).key())
+
+
+def ensure_model(name: str, progress: bool = True) -> Path:
+    """The folder of zoo model `name`, training it first if it is missing or stale."""
+    parsed = parse_zoo_name(name)
+    if parsed is None:
+        raise UserError(f"{name!r} is not a zoo model name (toy-gpt2-a, toy-gpt2-tiny-b, ...)")
+    get_preset(parsed[0])
+    if not is_trained(name):
+        train_model(*parsed, model_dir(name), progress=progress)
+    return model_dir(name)
+
+
+def model_meta(name: str) -> dict:
+    return json.loads((ensure_model(name) / "zoo.json").read_text())
+
+
+def train_zoo(preset: str = "default", n_seeds: int = 5, progress: bool = True) -> list[dict]:
+    """Train (or find) seeds a.. of a preset; returns their zoo.json records."""
+    return [model_meta(zoo_name(preset, s)) if is_trained(zoo_name(preset, s))
+            else (ensure_model(zoo_name(preset, s), progress) and model_meta(zoo_name(preset, s)))
+            for s in range(n_seeds)]
+
+
+def format_zoo_table(metas: list[dict]) -> str:
+    lines = [f"{'model':<18} {'train s':>8} {'tokens':>10} {'held-out loss':>14} {'unigram entropy':>16}"]
+    for m in metas:
+        lines.append(f"{m['name']:<18} {m['train_seconds']:>8.1f} {m['train_tokens']:>10,} "
+                     f"{m['heldout_loss']:>14.3f} {m['unigram_entropy']:>16.3f}")
+    return "\n".join(lines)
