@@ -298,3 +298,156 @@ def test_bad_input_shapes_rejected():
         stats.update(torch.zeros(10, N1 + 1), torch.zeros(10, N2))
     with pytest.raises(Exception):
         CorrelationStats(n_rows=N1, layers_2=L2, d_2=D2, baselines=("nonsense",))
+
+
+# End to end: the scripts on tiny saved GPT-2 models and a tiny token dataset ---------------------
+
+import subprocess
+import sys
+
+from conftest import REPO, build_gpt2_folder
+
+from universal_neurons import correlations as corr_mod
+from universal_neurons.paths import correlation_path
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    # a small trained BPE (the same for all three) keeps building and loading fast
+    return [str(build_gpt2_folder(root / f"m{s}", n_layer=2, d_model=32, d_mlp=40, n_head=2, seed=s, vocab=300)[0])
+            for s in range(3)]
+
+
+@pytest.fixture
+def token_data(tiny_models, tmp_path, monkeypatch):
+    """DATASET_DIR/<family = m0>/tiny: 10 sequences x 16 tokens, BOS first, some newlines."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models[0])
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, len(tok), (10, 16), generator=g)
+    tokens[:, 0] = tok.bos_token_id
+    tokens[::3, 5] = tok.encode("\n")[0]
+    monkeypatch.setenv("DATASET_DIR", str(tmp_path / "token_datasets"))
+    Dataset.from_dict({"tokens": tokens.tolist()}).save_to_disk(str(tmp_path / "token_datasets" / "m0" / "tiny"))
+    return tokens
+
+
+def reference_corr(m1, m2, tokens):
+    """float64 Pearson of every neuron pair, straight from the models' hook_post activations."""
+    from universal_neurons.capture import mlp_activations, token_mask
+    from universal_neurons.models import load_model
+
+    a, b = load_model(m1), load_model(m2)
+    keep = token_mask(tokens, a.tokenizer).flatten()
+    assert not keep.view(tokens.shape)[:, 0].any() and not keep.view(tokens.shape)[::3, 5].any()  # BOS, newlines
+    x = mlp_activations(a, tokens).reshape(tokens.numel(), -1)[keep]
+    y = mlp_activations(b, tokens).reshape(tokens.numel(), -1)[keep]
+    return ref_pearson(x, y)
+
+
+def summaries(m1, m2, sim="pearson", baseline="none"):
+    d = correlation_path(m1, m2, "tiny", sim, baseline)
+    return [torch.load(d / f, weights_only=True) for f in ("correlation_summary.pt", "correlation_summary_T.pt")]
+
+
+def cli(*args):
+    return corr_mod.main(["--token_dataset", "tiny", "--batch_size", "3", "--model_1_device", "cpu",
+                          "--model_2_device", "cpu", "--correlation_device", "cpu", *args])
+
+
+def test_script_end_to_end_against_reference(tiny_models, token_data, tmp_path):
+    m1, m2, m3 = tiny_models
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, str(REPO / "correlations_fast.py"), "--model_1_name", m1, "--model_2_name", m2, m3,
+                        "--token_dataset", "tiny", "--batch_size", "4", "--baseline", "none", "rotation",
+                        "--save_full_correlation_matrix", "--model_1_device", "cpu", "--model_2_device", "cpu",
+                        "--correlation_device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for other in (m2, m3):
+        ref = reference_corr(m1, other, token_data)
+        summ, summ_t = summaries(m1, other)
+        alive = ~np.isnan(ref).all(1)
+        assert np.abs(summ["max_corr"].float().numpy()[alive] - np.nanmax(ref[alive], 1)).max() < 2e-3
+        assert (summ["max_corr_ix"].numpy()[alive] == np.nanargmax(ref[alive], 1)).all()
+        assert np.abs(summ_t["max_corr"].float().numpy() - np.nanmax(ref, 0)).max() < 2e-3
+        full = load_correlation_matrix(correlation_path(m1, other, "tiny", "pearson", "none") / "correlation.pt")
+        assert full.shape == (2, 40, 2, 40)
+        assert np.nanmax(np.abs(full.reshape(80, 80).numpy() - ref)) < 1e-3
+        rot, _ = summaries(m1, other, baseline="rotation")
+        assert rot["meta"]["baseline"] == "rotation" and np.nanmax(np.abs(rot["max_corr"].float().numpy()
+                                                                          - summ["max_corr"].float().numpy())) > 0.01
+    # finished artifacts are skipped (in-process from here: a subprocess costs seconds of imports)
+    before = (correlation_path(m1, m2, "tiny", "pearson", "none") / "correlation_summary.pt").stat().st_mtime_ns
+    assert cli("--model_1_name", m1, "--model_2_name", m2, "--baseline", "rotation", "none") == []
+    assert (correlation_path(m1, m2, "tiny", "pearson", "none") / "correlation_summary.pt").stat().st_mtime_ns == before
+
+
+def assert_same_summaries(a, b, tol=2e-3):
+    for sa, sb in zip(a, b):
+        for key, v in sa.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                assert (v.float() - sb[key].float()).abs().nan_to_num().max() <= tol, key
+                assert torch.equal(torch.isnan(v.float()), torch.isnan(sb[key].float())), key
+            elif isinstance(v, torch.Tensor) and key not in ("max_tail_corr_ix", "min_tail_corr_ix"):
+                assert torch.equal(v, sb[key]), key     # tail order may swap on float16-equal values
+
+
+def test_shards_merge_tiles_and_resume_equal_single_run(tiny_models, token_data, tmp_path, monkeypatch):
+    m1, m2, _ = tiny_models
+    base = ["--model_1_name", m1, "--model_2_name", m2, "--baseline", "none", "rotation", "permutation"]
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "single"))
+    cli(*base)
+    single = {b: summaries(m1, m2, baseline=b) for b in ("none", "rotation", "permutation")}
+    # 3 shards (run in any order) and a merge, with model-1 rows in tiles of one layer
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "sharded"))
+    tiles = ["--max_memory_gb", str(45 * 80 * 6 * 3 * 1.2 / 2 ** 30)]
+    for i in (2, 0, 1):
+        cli(*base, *tiles, "--num_shards", "3", "--shard_index", str(i))
+    assert not correlation_path(m1, m2, "tiny", "pearson", "none").exists()
+    assert len(list((tmp_path / "sharded").rglob("*.shard-*tile-001-of-002.pt"))) == 3
+    cli(*base, *tiles, "--merge")
+    for b, want in single.items():
+        assert_same_summaries(summaries(m1, m2, baseline=b), want)
+    # a run killed after 2 batches resumes from its checkpoint
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "resumed"))
+    calls = {"n": 0}
+    real_update = CorrelationStats.update
+
+    def dying_update(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_update(self, *a, **k)
+
+    monkeypatch.setattr(CorrelationStats, "update", dying_update)
+    with pytest.raises(SystemExit):
+        cli(*base, "--checkpoint_every", "1")
+    assert not correlation_path(m1, m2, "tiny", "pearson", "none").exists()
+    calls["n"] = -100
+    cli(*base, "--checkpoint_every", "1")
+    assert calls["n"] == -100 + 2          # only the 2 batches not yet saved ran again (4 batches of 3)
+    for b, want in single.items():
+        assert_same_summaries(summaries(m1, m2, baseline=b), want, tol=0)
+    assert not list((tmp_path / "resumed").rglob("*.stats/*.pt"))       # checkpoints cleaned up
+
+
+def test_cli_similarities_and_errors(tiny_models, token_data, tmp_path, monkeypatch, capsys):
+    m1, m2, _ = tiny_models
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "r"))
+    cli("--model_1_name", m1, "--model_2_name", m2, "--similarity_type", "jaccard", "--jaccard_threshold", "0.5",
+        "--baseline", "gaussian")
+    summ, _ = summaries(m1, m2, sim="jaccard-0.50", baseline="gaussian")
+    assert summ["meta"]["similarity"] == "jaccard" and summ["bin_counts"].shape == (80, 101)
+    with pytest.raises(SystemExit) as e:
+        cli("--model_1_name", m1, "--model_2_name", m2, "--merge")
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cli("--model_1_name", m1, "--model_2_name", m2, "--num_shards", "2", "--shard_index", "2")
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cli("--model_1_name", m1, "--model_2_name", m2, "--token_dataset", "missing")
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: token dataset 'missing' not found")

@@ -875,3 +875,298 @@ def load_correlation_matrix(path) -> torch.Tensor:
         out = q.float() * obj["scale"][:, :, None, None]
         return out.masked_fill_(q == -128, float("nan"))
     return obj.float()
+
+
+# The command-line driver shared by correlations_fast.py and correlations.py ----------------------
+
+SUMMARY_FILES = ("correlation_summary.pt", "correlation_summary_T.pt")
+FULL_FILE = "correlation.pt"
+GEMM_DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# correlations_fast.py: the script the paper used. correlations.py: the fuller older one, same engine,
+# which also wrote the full matrix by default.
+FAST_DEFAULTS = {}
+FULL_DEFAULTS = {"save_full_correlation_matrix": True}
+
+
+def build_parser(defaults: dict | None = None, description: str | None = None):
+    import argparse
+
+    p = argparse.ArgumentParser(description=description or "Neuron-to-neuron correlations between two models "
+                                "(one pass over the data for every baseline).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_1_name", required=True, help="model whose neurons are the rows")
+    p.add_argument("--model_2_name", required=True, nargs="+",
+                   help="one or more models to correlate with model 1 (all in the same pass over the data)")
+    p.add_argument("--token_dataset", required=True, help="token dataset name under $DATASET_DIR/<family>/")
+    p.add_argument("--baseline", nargs="+", choices=BASELINES, default=["none"],
+                   help="one or more of none, rotation, permutation, gaussian (all in one pass)")
+    p.add_argument("--similarity_type", choices=SIMILARITIES, default="pearson")
+    p.add_argument("--jaccard_threshold", type=float, default=0.0, help="jaccard: a neuron is on when > this")
+    p.add_argument("--batch_size", type=int, default=32, help="sequences per batch")
+    p.add_argument("--model_1_device", default="auto")
+    p.add_argument("--model_2_device", default="auto")
+    p.add_argument("--correlation_device", default="auto", help="where the statistics live")
+    p.add_argument("--save_full_correlation_matrix", action=argparse.BooleanOptionalAction, default=False,
+                   help=f"also write {FULL_FILE} [L1, D1, L2, D2]")
+    p.add_argument("--save_precision", type=int, choices=[8, 16, 32], default=16,
+                   help="full matrix: 16 = float16, 32 = float32, 8 = int8 per model-1 neuron (see quantize_rows_int8)")
+    p.add_argument("--activation_location", default="mlp.hook_post", choices=["mlp.hook_post", "mlp.hook_pre"])
+    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
+    p.add_argument("--n_rotations", type=int, default=1,
+                   help="rotation samples; with K > 1 max_corr / min_corr average the K per-sample maxima")
+    p.add_argument("--seed", type=int, default=0, help="seeds rotations, permutations and gaussian baselines")
+    p.add_argument("--num_shards", type=int, default=1, help="split the batches into N shards (e.g. a Slurm array)")
+    p.add_argument("--shard_index", type=int, default=0, help="which shard this process runs (saves statistics only)")
+    p.add_argument("--merge", action="store_true", help="add the shards' statistics and write the artifacts")
+    p.add_argument("--max_memory_gb", type=float, default=None,
+                   help="cap on the statistics' memory: model-1 neurons are split into tiles that each take "
+                        "a pass over the data (the forward passes are repeated per tile)")
+    p.add_argument("--checkpoint_every", type=int, default=0,
+                   help="save the statistics every k batches; a rerun resumes from the last save (0 = off)")
+    p.add_argument("--gemm_dtype", choices=list(GEMM_DTYPES), default="float32",
+                   help="precision of the cross-product GEMM (tf32 / bfloat16 / float16: CUDA)")
+    p.add_argument("--tf32", action="store_true", help="same as --gemm_dtype tf32")
+    p.set_defaults(**(defaults or {}))
+    return p
+
+
+def _stats_name(args, tile: int, n_tiles: int, shard: int | None, n_shards: int) -> str:
+    tag = "+".join(sorted(args.baseline)) + f".seed{args.seed}.k{args.n_rotations}.bs{args.batch_size}.n{args.n_seq}"
+    part = "run" if shard is None else f"shard-{shard:05d}-of-{n_shards:05d}"
+    return f"{tag}.{part}.tile-{tile:03d}-of-{n_tiles:03d}.pt"
+
+
+def _plan_tiles(n1: int, d1: int, bytes_per_row: int, max_memory_gb: float | None) -> list[tuple[int, int]]:
+    """Model-1 row ranges whose statistics fit the budget; whole layers when a layer fits."""
+    if not max_memory_gb:
+        return [(0, n1)]
+    rows = int(max_memory_gb * 2 ** 30 // bytes_per_row)
+    if rows < 1:
+        raise UserError(f"--max_memory_gb {max_memory_gb} is too small: one model-1 neuron's statistics "
+                        f"need {bytes_per_row / 2 ** 20:.1f} MiB")
+    if rows >= n1:
+        return [(0, n1)]
+    if rows >= d1:
+        rows -= rows % d1
+    return [(r, min(r + rows, n1)) for r in range(0, n1, rows)]
+
+
+class _Job:
+    """Everything one invocation needs: models, data, batches of this shard, tiles, output folders."""
+
+    def __init__(self, args):
+        from .device import resolve_device
+
+        self.args = args
+        if args.tf32:
+            args.gemm_dtype = "tf32"
+        if args.batch_size < 1 or args.n_rotations < 1 or args.num_shards < 1:
+            raise UserError("--batch_size, --n_rotations and --num_shards must be >= 1")
+        if not 0 <= args.shard_index < args.num_shards:
+            raise UserError(f"--shard_index {args.shard_index} must be in [0, {args.num_shards})")
+        self.sim = similarity_name(args.similarity_type, args.jaccard_threshold)
+        self.dev1 = resolve_device(args.model_1_device)
+        self.dev2 = resolve_device(args.model_2_device)
+        self.devc = resolve_device(args.correlation_device)
+        self.gemm_dtype = GEMM_DTYPES[args.gemm_dtype]
+        if self.devc.type != "cuda" and args.gemm_dtype != "float32":
+            raise UserError(f"--gemm_dtype {args.gemm_dtype} needs a CUDA --correlation_device")
+        self.baselines = list(dict.fromkeys(args.baseline))
+
+    def out_dir(self, m2: str, baseline: str) -> Path:
+        from . import paths
+        return paths.correlation_path(self.args.model_1_name, m2, self.args.token_dataset, self.sim, baseline)
+
+    def stats_dir(self, m2: str) -> Path:
+        return self.out_dir(m2, "none").parent / f"{self.sim}.stats"
+
+    def done(self, m2: str, baseline: str) -> bool:
+        files = SUMMARY_FILES + ((FULL_FILE,) if self.args.save_full_correlation_matrix else ())
+        return all((self.out_dir(m2, baseline) / f).exists() for f in files)
+
+    def pending(self) -> dict[str, list[str]]:
+        """model 2 -> baselines still to compute (finished artifacts are skipped)."""
+        out = {}
+        for m2 in dict.fromkeys(self.args.model_2_name):
+            todo = [b for b in self.baselines if not self.done(m2, b)]
+            if todo:
+                out[m2] = todo
+        return out
+
+
+def _stats_for(job, baselines, tile, n2_layers, d2, args):
+    r0, r1 = tile
+    return CorrelationStats(n_rows=r1 - r0, layers_2=n2_layers, d_2=d2, row_offset=r0,
+                            similarity=args.similarity_type, jaccard_threshold=args.jaccard_threshold,
+                            baselines=baselines, n_rotations=args.n_rotations, seed=args.seed,
+                            device=job.devc, gemm_dtype=job.gemm_dtype)
+
+
+def _bytes_per_row(pending: dict, layers: dict, d_2: dict, args) -> int:
+    """Statistics bytes per model-1 neuron over every model 2 and stream (hi float32 + lo bfloat16)."""
+    total = 0
+    for m2, baselines in pending.items():
+        probe = CorrelationStats(n_rows=1, layers_2=1, d_2=1, similarity=args.similarity_type,
+                                 baselines=baselines, n_rotations=args.n_rotations)
+        total += len(probe.streams) * layers[m2] * d_2[m2] * 6
+    return int(total * 1.15) + 1      # + row-chunk scratch
+
+
+def run_correlations(args) -> list[Path]:
+    """Run (or shard, or merge) the correlation job described by parsed `args`; returns written folders."""
+    import time
+
+    from . import paths
+    from .capture import check_same_tokenizer, mlp_activations, token_mask
+    from .models import load_model
+    from .token_datasets import load_token_dataset, token_tensor
+
+    job = _Job(args)
+    pending = job.pending()
+    if not pending:
+        print(f"correlations: all artifacts exist for {args.model_1_name} vs {', '.join(args.model_2_name)} "
+              f"({job.sim}: {', '.join(job.baselines)}); nothing to do")
+        return []
+    sharded = args.num_shards > 1 and not args.merge
+    model_1 = load_model(args.model_1_name, device=str(job.dev1))
+    models_2 = {}
+    for m2 in pending:
+        models_2[m2] = model_1 if m2 == args.model_1_name and job.dev1 == job.dev2 else load_model(m2, device=str(job.dev2))
+        check_same_tokenizer(model_1, models_2[m2])
+    L1, D1 = model_1.cfg.n_layers, model_1.cfg.d_mlp
+    layers2 = {m2: m.cfg.n_layers for m2, m in models_2.items()}
+    d2 = {m2: m.cfg.d_mlp for m2, m in models_2.items()}
+    n1 = L1 * D1
+    tiles = _plan_tiles(n1, D1, _bytes_per_row(pending, layers2, d2, args), args.max_memory_gb)
+    nt = len(tiles)
+
+    def stats_path(m2, t, shard, n_shards=args.num_shards):
+        return job.stats_dir(m2) / _stats_name(args, t, nt, shard, n_shards)
+
+    written = []
+    if args.merge:
+        stats_source = "merge"
+    else:
+        ds = load_token_dataset(args.token_dataset, model_1.family, model_1.tokenizer)
+        n_seq = len(ds) if args.n_seq < 0 else min(args.n_seq, len(ds))
+        n_batches = math.ceil(n_seq / args.batch_size)
+        from .token_datasets import shard_rows
+        b_start, b_stop = shard_rows(n_batches, args.num_shards, args.shard_index) if sharded else (0, n_batches)
+        progress_key = {"dataset": args.token_dataset, "batches": [b_start, b_stop], "n_seq": n_seq,
+                        "batch_size": args.batch_size}
+        shard = args.shard_index if sharded else None
+        save_tiles = sharded or nt > 1 or args.checkpoint_every > 0
+        fins = {m2: None for m2 in pending}
+        for t, (r0, r1) in enumerate(tiles):
+            l0, l1 = r0 // D1, (r1 - 1) // D1 + 1
+            stats, start = {}, {}
+            for m2, baselines in pending.items():
+                path = stats_path(m2, t, shard)
+                st, begin = None, b_start
+                if path.exists():
+                    st, saved = CorrelationStats.load(path, device=job.devc, gemm_dtype=job.gemm_dtype)
+                    prog = saved.get("progress", {})
+                    if {k: prog.get(k) for k in progress_key} != progress_key or st.baselines != tuple(baselines):
+                        print(f"  ignoring statistics from a different run: {path}")
+                        st = None
+                    else:
+                        begin = prog["next_batch"]
+                stats[m2] = st or _stats_for(job, baselines, (r0, r1), layers2[m2], d2[m2], args)
+                start[m2] = begin
+            first = min(start.values())
+            t0 = time.time()
+            for b in _progress(range(first, b_stop), f"tile {t + 1}/{nt}" if nt > 1 else "batches"):
+                tokens = token_tensor(ds, b * args.batch_size, min((b + 1) * args.batch_size, n_seq))
+                mask = token_mask(tokens, model_1.tokenizer).flatten()
+                acts = mlp_activations(model_1, tokens, args.activation_location, layers=list(range(l0, l1)))
+                x = acts.reshape(-1, (l1 - l0) * D1)[mask.to(acts.device)][:, r0 - l0 * D1:r1 - l0 * D1]
+                x = x.to(job.devc)
+                todo = [m2 for m2 in pending if start[m2] <= b]
+                for i, m2 in enumerate(todo):
+                    y = mlp_activations(models_2[m2], tokens, args.activation_location)
+                    y = y.reshape(-1, layers2[m2] * d2[m2])[mask.to(y.device)].to(job.devc)
+                    last = i == len(todo) - 1
+                    stats[m2].update(x if last else x.clone(), y, batch_id=b, overwrite_inputs=True)
+                if args.checkpoint_every and (b + 1 - b_start) % args.checkpoint_every == 0 and b + 1 < b_stop:
+                    for m2 in todo:
+                        stats[m2].save(stats_path(m2, t, shard), progress={**progress_key, "next_batch": b + 1})
+            for m2 in pending:
+                if save_tiles and start[m2] < b_stop:
+                    stats[m2].save(stats_path(m2, t, shard), progress={**progress_key, "next_batch": b_stop})
+                if not sharded:
+                    fins[m2] = fins[m2] or _finalizer(job, args, pending[m2], n1, L1, layers2[m2], d2[m2])
+                    fins[m2].add(stats[m2])
+            del stats
+            if b_stop > first:
+                print(f"  tile {t + 1}/{nt}: {b_stop - first} batches in {time.time() - t0:.1f} s")
+        if sharded:
+            for m2 in pending:
+                written.append(job.stats_dir(m2))
+                print(f"shard {args.shard_index}/{args.num_shards} statistics: {job.stats_dir(m2)}")
+            return written
+        stats_source = fins
+    for m2, baselines in pending.items():
+        if stats_source == "merge":
+            fin = _finalizer(job, args, baselines, n1, L1, layers2[m2], d2[m2])
+            for t in range(nt):
+                fin.add(_merge_shards(job, args, m2, t, nt, stats_path))
+        else:
+            fin = stats_source[m2]
+        for b, res in fin.results().items():
+            out = job.out_dir(m2, b)
+            if res["correlation"] is not None:
+                paths.torch_save_atomic(res["correlation"], out / FULL_FILE)
+            paths.torch_save_atomic(res["summary_T"], out / SUMMARY_FILES[1])
+            paths.torch_save_atomic(res["summary"], out / SUMMARY_FILES[0])
+            written.append(out)
+            print(f"wrote {out}")
+        if stats_source != "merge":
+            for t in range(nt):
+                stats_path(m2, t, None).unlink(missing_ok=True)
+    return written
+
+
+def _finalizer(job, args, baselines, n1, layers_1, layers_2, d_2):
+    return CorrelationFinalizer(n1, layers_2, d_2, baselines, similarity=args.similarity_type,
+                                n_rotations=args.n_rotations, seed=args.seed,
+                                full_matrix=args.save_full_correlation_matrix, save_precision=args.save_precision,
+                                layers_1=layers_1, device=job.devc)
+
+
+def _merge_shards(job, args, m2, tile, n_tiles, stats_path) -> CorrelationStats:
+    """Add every shard's statistics for one tile (any order); all must be present and complete."""
+    n = args.num_shards
+    if n == 1:   # not given: read the shard count off the files
+        found = sorted(job.stats_dir(m2).glob(_stats_name(args, tile, n_tiles, 0, 1).replace(
+            "shard-00000-of-00001", "shard-*-of-*")))
+        if not found:
+            raise UserError(f"--merge: no shard statistics in {job.stats_dir(m2)} for these settings "
+                            f"(run with --num_shards N --shard_index i first)")
+        n = int(found[0].name.split(".shard-")[1].split("-of-")[1].split(".")[0])
+    merged = None
+    missing = [i for i in range(n) if not stats_path(m2, tile, i, n).exists()]
+    if missing:
+        raise UserError(f"--merge: statistics of shard(s) {missing} of {n} are missing in {job.stats_dir(m2)}")
+    for i in range(n):
+        st, saved = CorrelationStats.load(stats_path(m2, tile, i, n), device=job.devc)
+        prog = saved.get("progress", {})
+        if prog.get("next_batch") != prog.get("batches", [None, None])[1]:
+            raise UserError(f"--merge: shard {i} has not finished ({stats_path(m2, tile, i, n)})")
+        merged = st if merged is None else merged.merge(st)
+        del st
+    return merged
+
+
+def _progress(it, desc):
+    try:
+        from tqdm.auto import tqdm
+        return tqdm(it, desc=desc, leave=False)
+    except ImportError:
+        return it
+
+
+def main(argv=None, defaults: dict | None = None, description: str | None = None) -> list[Path]:
+    """Entry point of correlations_fast.py / correlations.py (UserError -> one message, exit 2)."""
+    from .errors import cli_entry
+
+    return cli_entry(lambda: run_correlations(build_parser(defaults, description).parse_args(argv)))()
