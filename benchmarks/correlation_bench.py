@@ -14,11 +14,19 @@ Synthetic GELU activations with real structure (a shared latent drives both "mod
                 --original-fp32 keeps its activations in fp32 (no per-pair casts): a kinder variant.
   (c) floor:    one X^T Y GEMM over all tokens, same shapes and dtype as (a)'s products.
 
-Prints a table, then as its LAST line one JSON object with engine_s, original_s, floor_s (medians),
-max_abs_err (engine's Pearson vs a float64 reference on --ref-rows model-1 neurons),
-max_abs_err_rotation (rotation baseline vs explicitly rotated data, float64), original_max_abs_err,
-peak_mem_gb (engine's peak memory above its inputs: CUDA allocator peak, or sampled RSS on CPU),
-state_gb, accumulator_gb (the fp32 [N1, N2] size) and the settings. --json prints only that line.
+Prints a table, then as its LAST line one JSON object (medians over the repeats):
+  engine_s      (a)'s pass over the data (the part that grows with tokens), Gram matrices included
+  original_s    (b)'s two passes;  floor_s  (c)
+  engine_finalize_s / original_finalize_s and *_total_s: finalising, O(N1 N2) whatever the token
+                count, reported apart (at 32k tokens it is large next to the pass; at the paper's
+                1e8 tokens it is noise)
+  max_abs_err   engine Pearson (none) vs a float64 reference on --ref-rows model-1 neurons;
+                max_abs_err_rotation: rotation baseline vs explicitly rotated data in float64;
+                original_max_abs_err: the original's (fp16 activations) vs the same reference
+  peak_mem_gb   engine's peak memory above its inputs during the pass (CUDA allocator peak, or RSS
+                sampled every 2 ms on CPU); peak_mem_gb_with_finalize, state_gb, accumulator_gb
+                (the fp32 [N1, N2] size) and gram_gb for scale
+--json prints only that line.
 
     PYTHONPATH=. python benchmarks/correlation_bench.py [--layers 12 --neurons 256 --tokens 32768]
 """
@@ -54,6 +62,9 @@ def synthetic(tokens, layers, neurons, seed, mean_offset, device):
             act = act / act.std(0) + mean_offset           # mean = mean_offset x std
         out.append(act)
     return out
+
+
+_clock = time.perf_counter
 
 
 class PeakMemory:
@@ -98,20 +109,22 @@ def run_engine(x, y, args, device, gemm_dtype):
     bt = args.batch_tokens
     batches = [(x[i:i + bt].clone(), y[i:i + bt].clone()) for i in range(0, x.shape[0], bt)]   # fresh "model outputs"
     with PeakMemory(device) as mem:
-        synchronize(device)
-        t0 = time.perf_counter()
-        stats = CorrelationStats(n_rows=L * D, layers_2=L, d_2=D, baselines=("none", "rotation"), seed=0,
-                                 device=device, gemm_dtype=gemm_dtype)
-        for i, (xb, yb) in enumerate(batches):
-            stats.update(xb, yb, batch_id=i, overwrite_inputs=True)
-        synchronize(device)
-        t1 = time.perf_counter()
+        with PeakMemory(device) as mem_acc:
+            synchronize(device)
+            t0 = _clock()
+            stats = CorrelationStats(n_rows=L * D, layers_2=L, d_2=D, baselines=("none", "rotation"), seed=0,
+                                     device=device, gemm_dtype=gemm_dtype)
+            for i, (xb, yb) in enumerate(batches):
+                stats.update(xb, yb, batch_id=i, overwrite_inputs=True)
+            synchronize(device)
+            t1 = _clock()
         fin = CorrelationFinalizer(L * D, L, D, ("none", "rotation"), seed=0, device=device)
         fin.add(stats)
         fin.results()
         synchronize(device)
-        t2 = time.perf_counter()
-    return {"accumulate": t1 - t0, "finalize": t2 - t1, "total": t2 - t0, "peak_mem": mem.peak}, stats
+        t2 = _clock()
+    return {"accumulate": t1 - t0, "finalize": t2 - t1, "total": t2 - t0, "peak_mem": mem.peak,
+            "peak_mem_accumulate": mem_acc.peak}, stats
 
 
 def original_summary(corr):
@@ -132,13 +145,15 @@ def original_summary(corr):
 
 
 def run_original(x16, y16, args, device, rotations):
-    """(b): the original structure, two passes (none, rotation), full-matrix finalise each."""
+    """(b): the original structure, two passes (none, rotation), full-matrix finalise each.
+    Returns ({"accumulate", "finalize", "total"} seconds, {baseline: [N1, N2] float16})."""
     L, D = args.layers, args.neurons
     bt = args.batch_tokens
     corr = {}
-    synchronize(device)
-    t0 = time.perf_counter()
+    t_acc = t_fin = 0.0
     for baseline in ("none", "rotation"):
+        synchronize(device)
+        t0 = _clock()
         acc = torch.zeros(L, D, L, D, dtype=torch.float64)              # host accumulator
         s1 = torch.zeros(L, D, dtype=torch.float64)
         q1 = torch.zeros_like(s1)
@@ -158,6 +173,8 @@ def run_original(x16, y16, args, device, rotations):
             s2 += b.float().sum(-1).cpu()
             q2 += b.float().square().sum(-1).cpu()
             n += a.shape[-1]
+        synchronize(device)
+        t1 = _clock()
         layer_corrs = []
         for l1 in range(L):
             num = acc[l1] - torch.einsum("n,lm->nlm", s1[l1], s2) / n
@@ -167,21 +184,22 @@ def run_original(x16, y16, args, device, rotations):
         c = torch.stack(layer_corrs).to(device).view(L * D, L * D)
         original_summary(c)
         corr[baseline] = c
-    synchronize(device)
-    return time.perf_counter() - t0, corr
+        synchronize(device)
+        t_acc, t_fin = t_acc + t1 - t0, t_fin + _clock() - t1
+    return {"accumulate": t_acc, "finalize": t_fin, "total": t_acc + t_fin}, corr
 
 
 def run_floor(x, y, device, gemm_dtype):
     if gemm_dtype in (torch.bfloat16, torch.float16):
         x, y = x.to(gemm_dtype), y.to(gemm_dtype)
     synchronize(device)
-    t0 = time.perf_counter()
+    t0 = _clock()
     if gemm_dtype in (torch.bfloat16, torch.float16):
         torch.mm(x.t(), y, out_dtype=torch.float32)
     else:
         torch.mm(x.t(), y)
     synchronize(device)
-    return time.perf_counter() - t0
+    return _clock() - t0
 
 
 def reference(x, y, rows, rotations):
@@ -209,12 +227,19 @@ def main(argv=None):
     p.add_argument("--ref-rows", type=int, default=256, help="model-1 neurons checked against float64")
     p.add_argument("--original-fp32", action="store_true", help="original with fp32 activations (kinder)")
     p.add_argument("--skip-original", action="store_true")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu = process CPU time: steadier on a shared machine, meaningful with --threads 1")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args(argv)
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    if args.clock == "cpu":
+        if device.type == "cuda":
+            raise SystemExit("--clock cpu is for CPU runs")
+        global _clock
+        _clock = time.process_time
     gemm_dtype = {"float32": torch.float32, "tf32": torch.float32,
                   "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if device.type == "cuda":
@@ -230,21 +255,25 @@ def main(argv=None):
     say(f"{L} layers x {D} neurons per model, {args.tokens} tokens, batches of {args.batch_tokens}, "
         f"{args.dtype} on {device} ({torch.get_num_threads()} threads), mean offset {args.mean_offset}")
 
-    times = {"engine": [], "accumulate": [], "finalize": [], "original": [], "floor": []}
-    peak = 0
+    times = {"engine": [], "finalize": [], "engine_total": [], "original": [], "original_finalize": [],
+             "original_total": [], "floor": []}
+    peak = peak_acc = 0
     stats = corr_orig = None
     for rep in range(args.repeats):
         order = ["engine", "original", "floor"][rep % 3:] + ["engine", "original", "floor"][:rep % 3]
         for what in order:
             if what == "engine":
                 t, stats = run_engine(x, y, args, device, gemm_dtype)
-                times["engine"].append(t["total"])
-                times["accumulate"].append(t["accumulate"])
+                times["engine"].append(t["accumulate"])
                 times["finalize"].append(t["finalize"])
+                times["engine_total"].append(t["total"])
                 peak = max(peak, t["peak_mem"])
+                peak_acc = max(peak_acc, t["peak_mem_accumulate"])
             elif what == "original" and not args.skip_original:
                 t, corr_orig = run_original(x16, y16, args, device, rotations.float())
-                times["original"].append(t)
+                times["original"].append(t["accumulate"])
+                times["original_finalize"].append(t["finalize"])
+                times["original_total"].append(t["total"])
             elif what == "floor":
                 times["floor"].append(run_floor(x, y, device, gemm_dtype))
         say(f"  repeat {rep}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v))
@@ -258,29 +287,38 @@ def main(argv=None):
     err_rot = float((got_rot - ref_rot).abs().nan_to_num().max())
     err_orig = None if corr_orig is None else float((corr_orig["none"][rows].double() - ref).abs().nan_to_num().max())
     n1 = n2 = L * D
+    r = lambda v: None if v is None else round(v, 4)
+    ratio = lambda a, b: None if a is None or b is None else round(a / b, 3)
     result = {
-        "engine_s": round(med["engine"], 4), "original_s": med["original"] and round(med["original"], 4),
-        "floor_s": round(med["floor"], 4),
-        "engine_accumulate_s": round(med["accumulate"], 4), "engine_finalize_s": round(med["finalize"], 4),
-        "engine_over_floor": round(med["engine"] / med["floor"], 3),
-        "original_over_engine": med["original"] and round(med["original"] / med["engine"], 3),
-        "max_abs_err": err, "max_abs_err_rotation": err_rot, "original_max_abs_err": err_orig,
-        "peak_mem_gb": round(peak / 2 ** 30, 4), "state_gb": round(stats.nbytes() / 2 ** 30, 4),
-        "accumulator_gb": round(n1 * n2 * 4 / 2 ** 30, 4),
+        "engine_s": r(med["engine"]), "original_s": r(med["original"]), "floor_s": r(med["floor"]),
+        "max_abs_err": err, "peak_mem_gb": round(peak_acc / 2 ** 30, 4),
+        "engine_over_floor": ratio(med["engine"], med["floor"]),
+        "original_over_engine": ratio(med["original"], med["engine"]),
+        "engine_finalize_s": r(med["finalize"]), "engine_total_s": r(med["engine_total"]),
+        "original_finalize_s": r(med["original_finalize"]), "original_total_s": r(med["original_total"]),
+        "total_original_over_engine": ratio(med["original_total"], med["engine_total"]),
+        "max_abs_err_rotation": err_rot, "original_max_abs_err": err_orig,
+        "peak_mem_gb_with_finalize": round(peak / 2 ** 30, 4), "state_gb": round(stats.nbytes() / 2 ** 30, 4),
+        "accumulator_gb": round(n1 * n2 * 4 / 2 ** 30, 4), "gram_gb": round(L * D * D * 8 / 2 ** 30, 4),
         "layers": L, "neurons": D, "tokens": args.tokens, "batch_tokens": args.batch_tokens,
-        "dtype": args.dtype, "device": str(device), "mean_offset": args.mean_offset,
-        "original_activations": "fp32" if args.original_fp32 else "fp16", "repeats": args.repeats,
+        "dtype": args.dtype, "device": str(device), "threads": torch.get_num_threads(), "clock": args.clock,
+        "mean_offset": args.mean_offset, "original_activations": "fp32" if args.original_fp32 else "fp16",
+        "repeats": args.repeats,
     }
     say("")
-    say(f"{'':24}{'median s':>10}{'x floor':>10}")
-    for name, key in (("(a) engine total", "engine"), ("    accumulate", "accumulate"), ("    finalize", "finalize"),
-                      ("(b) original", "original"), ("(c) floor GEMM", "floor")):
+    say(f"{'median seconds':34}{'s':>9}{'x floor':>9}")
+    rows_ = (("(a) engine: one pass, none + rotation", "engine"), ("    + finalise (4 summaries)", "finalize"),
+             ("    total", "engine_total"), ("(b) original: two passes", "original"),
+             ("    + finalise (full matrices)", "original_finalize"), ("    total", "original_total"),
+             ("(c) floor: one X^T Y GEMM", "floor"))
+    for name, key in rows_:
         if med[key] is not None:
-            say(f"{name:24}{med[key]:10.3f}{med[key] / med['floor']:10.2f}")
-    say(f"original / engine = {result['original_over_engine']}; engine max |err| {err:.2e} "
-        f"(rotation {err_rot:.2e}, original {err_orig if err_orig is None else f'{err_orig:.2e}'}); "
-        f"engine peak memory {result['peak_mem_gb']:.3f} GB (state {result['state_gb']:.3f} GB, "
-        f"fp32 accumulator {result['accumulator_gb']:.3f} GB)")
+            say(f"{name:34}{med[key]:9.3f}{med[key] / med['floor']:9.2f}")
+    say(f"(b)/(a) passes {result['original_over_engine']}, totals {result['total_original_over_engine']}; "
+        f"engine max |err| {err:.2e} (rotation {err_rot:.2e}; original {err_orig if err_orig is None else f'{err_orig:.2e}'})")
+    say(f"engine peak memory above its inputs: {result['peak_mem_gb']:.3f} GB in the pass, "
+        f"{result['peak_mem_gb_with_finalize']:.3f} GB with finalise (state {result['state_gb']:.3f} GB = "
+        f"fp32 accumulator {result['accumulator_gb']:.3f} x 1.5 + Gram {result['gram_gb']:.3f})")
     print(json.dumps(result))
 
 

@@ -115,23 +115,45 @@ def _batch_generator(seed: int, batch_id: int, salt: str, device) -> torch.Gener
     return torch.Generator(device=device).manual_seed(derive_seed(seed, batch_id, _SALT[salt]))
 
 
-def _column_sums(t: torch.Tensor, scratch_rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column sums and sums of squares of t [T, N] (float32), returned in float64 [N].
+def _first_mean(t: torch.Tensor, rows: int = 1024) -> torch.Tensor:
+    """The shift of a neuron: its mean over the first <= 1024 tokens it sees (float32 [N]).
+    Any value near the mean works; this one costs little and is exact for a constant neuron."""
+    return (t[:rows].sum(0, dtype=torch.float64) / min(rows, t.shape[0])).float()
 
-    Both go through BLAS (ones @ t): float32 reductions over dim 0 are slow on CPU, and casting t
-    to float64 first would allocate 2x its size. Squares are formed in a small reused buffer.
+
+def _centre_and_sum(t: torch.Tensor, shift: torch.Tensor | None, squares: bool = True,
+                    rows: int = 128) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """t [T, N] float32 -= shift (in place, if given); returns its column sums and (if `squares`)
+    sums of squares, float64 [N].
+
+    One sweep in chunks of `rows` tokens that stay in cache: centre, then both sums as BLAS
+    matrix-vector products (float32 reductions over dim 0 are slow on CPU, and a float64 cast
+    would allocate twice t); partial sums over a chunk are float32, their running total float64.
     """
-    ones = torch.ones(1, min(scratch_rows, t.shape[0]), device=t.device, dtype=t.dtype)
-    buf = torch.empty(min(scratch_rows, t.shape[0]), t.shape[1], device=t.device, dtype=t.dtype)
-    s = torch.zeros(t.shape[1], dtype=torch.float64, device=t.device)
-    ss = torch.zeros_like(s)
-    for r0 in range(0, t.shape[0], scratch_rows):
-        blk = t[r0:r0 + scratch_rows]
+    rows = min(rows, t.shape[0])
+    ones = torch.ones(1, rows, device=t.device, dtype=t.dtype)
+    buf = torch.empty(rows, t.shape[1], device=t.device, dtype=t.dtype)
+    part = torch.empty(2, t.shape[1], device=t.device, dtype=t.dtype)
+    s = torch.zeros(t.shape[1], device=t.device, dtype=torch.float64)
+    ss = torch.zeros_like(s) if squares else None
+    for r0 in range(0, t.shape[0], rows):
+        blk = t[r0:r0 + rows]
         k = blk.shape[0]
-        s += (ones[:, :k] @ blk)[0]
-        torch.mul(blk, blk, out=buf[:k])
-        ss += (ones[:, :k] @ buf[:k])[0]
+        if shift is not None:
+            blk.sub_(shift)
+        torch.mm(ones[:, :k], blk, out=part[:1])
+        s += part[0]
+        if squares:
+            torch.mul(blk, blk, out=buf[:k])
+            torch.mm(ones[:, :k], buf[:k], out=part[1:])
+            ss += part[1]
     return s, ss
+
+
+def _tile(n: int) -> int:
+    """Side of the output tiles of the cross-product GEMM: a quarter of the dimension (16 tiles,
+    scratch 1/8 of the accumulator) for large ones, the whole dimension for small ones."""
+    return n if n < 2048 else math.ceil(n / 4)
 
 
 def _own_float32(t: torch.Tensor, may_overwrite: bool) -> torch.Tensor:
@@ -183,7 +205,7 @@ class CorrelationStats:
     def __init__(self, *, n_rows: int, layers_2: int, d_2: int, row_offset: int = 0,
                  similarity: str = "pearson", jaccard_threshold: float = 0.0,
                  baselines=("none",), n_rotations: int = 1, seed: int = 0,
-                 device="cpu", gemm_dtype: torch.dtype = torch.float32, chunk_rows: int | None = None):
+                 device="cpu", gemm_dtype: torch.dtype = torch.float32, tile: tuple[int, int] | None = None):
         if similarity not in SIMILARITIES:
             raise UserError(f"unknown similarity {similarity!r}; choose from {SIMILARITIES}")
         baselines = tuple(dict.fromkeys(baselines))
@@ -198,7 +220,7 @@ class CorrelationStats:
         self.baselines, self.n_rotations, self.seed = baselines, int(n_rotations), int(seed)
         self.device = torch.device(device)
         self.gemm_dtype = gemm_dtype
-        self.chunk_rows = int(chunk_rows) if chunk_rows else max(min(256, self.n_rows), math.ceil(self.n_rows / 16))
+        self.tile = tuple(tile) if tile else (_tile(self.n_rows), _tile(self.n_cols))
         self.n = 0
         self.x_shift = self.x_sum = self.x_sumsq = None
         self.streams = {name: self._new_stream(name) for name in self.stream_names()}
@@ -289,14 +311,11 @@ class CorrelationStats:
         else:
             x = _own_float32(x, overwrite)
             if self.x_shift is None:
-                self.x_shift = (_column_sums(x)[0] / x.shape[0]).float()
-                self.x_sum = torch.zeros(self.n_rows, dtype=torch.float64, device=x.device)
-                self.x_sumsq = torch.zeros_like(self.x_sum)
-            x.sub_(self.x_shift)
+                self.x_shift = _first_mean(x)
         if self.x_sum is None:
             self.x_sum = torch.zeros(self.n_rows, dtype=torch.float64, device=x.device)
             self.x_sumsq = torch.zeros_like(self.x_sum)
-        s, ss = _column_sums(x)
+        s, ss = _centre_and_sum(x, None if self.similarity == "jaccard" else self.x_shift)
         self.x_sum += s
         self.x_sumsq += ss
         return x
@@ -332,32 +351,39 @@ class CorrelationStats:
                 s.shift = torch.zeros(self.n_cols, device=y.device)
         else:
             if s.shift is None:
-                s.shift = (_column_sums(y)[0] / y.shape[0]).float()
-            y.sub_(s.shift)
-        ys, yss = _column_sums(y)
+                s.shift = _first_mean(y)
+        ys, yss = _centre_and_sum(y, None if self.similarity == "jaccard" else s.shift, squares=s.gram is None)
         s.sum += ys
-        s.sumsq += yss
         if s.gram is not None:
             y_l = y.view(y.shape[0], self.layers_2, self.d_2)
-            s.gram += torch.bmm(y_l.permute(1, 2, 0), y_l.permute(1, 0, 2)).double()
+            g = torch.bmm(y_l.permute(1, 2, 0), y_l.permute(1, 0, 2))
+            s.gram += g
+            yss = g.diagonal(dim1=1, dim2=2).reshape(-1).double()     # sums of squares, for free
+        s.sumsq += yss
         self._accumulate_cross(s, x, y)
 
     def _accumulate_cross(self, s: _Stream, x: torch.Tensor, y: torch.Tensor) -> None:
-        """(hi + lo) += x^T y, one GEMM per chunk of model-1 rows, fp32 products (or gemm_dtype)."""
+        """(hi + lo) += x^T y: one GEMM per output tile (fp32 products, or gemm_dtype on CUDA),
+        each folded into the compensated pair at once. Tiles of a quarter of each dimension keep
+        the scratch at 1/8 of the accumulator and re-read the inputs only 4x (rows-only chunks
+        would re-read y once per chunk)."""
         low = self.gemm_dtype in (torch.bfloat16, torch.float16)
         if low:
             x, y = x.to(self.gemm_dtype), y.to(self.gemm_dtype)
-        rows = self.chunk_rows
-        p = torch.empty(min(rows, self.n_rows), self.n_cols, device=y.device)
+        tr, tc = self.tile
+        p = torch.empty(min(tr, self.n_rows), min(tc, self.n_cols), device=y.device)
         work = torch.empty_like(p)
-        for r0 in range(0, self.n_rows, rows):
-            r1 = min(r0 + rows, self.n_rows)
-            pr, wr = p[: r1 - r0], work[: r1 - r0]
-            if low:
-                pr.copy_(torch.mm(x[:, r0:r1].t(), y, out_dtype=torch.float32))
-            else:
-                torch.mm(x[:, r0:r1].t(), y, out=pr)
-            _compensated_add_(s.hi[r0:r1], s.lo[r0:r1], pr, wr)
+        for r0 in range(0, self.n_rows, tr):
+            r1 = min(r0 + tr, self.n_rows)
+            xt = x[:, r0:r1].t()
+            for c0 in range(0, self.n_cols, tc):
+                c1 = min(c0 + tc, self.n_cols)
+                pt, wt = p[: r1 - r0, : c1 - c0], work[: r1 - r0, : c1 - c0]
+                if low:
+                    pt.copy_(torch.mm(xt, y[:, c0:c1], out_dtype=torch.float32))
+                else:
+                    torch.mm(xt, y[:, c0:c1], out=pt)
+                _compensated_add_(s.hi[r0:r1, c0:c1], s.lo[r0:r1, c0:c1], pt, wt)
 
     # merging and persistence -------------------------------------------------------------------
 
@@ -382,8 +408,8 @@ class CorrelationStats:
             o = other.streams[name]
             dy = o.shift.to(self.device).double() - s.shift.double()
             sy_o = o.sum.to(self.device)
-            for r0 in range(0, self.n_rows, self.chunk_rows):
-                r1 = min(r0 + self.chunk_rows, self.n_rows)
+            for r0 in range(0, self.n_rows, self.tile[0]):
+                r1 = min(r0 + self.tile[0], self.n_rows)
                 total = o.hi[r0:r1].to(self.device).double() + o.lo[r0:r1].to(self.device).double()
                 total.addr_(dx[r0:r1], sy_o).addr_(sx_o[r0:r1] + n_o * dx[r0:r1], dy)
                 total += s.hi[r0:r1].double() + s.lo[r0:r1].double()
