@@ -113,7 +113,7 @@ def run_engine(x, y, args, device, gemm_dtype):
             synchronize(device)
             t0 = _clock()
             stats = CorrelationStats(n_rows=L * D, layers_2=L, d_2=D, baselines=("none", "rotation"), seed=0,
-                                     device=device, gemm_dtype=gemm_dtype)
+                                     device=device, gemm_dtype=gemm_dtype, allow_tf32=args.dtype == "tf32")
             for i, (xb, yb) in enumerate(batches):
                 stats.update(xb, yb, batch_id=i, overwrite_inputs=True)
             synchronize(device)

@@ -12,11 +12,12 @@ Numerics
 - Every neuron is shifted by a fixed reference, its mean on the first batch, before anything is
   summed, so that S_xx - S_x^2 / n does not cancel even for neurons whose mean is 1000x their std.
   Shards carry their own shifts; `merge` re-centres them onto a common one exactly.
-- The cross product S_xy = sum_t x'_t y'_t^T [N1, N2] costs one GEMM per batch (split into row
-  chunks so that the temporaries stay small) and is kept as a compensated pair: `hi` float32 plus
-  `lo` bfloat16 holding the rounding error of every addition (Fast2Sum, Kahan-style). The pair
-  carries ~32 significant bits at 1.5x the memory of a float32 accumulator and no float64 traffic
-  on the hot path. Per-neuron sums, sums of squares and Gram matrices are small and kept in float64.
+- The cross product S_xy = sum_t x'_t y'_t^T [N1, N2] costs one GEMM per batch (computed as 4 x 4
+  output tiles for large N, so the scratch stays at 1/8 of the accumulator) and is kept as a
+  compensated pair: `hi` float32 plus `lo` bfloat16 holding the rounding error of every addition
+  (Fast2Sum, Kahan-style). The pair carries ~32 significant bits at 1.5x the memory of a float32
+  accumulator, with no float64 traffic and no host copies on the hot path. Per-neuron sums, sums of
+  squares and Gram matrices are small and kept in float64.
 - Rotation baseline without a second pass: for an orthogonal R_l per model-2 layer,
   cov(x, R_l y_l) = C_xy,l R_l^T and var(R_l y_l) = diag(R_l Sigma_l R_l^T), so only the Gram
   matrices G_l = sum_t y'_l y'_l^T [D2, D2] of model 2 are accumulated (1/L1 of the main GEMM).
@@ -115,10 +116,13 @@ def _batch_generator(seed: int, batch_id: int, salt: str, device) -> torch.Gener
     return torch.Generator(device=device).manual_seed(derive_seed(seed, batch_id, _SALT[salt]))
 
 
-def _first_mean(t: torch.Tensor, rows: int = 1024) -> torch.Tensor:
+def _first_mean(t: torch.Tensor, rows: int = 1024, chunk: int = 64) -> torch.Tensor:
     """The shift of a neuron: its mean over the first <= 1024 tokens it sees (float32 [N]).
-    Any value near the mean works; this one costs little and is exact for a constant neuron."""
-    return (t[:rows].sum(0, dtype=torch.float64) / min(rows, t.shape[0])).float()
+    Any value near the mean works; this one costs little and is exact for a constant neuron
+    (float64 sums, in chunks so the float64 copy stays small)."""
+    k = min(rows, t.shape[0])
+    total = sum(t[i:min(i + chunk, k)].sum(0, dtype=torch.float64) for i in range(0, k, chunk))
+    return (total / k).float()
 
 
 def _centre_and_sum(t: torch.Tensor, shift: torch.Tensor | None, squares: bool = True,
@@ -164,13 +168,19 @@ def _own_float32(t: torch.Tensor, may_overwrite: bool) -> torch.Tensor:
 
 
 def _compensated_add_(hi: torch.Tensor, lo: torch.Tensor, p: torch.Tensor, work: torch.Tensor) -> None:
-    """(hi + lo) += p in place. hi float32, lo bfloat16 (the pending rounding error); p and work are
-    float32 scratch of the same shape (p is destroyed). Fast2Sum: t = hi + y; e = (hi - t) + y."""
-    p.add_(lo)                   # y = p + pending error
-    torch.add(hi, p, out=work)   # t
-    hi.sub_(work).add_(p)        # hi <- (hi - t) + y = rounding error of t
-    lo.copy_(hi)
-    hi.copy_(work)
+    """(hi + lo) += p in place. hi float32, lo bfloat16 (the pending rounding error); p float32 is
+    destroyed; work is float32 scratch of p's width and any number of rows (the update runs in
+    row chunks of that size, so the scratch can be much smaller than p).
+    Fast2Sum: y = p + lo; t = hi + y; lo = (hi - t) + y; hi = t."""
+    p.add_(lo)                                  # y
+    step = work.shape[0]
+    for r0 in range(0, p.shape[0], step):
+        h, y = hi[r0:r0 + step], p[r0:r0 + step]
+        t = work[: h.shape[0], : h.shape[1]]
+        torch.add(h, y, out=t)                  # t
+        h.sub_(t).add_(y)                       # h <- (h - t) + y: the rounding error of t
+        lo[r0:r0 + step].copy_(h)
+        h.copy_(t)
 
 
 def _split_(hi: torch.Tensor, lo: torch.Tensor, total: torch.Tensor) -> None:
@@ -205,7 +215,8 @@ class CorrelationStats:
     def __init__(self, *, n_rows: int, layers_2: int, d_2: int, row_offset: int = 0,
                  similarity: str = "pearson", jaccard_threshold: float = 0.0,
                  baselines=("none",), n_rotations: int = 1, seed: int = 0,
-                 device="cpu", gemm_dtype: torch.dtype = torch.float32, tile: tuple[int, int] | None = None):
+                 device="cpu", gemm_dtype: torch.dtype = torch.float32, allow_tf32: bool = False,
+                 tile: tuple[int, int] | None = None):
         if similarity not in SIMILARITIES:
             raise UserError(f"unknown similarity {similarity!r}; choose from {SIMILARITIES}")
         baselines = tuple(dict.fromkeys(baselines))
@@ -219,7 +230,7 @@ class CorrelationStats:
         self.similarity, self.jaccard_threshold = similarity, float(jaccard_threshold)
         self.baselines, self.n_rotations, self.seed = baselines, int(n_rotations), int(seed)
         self.device = torch.device(device)
-        self.gemm_dtype = gemm_dtype
+        self.gemm_dtype, self.allow_tf32 = gemm_dtype, allow_tf32
         self.tile = tuple(tile) if tile else (_tile(self.n_rows), _tile(self.n_cols))
         self.n = 0
         self.x_shift = self.x_sum = self.x_sumsq = None
@@ -372,13 +383,23 @@ class CorrelationStats:
             x, y = x.to(self.gemm_dtype), y.to(self.gemm_dtype)
         tr, tc = self.tile
         p = torch.empty(min(tr, self.n_rows), min(tc, self.n_cols), device=y.device)
-        work = torch.empty_like(p)
+        # Fast2Sum scratch: row chunks that stay in cache on CPU, few large kernels on a GPU
+        work = torch.empty(min(tr, 128 if y.device.type == "cpu" else 2048), p.shape[1], device=y.device)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.allow_tf32
+        try:
+            self._tiles(s, x, y, p, work, low)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    def _tiles(self, s: _Stream, x, y, p, work, low: bool) -> None:
+        tr, tc = self.tile
         for r0 in range(0, self.n_rows, tr):
             r1 = min(r0 + tr, self.n_rows)
             xt = x[:, r0:r1].t()
             for c0 in range(0, self.n_cols, tc):
                 c1 = min(c0 + tc, self.n_cols)
-                pt, wt = p[: r1 - r0, : c1 - c0], work[: r1 - r0, : c1 - c0]
+                pt, wt = p[: r1 - r0, : c1 - c0], work[:, : c1 - c0]
                 if low:
                     pt.copy_(torch.mm(xt, y[:, c0:c1], out_dtype=torch.float32))
                 else:
@@ -1025,7 +1046,7 @@ def _stats_for(job, baselines, tile, n2_layers, d2, args):
     return CorrelationStats(n_rows=r1 - r0, layers_2=n2_layers, d_2=d2, row_offset=r0,
                             similarity=args.similarity_type, jaccard_threshold=args.jaccard_threshold,
                             baselines=baselines, n_rotations=args.n_rotations, seed=args.seed,
-                            device=job.devc, gemm_dtype=job.gemm_dtype)
+                            device=job.devc, gemm_dtype=job.gemm_dtype, allow_tf32=args.gemm_dtype == "tf32")
 
 
 def _bytes_per_row(pending: dict, layers: dict, d_2: dict, args) -> int:
@@ -1090,7 +1111,8 @@ def run_correlations(args) -> list[Path]:
                 path = stats_path(m2, t, shard)
                 st, begin = None, b_start
                 if path.exists():
-                    st, saved = CorrelationStats.load(path, device=job.devc, gemm_dtype=job.gemm_dtype)
+                    st, saved = CorrelationStats.load(path, device=job.devc, gemm_dtype=job.gemm_dtype,
+                                                      allow_tf32=args.gemm_dtype == "tf32")
                     prog = saved.get("progress", {})
                     if {k: prog.get(k) for k in progress_key} != progress_key or st.baselines != tuple(baselines):
                         print(f"  ignoring statistics from a different run: {path}")
