@@ -1,50 +1,254 @@
-"""The main job (`universal-neurons run`): every stage of the paper on a set of seeds of one model.
+"""The main job (`universal-neurons run`): every stage of the paper for seed a of a set of seeds.
 
-Stages, each skipped when its artifacts exist:
-    zoo       train the toy seeds (embedded default only)
-    datasets  token datasets of the corpus per subset and a held-out mix
+    zoo           train the toy seeds (embedded default only)                  zoo.py
+    datasets      the corpus per subset + a held-out mix (make_dataset.py)     token_datasets.py
+    correlations  seed a against every other seed, none + rotation, one pass   correlations.py
+    weights       weight summaries of seed a (weights.py)                      weights.py
+    summaries     activation summaries of seed a per subset (summary.py)       activation_summary.py
+    neuron_df     the neuron dataframe and universal.csv                       analysis/neuron_df.py
+    explanations  token-feature variance reduction of the universal neurons    explanations.py
+    intervention  entropy-neuron style: fix the best candidate to a range of
+                  values, against random last-layer neurons                    interventions.py
+    attention     BOS-signal neurons of the head that attends most to BOS      attention_deactivation.py
+    report        figures and reports/<model>/report.md                        report.py
+Every stage skips work whose artifacts exist, so a rerun only rebuilds the report.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
-from . import token_datasets, zoo
-from .models import load_tokenizer, model_family
+import numpy as np
+import pandas as pd
+import torch
+
+from . import paths, token_datasets, zoo
+from .models import load_model, load_tokenizer, model_family
+
+PAPER_VALUES = [-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # the paper's fixed values for GPT-2 entropy neurons
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=None,
                    help="seed a first, then the others (default: toy-gpt2-a .. e; --quick: toy-gpt2-tiny-a .. e)")
-    p.add_argument("--dataset", default="python-stdlib", help="corpus for make_dataset (default the built-in one)")
+    p.add_argument("--dataset", default="python-stdlib",
+                   help="corpus given to make_dataset.py (default the built-in one); the correlations use its "
+                        "all-<N> mix, the summaries each subset")
+    p.add_argument("--corr_dataset", default=None, help="use this existing token dataset for correlations instead")
+    p.add_argument("--summary_datasets", nargs="*", default=None, help="existing token datasets to summarise instead")
     p.add_argument("--quick", action="store_true", help="tiny zoo and small datasets (CI, smoke tests)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 | auto")
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--threshold", type=float, default=0.5, help="excess_corr above which a neuron is universal")
+    p.add_argument("--ctx_len", type=int, default=None, help="context of the token datasets (default: the zoo's, or 512)")
+    p.add_argument("--mix_tokens", default=None, help="size of the correlation mix (default 1m; --quick 32k)")
+    p.add_argument("--skip", nargs="*", default=[], help="stages to skip (explanations intervention attention ...)")
 
 
 def settings(args) -> SimpleNamespace:
     preset = "tiny" if args.quick else "default"
     models = args.models or [zoo.zoo_name(preset, s) for s in range(5)]
-    ctx = zoo.get_preset(preset).ctx_len if zoo.is_zoo_name(models[0]) else 512
-    return SimpleNamespace(preset=preset, models=models, ctx_len=ctx, family=model_family(models[0]),
-                           mix_tokens=[32_000] if args.quick else [10 ** 6],
-                           n_seq=400 if args.quick else -1)
+    toy = all(zoo.is_zoo_name(m) for m in models)
+    ctx = args.ctx_len or (zoo.get_preset(zoo.parse_zoo_name(models[0])[0]).ctx_len if toy else 512)
+    mix = token_datasets.parse_count(args.mix_tokens) if args.mix_tokens else (32_000 if args.quick else 10 ** 6)
+    return SimpleNamespace(
+        preset=preset, models=models, a=models[0], others=models[1:], toy=toy, ctx_len=ctx,
+        family=model_family(models[0]), mix_tokens=mix, n_seq=400 if args.quick else -1,
+        mix_name=args.corr_dataset or f"{args.dataset}.all-{token_datasets.format_count(mix)}.{ctx}",
+        n_baselines=2 if args.quick else 10, intervention_rows=64 if args.quick else 256,
+        attention_rows=32 if args.quick else 128)
 
 
-def run(args) -> None:
-    s = settings(args)
-    t0 = time.time()
-    print(f"== universal-neurons run: {', '.join(s.models)} on {args.dataset} ==")
-    if all(zoo.is_zoo_name(m) for m in s.models):
-        metas = [zoo.model_meta(m) for m in s.models]
-        print(zoo.format_zoo_table(metas))
-    tok = load_tokenizer(s.models[0])
-    mix = f"{args.dataset}.all-{token_datasets.format_count(s.mix_tokens[0])}.{s.ctx_len}"
-    if mix not in token_datasets.available_datasets(s.family):
+class Stages:
+    """Runs named stages in order, timing each, printing a banner, honouring --skip."""
+
+    def __init__(self, skip):
+        self.skip, self.timings = set(skip), {}
+
+    def __call__(self, name, fn, *a, **kw):
+        if name in self.skip:
+            print(f"-- {name}: skipped (--skip)")
+            return None
+        print(f"-- {name}", flush=True)
+        t = time.time()
+        out = fn(*a, **kw)
+        self.timings[name] = round(time.time() - t, 1)
+        return out
+
+
+def stage_datasets(args, s) -> list[str]:
+    """Token datasets: the correlation mix and the per-subset datasets (make_dataset.py)."""
+    subsets = args.summary_datasets
+    have = token_datasets.available_datasets(s.family)
+    if args.corr_dataset is None and (s.mix_name not in have):
         token_datasets.main_make_dataset(SimpleNamespace(
-            model=s.models[0], hf_dataset=args.dataset, hf_dataset_split="test", ctx_len=s.ctx_len,
-            n_seq=s.n_seq, output_dir=None, mix_tokens=[str(n) for n in s.mix_tokens], seed=0))
-    ds = token_datasets.load_token_dataset(mix, s.family, tok)
-    print(f"dataset {mix}: {len(ds)} rows x {s.ctx_len} tokens")
-    print(f"done in {time.time() - t0:.1f} s")
+            model=s.a, hf_dataset=args.dataset, hf_dataset_split="test", ctx_len=s.ctx_len, n_seq=s.n_seq,
+            output_dir=None, mix_tokens=[str(s.mix_tokens)], seed=0))
+        have = token_datasets.available_datasets(s.family)
+    if subsets is None:  # every single-subset dataset of this corpus and context
+        subsets = [n for n in have if n.startswith(args.dataset + ".") and n.endswith(f".{s.ctx_len}")
+                   and ".all-" not in n]
+    for name in [s.mix_name, *subsets]:
+        token_datasets.load_token_dataset(name, s.family, load_tokenizer(s.a))  # exists, right tokenizer
+    return subsets
+
+
+def stage_correlations(args, s) -> None:
+    from . import correlations
+
+    correlations.main(["--model_1_name", s.a, "--model_2_name", *s.others, "--token_dataset", s.mix_name,
+                       "--baseline", "none", "rotation", "--batch_size", str(args.batch_size),
+                       "--model_1_device", args.device, "--model_2_device", args.device,
+                       "--correlation_device", args.device])
+
+
+def stage_weights(args, s) -> None:
+    from .weights import save_weight_summaries
+
+    if not (paths.weights_summary_path(s.a) / "neuron_comps.pt").exists():
+        save_weight_summaries(load_model(s.a, device=args.device), progress=True)
+
+
+def stage_summaries(args, s, subsets) -> None:
+    from .activation_summary import run_summary
+
+    run_summary(s.a, subsets, batch_size=args.batch_size, device=args.device)
+
+
+def stage_neuron_df(args, s, subsets) -> pd.DataFrame:
+    from analysis.neuron_df import make_neuron_df, write_neuron_df
+
+    cfg = load_model(s.a).cfg
+    df = make_neuron_df(s.a, s.others, s.mix_name, cfg.n_layers, cfg.d_mlp, subsets)
+    write_neuron_df(df, s.a, args.threshold)
+    return df
+
+
+def explained_neurons(df: pd.DataFrame, threshold: float, n_min: int = 20) -> pd.DataFrame:
+    """The universal neurons, or (when fewer than n_min pass) the n_min highest excess_corr."""
+    top = df[df["excess_corr"] > threshold]
+    return top if len(top) >= n_min else df.sort_values("excess_corr", ascending=False).head(n_min)
+
+
+def stage_explanations(args, s, df) -> pd.DataFrame | None:
+    from analysis.heuristic_explanation import load_best_features
+    from .explanations import run_explanations
+
+    chosen = explained_neurons(df, args.threshold)
+    sel = paths.report_dir() / paths.model_dirname(s.a) / "explained_neurons.csv"
+    sel.parent.mkdir(parents=True, exist_ok=True)
+    chosen[["layer", "neuron"]].to_csv(sel, index=False)
+    layers = sorted(chosen["layer"].unique())
+    from .explanations import VR_FILE, layer_dir
+
+    done = all((layer_dir(s.a, s.mix_name, "token", int(l)) / VR_FILE).exists() for l in layers)
+    if not done:
+        run_explanations(s.a, s.mix_name, "token", -1, neuron_df_path=str(sel), batch_size=args.batch_size,
+                         device=args.device, min_count=30 if args.quick else 300)
+    best = load_best_features(s.a, s.mix_name, "token", [int(l) for l in layers]).reset_index()
+    lay_neu = best["neuron"].str.split(".", expand=True).astype(int)
+    best["layer"], best["neuron"] = lay_neu[0], lay_neu[1]
+    return best
+
+
+def entropy_candidate(df: pd.DataFrame) -> str:
+    """The last-layer neuron most like an entropy neuron: large output norm, output nearly orthogonal to
+    the unembedding (low vocab_var); ranks summed within the last layer."""
+    last = df[df["layer"] == df["layer"].max()]
+    score = last["w_out_norm"].rank(pct=True) + (-last["vocab_var"]).rank(pct=True)
+    row = last.loc[score.idxmax()]
+    return f"{int(row['layer'])}.{int(row['neuron'])}"
+
+
+def stage_intervention(args, s, df) -> pd.DataFrame:
+    from .interventions import run_entropy_intervention
+
+    neuron = entropy_candidate(df)
+    if s.toy:  # the toy's activations have their own scale: span 0 .. 3x the neuron's typical range
+        top = torch.load(paths.activation_summary_path(s.a, stage_summary_first(s)) / "neuron_max_activating_value.pt",
+                         weights_only=True)
+        l, n = map(int, neuron.split("."))
+        vmax = float(torch.nan_to_num(top[l, n].float(), nan=0.0).max())
+        values = [round(v, 3) for v in (-0.17, 0.0, vmax / 2, vmax, 2 * vmax, 3 * vmax)]
+    else:
+        values = PAPER_VALUES
+    out = run_entropy_intervention(s.a, s.mix_name, neuron, values, n_random_baselines=s.n_baselines,
+                                   batch_size=args.batch_size, device=args.device, n_seq=s.intervention_rows)
+    from analysis.entropy_neurons import read_summary
+
+    return read_summary(out["summary"])
+
+
+def stage_summary_first(s) -> str:
+    root = paths.summary_dir() / paths.model_dirname(s.a) / "activations"
+    return sorted(p.name for p in root.iterdir() if p.is_dir())[0]
+
+
+@torch.no_grad()
+def bos_head(model, tokens: torch.Tensor) -> tuple[int, int]:
+    """(layer, head) with the most attention to BOS from later positions, excluding layer 0."""
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    best, arg = -1.0, (model.cfg.n_layers - 1, 0)
+    for l in range(1, model.cfg.n_layers):
+        bos = cache[f"blocks.{l}.attn.hook_pattern"][:, :, 1:, 0].mean((0, 2))  # [head]
+        h = int(bos.argmax())
+        if float(bos[h]) > best:
+            best, arg = float(bos[h]), (l, h)
+    return arg
+
+
+def stage_attention(args, s) -> dict | None:
+    from .attention_deactivation import run_attention_deactivation
+
+    model = load_model(s.a, device=args.device)
+    if model.cfg.n_layers < 2:
+        return None
+    ds = token_datasets.load_token_dataset(s.mix_name, s.family, model.tokenizer)
+    layer, head = bos_head(model, token_datasets.token_tensor(ds, 0, 16))
+    folder = run_attention_deactivation(s.a, s.mix_name, layer, head, top_k=5, batch_size=args.batch_size,
+                                        device=args.device, n_seq=s.attention_rows)
+    corr = torch.load(Path(folder) / "corr_dict.pt", weights_only=False)
+    return {"layer": layer, "head": head, "correlations": corr}
+
+
+def correlation_partners(s, df: pd.DataFrame) -> pd.DataFrame:
+    """For each neuron, its best-correlated neuron 'l.n (r)' in each other seed."""
+    out = df[["layer", "neuron"]].copy()
+    for o in s.others:
+        f = paths.correlation_path(s.a, o, s.mix_name, "pearson", "none") / "correlation_summary.pt"
+        summ = torch.load(f, weights_only=True)
+        d2 = load_model(o).cfg.d_mlp
+        ix, val = summ["max_corr_ix"].long().numpy(), summ["max_corr"].float().numpy()
+        out[o] = [f"{i // d2}.{i % d2} ({v:.2f})" for i, v in zip(ix, val)]
+    return out
+
+
+def run(args) -> Path:
+    from .report import write_report
+
+    s = settings(args)
+    st = Stages(args.skip)
+    t0 = time.time()
+    print(f"== universal-neurons run: {s.a} against {', '.join(s.others)} ==")
+    zoo_table = None
+    if s.toy:
+        metas = st("zoo", lambda: [zoo.model_meta(m) for m in s.models])
+        zoo_table = zoo.format_zoo_table(metas)
+        print(zoo_table)
+    subsets = st("datasets", stage_datasets, args, s)
+    st("correlations", stage_correlations, args, s)
+    st("weights", stage_weights, args, s)
+    st("summaries", stage_summaries, args, s, subsets)
+    df = st("neuron_df", stage_neuron_df, args, s, subsets)
+    explanations = st("explanations", stage_explanations, args, s, df)
+    intervention = st("intervention", stage_intervention, args, s, df)
+    attention = st("attention", stage_attention, args, s)
+    st.timings["total"] = round(time.time() - t0, 1)
+    report = st("report", write_report, s.a, df, others=s.others, dataset=s.mix_name, toy=s.toy,
+                zoo_table=zoo_table, partners=correlation_partners(s, df), explanations=explanations,
+                intervention=intervention, attention=attention, timings=st.timings, threshold=args.threshold)
+    print(Path(report).read_text().split("## How universal")[0])
+    print(f"report: {report}")
+    return Path(report)

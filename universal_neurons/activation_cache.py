@@ -1,0 +1,308 @@
+"""Activation caches (activations.py): activations of chosen neurons, or of whole layers, on a dataset.
+
+Written to `<output_dir (paths.activation_dir())>/<model>/<dataset>/`:
+
+Neuron mode (a neuron subset is given):
+    {l}.{n}.pt   fp16 [n_seq * ctx]  activation at blocks.{l}.<location> of neuron n, flat index
+                 seq * ctx + pos over every position (BOS included); fp32 with --save_precision 32.
+    loss.pt      fp16 [n_seq, ctx]   next-token loss -log p(token[pos + 1] | tokens[:pos + 1]) in
+                                     nats; the last position has no next token: NaN.
+    entropy.pt   fp16 [n_seq, ctx]   entropy (nats) of the predicted next-token distribution.
+    rank.pt      int32 [n_seq, ctx]  rank of the true next token among the logits (0 = top: the
+                                     number of tokens with a strictly larger logit); last position -1.
+  Files that exist are kept: a rerun computes only the missing neurons (and the three above if missing).
+
+Layer mode (no subset):
+    {l}.all.{agg}.all.pt  per layer: agg 'none' keeps every position [n_seq * ctx, D]; 'mean' and
+                 'max' aggregate over the counted positions of each sequence (all but BOS /
+                 padding, as in activation_summary) and 'last' takes the last position: [n_seq, D].
+                 --save_precision 16 / 32: a fp16 / fp32 tensor; 8: per-neuron affine uint8 codes,
+                 a dict {codes uint8 [rows, D], scale fp32 [D], zero_point fp32 [D], shape}, read
+                 back with `dequantize` (x ~ codes * scale + zero_point, error <= scale / 2).
+
+Rows are buffered in memory-mapped files under the output folder while streaming (nothing of size
+[tokens, neurons] is held in RAM), then saved one file at a time, atomically.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import paths
+from .errors import UserError, check_neuron, parse_neuron
+
+# location -> the model config attribute giving its width
+LOCATIONS = {"mlp.hook_pre": "d_mlp", "mlp.hook_post": "d_mlp", "hook_resid_pre": "d_model",
+             "hook_resid_mid": "d_model", "hook_resid_post": "d_model", "hook_mlp_out": "d_model",
+             "hook_attn_out": "d_model"}
+AGGREGATIONS = ("none", "mean", "max", "last")
+PRECISIONS = (8, 16, 32)
+
+
+# 8-bit per-channel quantisation -------------------------------------------------------------------
+
+def quantize_per_channel(x: torch.Tensor) -> dict:
+    """x [rows, D] -> {codes uint8 [rows, D], scale fp32 [D], zero_point fp32 [D], shape}.
+
+    Per neuron (column): zero_point = min, scale = (max - min) / 255, codes = round((x - min) / scale),
+    so |dequantize - x| <= scale / 2 (plus float32 rounding). A constant column gets scale 0 and is
+    exact. min / max ignore non-finite values; NaN / inf entries cannot be represented and get the
+    code of the nearest end (NaN -> 0).
+    """
+    x = x.float()
+    finite = torch.isfinite(x)
+    lo = torch.where(finite, x, math.inf).amin(0)
+    hi = torch.where(finite, x, -math.inf).amax(0)
+    lo = torch.where(torch.isfinite(lo), lo, 0.0)  # an all-NaN column
+    hi = torch.where(torch.isfinite(hi), hi, lo)
+    scale = (hi - lo) / 255
+    safe = torch.where(scale > 0, scale, 1.0)
+    codes = torch.nan_to_num((x - lo) / safe, nan=0.0).round_().clamp_(0, 255).to(torch.uint8)
+    return {"codes": codes, "scale": scale, "zero_point": lo, "shape": tuple(x.shape)}
+
+
+def dequantize(q: dict) -> torch.Tensor:
+    """The float32 [rows, D] tensor that `quantize_per_channel` encoded."""
+    return (q["codes"].float() * q["scale"] + q["zero_point"]).reshape(q["shape"])
+
+
+def load_activations(path: str | Path) -> torch.Tensor:
+    """A cached activation file as float32 (fp16 / fp32 tensors, or quantised dicts)."""
+    obj = torch.load(path, weights_only=True)
+    return dequantize(obj) if isinstance(obj, dict) else obj.float()
+
+
+# Next-token statistics -----------------------------------------------------------------------------
+
+def next_token_stats(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits [B, P, V], tokens [B, P] -> loss, entropy (float32 [B, P], nats), rank (int32 [B, P]).
+
+    Position p predicts tokens[p + 1]; the last position has loss NaN and rank -1.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    target = tokens[:, 1:].unsqueeze(-1)  # [B, P - 1, 1]
+    logp_next = logp[:, :-1].gather(-1, target)
+    loss = torch.full(tokens.shape, math.nan, device=logits.device)
+    loss[:, :-1] = -logp_next.squeeze(-1)
+    rank = torch.full(tokens.shape, -1, dtype=torch.int32, device=logits.device)
+    rank[:, :-1] = (logp[:, :-1] > logp_next).sum(-1).int()
+    return loss, entropy, rank
+
+
+# Neuron specs ---------------------------------------------------------------------------------------
+
+def parse_neuron_subset(specs: list[str] | None, subset_file: str | Path | None, n_layers: int,
+                        width: int) -> list[tuple[int, int]]:
+    """'l.n' specs and/or a CSV with layer, neuron columns -> [(layer, neuron)], in order, deduplicated."""
+    import pandas as pd
+
+    pairs = []
+    for spec in specs or []:
+        for part in str(spec).split(","):  # the original also accepted comma-joined lists
+            if part.strip():
+                l, n = parse_neuron(part)
+                check_neuron(l, n, n_layers, width, part.strip())
+                pairs.append((l, n))
+    if subset_file is not None:
+        path = Path(subset_file)
+        if not path.is_file():
+            raise UserError(f"--neuron_subset_file {path} not found")
+        try:
+            df = pd.read_csv(path)
+        except (ValueError, pd.errors.ParserError) as e:
+            raise UserError(f"cannot read --neuron_subset_file {path}: {e}") from None
+        if not {"layer", "neuron"} <= set(df.columns):
+            raise UserError(f"--neuron_subset_file {path} needs columns 'layer' and 'neuron' (has {list(df.columns)})")
+        for l, n in zip(df["layer"], df["neuron"]):
+            if not (float(l).is_integer() and float(n).is_integer()):
+                raise UserError(f"--neuron_subset_file {path}: non-integer neuron {l}.{n}")
+            check_neuron(int(l), int(n), n_layers, width)
+            pairs.append((int(l), int(n)))
+    return list(dict.fromkeys(pairs))
+
+
+# Streaming into memory-mapped buffers ---------------------------------------------------------------
+
+class _Buffers:
+    """Named numpy memmaps in a temporary folder (removed by close())."""
+
+    def __init__(self, parent: Path):
+        parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=".buffers.", dir=parent))
+        self.arrays: dict = {}
+
+    def new(self, key, shape, dtype) -> np.ndarray:
+        self.arrays[key] = np.lib.format.open_memmap(self.dir / f"{len(self.arrays)}.npy", mode="w+",
+                                                     dtype=dtype, shape=shape)
+        return self.arrays[key]
+
+    def close(self):
+        self.arrays.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _save(obj, path: Path) -> None:
+    paths.torch_save_atomic(obj, path)
+
+
+@torch.no_grad()
+def cache_neurons(model, tokens: torch.Tensor, neurons: list[tuple[int, int]], folder: Path,
+                  location: str = "mlp.hook_pre", batch_size: int = 32, precision: int = 16,
+                  next_token: bool = True, progress: bool = True) -> list[Path]:
+    """Neuron mode on tokens [n_seq, ctx]: write {l}.{n}.pt (and loss / entropy / rank if next_token)."""
+    from tqdm.auto import tqdm
+
+    n_seq, ctx = tokens.shape
+    dev = next(model.parameters()).device
+    by_layer: dict[int, list[int]] = {}
+    for l, n in neurons:
+        by_layer.setdefault(l, []).append(n)
+    dtype = np.float32 if precision == 32 else np.float16
+    buf = _Buffers(folder)
+    written = []
+    try:
+        acts = {l: buf.new(l, (len(ns), n_seq * ctx), dtype) for l, ns in by_layer.items()}  # [neurons, tokens]
+        if next_token:
+            stats = {name: buf.new(name, (n_seq, ctx), np.int32 if name == "rank" else np.float16)
+                     for name in ("loss", "entropy", "rank")}
+        span = {}
+
+        def save(act, hook, l):
+            x = act[..., torch.as_tensor(by_layer[l], device=act.device)]  # [B, P, n]
+            acts[l][:, span["lo"]:span["hi"]] = x.reshape(-1, x.shape[-1]).T.float().cpu().numpy()
+
+        hooks = [(f"blocks.{l}.{location}", lambda a, hook, l=l: save(a, hook, l)) for l in by_layer]
+        stop = None if next_token or max(by_layer) + 1 >= model.cfg.n_layers else max(by_layer) + 1
+        for lo in tqdm(range(0, n_seq, batch_size), desc="activations", disable=not progress):
+            toks = tokens[lo:lo + batch_size].to(dev)
+            span.update(lo=lo * ctx, hi=(lo + len(toks)) * ctx)
+            out = model.run_with_hooks(toks, fwd_hooks=hooks, return_type="logits" if next_token else None,
+                                       stop_at_layer=stop)
+            if next_token:
+                for name, t in zip(("loss", "entropy", "rank"), next_token_stats(out, toks)):
+                    stats[name][lo:lo + len(toks)] = t.cpu().numpy()
+        for l, ns in by_layer.items():
+            for i, n in enumerate(ns):
+                path = folder / f"{l}.{n}.pt"
+                _save(torch.from_numpy(np.array(acts[l][i])), path)
+                written.append(path)
+        if next_token:
+            for name, arr in stats.items():
+                _save(torch.from_numpy(np.array(arr)), folder / f"{name}.pt")
+                written.append(folder / f"{name}.pt")
+    finally:
+        buf.close()
+    return written
+
+
+@torch.no_grad()
+def cache_layers(model, tokens: torch.Tensor, folder: Path, location: str = "mlp.hook_pre",
+                 aggregation: str = "mean", batch_size: int = 32, precision: int = 8,
+                 layers: list[int] | None = None, progress: bool = True) -> list[Path]:
+    """Layer mode on tokens [n_seq, ctx]: write {l}.all.{agg}.all.pt for each layer."""
+    from tqdm.auto import tqdm
+
+    from .activation_summary import counted_positions
+
+    if aggregation not in AGGREGATIONS:
+        raise UserError(f"unknown --activation_aggregation {aggregation!r}; choose from {AGGREGATIONS}")
+    n_seq, ctx = tokens.shape
+    width = getattr(model.cfg, LOCATIONS[location])
+    layers = list(range(model.cfg.n_layers)) if layers is None else layers
+    rows = n_seq * ctx if aggregation == "none" else n_seq
+    dtype = np.float16 if precision == 16 else np.float32
+    dev = next(model.parameters()).device
+    buf = _Buffers(folder)
+    written = []
+    try:
+        out = {l: buf.new(l, (rows, width), dtype) for l in layers}
+        span = {}
+
+        def save(act, hook, l):
+            x = act.float()  # [B, P, width]
+            if aggregation == "none":
+                x = x.reshape(-1, width)
+            elif aggregation == "last":
+                x = x[:, -1]
+            else:
+                m = span["mask"].unsqueeze(-1)
+                if aggregation == "mean":
+                    x = (x * m).sum(1) / m.sum(1)  # NaN for a row without counted positions
+                else:
+                    x = x.masked_fill(~m, -math.inf).amax(1)
+                    x = x.masked_fill(x == -math.inf, math.nan)
+            out[l][span["lo"]:span["lo"] + len(x)] = x.cpu().numpy()
+
+        hooks = [(f"blocks.{l}.{location}", lambda a, hook, l=l: save(a, hook, l)) for l in layers]
+        stop = max(layers) + 1 if max(layers) + 1 < model.cfg.n_layers else None
+        for lo in tqdm(range(0, n_seq, batch_size), desc="activations", disable=not progress):
+            toks = tokens[lo:lo + batch_size].to(dev)
+            span.update(lo=lo * ctx if aggregation == "none" else lo, mask=counted_positions(toks, model.tokenizer))
+            model.run_with_hooks(toks, fwd_hooks=hooks, return_type=None, stop_at_layer=stop)
+        for l in layers:
+            x = torch.from_numpy(np.array(out[l]))
+            obj = quantize_per_channel(x) if precision == 8 else x
+            path = folder / f"{l}.all.{aggregation}.all.pt"
+            _save(obj, path)
+            written.append(path)
+    finally:
+        buf.close()
+    return written
+
+
+def activation_folder(model_name: str, dataset: str, output_dir: str | Path | None = None) -> Path:
+    root = paths.activation_dir() if output_dir is None else Path(output_dir)
+    return root / paths.model_dirname(model_name) / dataset
+
+
+def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre", batch_size: int = 32,
+                    aggregation: str = "none", neuron_subset: list[str] | None = None,
+                    neuron_subset_file: str | Path | None = None, save_precision: int = 8,
+                    output_dir: str | Path | None = None, device: str | None = None, n_seq: int = -1,
+                    progress: bool = True) -> list[Path]:
+    """activations.py: neuron mode when a subset is given, else layer mode. Returns the files written."""
+    from .device import resolve_device
+    from .models import load_model, model_family
+    from .token_datasets import load_token_dataset, token_tensor
+
+    if location not in LOCATIONS:
+        raise UserError(f"unknown --activation_location {location!r}; choose from {', '.join(LOCATIONS)}")
+    if aggregation not in AGGREGATIONS:
+        raise UserError(f"unknown --activation_aggregation {aggregation!r}; choose from {AGGREGATIONS}")
+    if save_precision not in PRECISIONS:
+        raise UserError(f"--save_precision must be one of {PRECISIONS} (got {save_precision})")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1 (got {batch_size})")
+    neuron_mode = bool(neuron_subset) or neuron_subset_file is not None
+    if neuron_mode and aggregation != "none":
+        raise UserError("--activation_aggregation applies to layer mode only: neuron mode keeps every position")
+    for spec in neuron_subset or []:  # malformed specs and a missing dataset fail before the model loads
+        [parse_neuron(part) for part in str(spec).split(",") if part.strip()]
+    load_token_dataset(dataset, model_family(model_name))
+    dev = resolve_device(device)
+    model = load_model(model_name, device=str(dev))
+    width = getattr(model.cfg, LOCATIONS[location])
+    folder = activation_folder(model_name, dataset, output_dir)
+    data = load_token_dataset(dataset, model.family, model.tokenizer)
+    tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None)
+    if len(tokens) and int(tokens.max()) >= model.cfg.d_vocab:
+        raise UserError(f"the token dataset holds token id {int(tokens.max())}, outside the model's vocabulary")
+    if neuron_mode:
+        neurons = parse_neuron_subset(neuron_subset, neuron_subset_file, model.cfg.n_layers, width)
+        if not neurons:
+            raise UserError("the neuron subset is empty")
+        todo = [(l, n) for l, n in neurons if not (folder / f"{l}.{n}.pt").is_file()]
+        next_token = not all((folder / f"{s}.pt").is_file() for s in ("loss", "entropy", "rank"))
+        if not todo and not next_token:
+            return []
+        return cache_neurons(model, tokens, todo, folder, location, batch_size, save_precision, next_token, progress)
+    todo = [l for l in range(model.cfg.n_layers) if not (folder / f"{l}.all.{aggregation}.all.pt").is_file()]
+    if not todo:
+        return []
+    return cache_layers(model, tokens, folder, location, aggregation, batch_size, save_precision, todo, progress)
