@@ -51,7 +51,8 @@ Summary conventions (per row neuron i, over all valid similarities c_ij of the o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,14 @@ def haar_rotation(d: int, generator: torch.Generator, device=None) -> torch.Tens
 
 
 def rotation_matrices(seed: int, sample: int, n_layers: int, d: int, device=None) -> torch.Tensor:
-    """The rotation baseline's matrices for one sample: [layer, d, d] float64, R[l] acts on layer l."""
+    """The rotation baseline's matrices for one sample: [layer, d, d] float64, R[l] acts on layer l.
+    The same (seed, sample) gives the same matrices on every device and in every shard or tile.
+    The result is cached (shared): do not modify it in place."""
+    return _rotation_matrices(int(seed), int(sample), int(n_layers), int(d), str(torch.device(device or "cpu")))
+
+
+@lru_cache(maxsize=4)       # tiles and rotation samples reuse them; a GPT-2 layer's QR is not free
+def _rotation_matrices(seed: int, sample: int, n_layers: int, d: int, device: str) -> torch.Tensor:
     gen = torch.Generator().manual_seed(derive_seed(seed, sample, _SALT["rotation"]))
     return torch.stack([haar_rotation(d, gen, device) for _ in range(n_layers)])
 
@@ -126,15 +134,16 @@ def _first_mean(t: torch.Tensor, rows: int = 1024, chunk: int = 64) -> torch.Ten
 
 
 def _centre_and_sum(t: torch.Tensor, shift: torch.Tensor | None, squares: bool = True,
-                    rows: int = 128) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    chunk: int = 1 << 21) -> tuple[torch.Tensor, torch.Tensor | None]:
     """t [T, N] float32 -= shift (in place, if given); returns its column sums and (if `squares`)
     sums of squares, float64 [N].
 
-    One sweep in chunks of `rows` tokens that stay in cache: centre, then both sums as BLAS
+    One sweep in chunks of ~`chunk` elements (few ops, each chunk still in cache for its second
+    and third use): centre, then both sums as BLAS
     matrix-vector products (float32 reductions over dim 0 are slow on CPU, and a float64 cast
     would allocate twice t); partial sums over a chunk are float32, their running total float64.
     """
-    rows = min(rows, t.shape[0])
+    rows = max(1, min(chunk // t.shape[1], t.shape[0]))
     ones = torch.ones(1, rows, device=t.device, dtype=t.dtype)
     buf = torch.empty(rows, t.shape[1], device=t.device, dtype=t.dtype)
     part = torch.empty(2, t.shape[1], device=t.device, dtype=t.dtype)
@@ -383,8 +392,8 @@ class CorrelationStats:
             x, y = x.to(self.gemm_dtype), y.to(self.gemm_dtype)
         tr, tc = self.tile
         p = torch.empty(min(tr, self.n_rows), min(tc, self.n_cols), device=y.device)
-        # Fast2Sum scratch: row chunks that stay in cache on CPU, few large kernels on a GPU
-        work = torch.empty(min(tr, 128 if y.device.type == "cpu" else 2048), p.shape[1], device=y.device)
+        # Fast2Sum scratch: whole tiles up to 4M entries, row chunks of the tile beyond
+        work = torch.empty(min(tr, max(1, (1 << 22) // p.shape[1])), p.shape[1], device=y.device)
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = self.allow_tf32
         try:
@@ -1194,7 +1203,9 @@ def _merge_shards(job, args, m2, tile, n_tiles, stats_path) -> CorrelationStats:
     merged = None
     missing = [i for i in range(n) if not stats_path(m2, tile, i, n).exists()]
     if missing:
-        raise UserError(f"--merge: statistics of shard(s) {missing} of {n} are missing in {job.stats_dir(m2)}")
+        raise UserError(f"--merge: statistics of shard(s) {missing} of {n} are missing in {job.stats_dir(m2)} "
+                        f"(the merge needs the shard runs' --baseline, --seed, --n_rotations, --batch_size, "
+                        f"--n_seq and --max_memory_gb)")
     for i in range(n):
         st, saved = CorrelationStats.load(stats_path(m2, tile, i, n), device=job.devc)
         prog = saved.get("progress", {})
