@@ -854,7 +854,7 @@ class CorrelationFinalizer:
             cross, cross_of = None, None
             for stream, samp, b, k, col_inv, col_dead in work:
                 if cross_of != stream:
-                    cross, cross_of = None, None
+                    cross = None                      # free the previous stream's block first
                     cross, cross_of = stats.cross_block(stream, r0, r1), stream
                 c = stats.similarity_block(cross, r0, stream, samp, row_inv, col_inv)
                 if k == 0 and self.full_matrix:
