@@ -42,6 +42,9 @@ CONFIGS = {
                       train_tokens=4_000_000, shared_data_order=True),
     "s_shared_3l": P(n_layer=3, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64,
                      train_tokens=4_000_000, shared_data_order=True),
+    # byte-sized vocabulary, wide MLP: room for a neuron per input symbol
+    "s_bytes": P(n_layer=2, d_model=128, d_mlp=512, n_head=4, vocab_size=300, ctx_len=64,
+                 train_tokens=3_000_000, shared_data_order=True),
 }
 
 
