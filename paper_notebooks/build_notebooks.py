@@ -395,9 +395,10 @@ with section("topic scores"):
     im = axes[0].imshow(z.loc[picks].to_numpy(), cmap="RdBu_r", vmin=-2, vmax=2, aspect="auto")
     axes[0].set_xticks(range(z.shape[1]), z.columns); axes[0].set_yticks(range(len(picks)), [f"L{l}.{n}" for l, n in picks])
     axes[0].set_title("topic score (top 4 per subset)", fontsize=10); fig.colorbar(im, ax=axes[0], shrink=0.8)
-    share = (z > 1).groupby(level="layer").mean() * 100
-    share.plot.bar(ax=axes[1])
-    axes[1].set_ylabel("% neurons with topic score > 1"); axes[1].set_xlabel("layer")
+    for c in z.columns:
+        axes[1].hist(z[c].dropna(), bins=50, histtype="step", label=c)
+    axes[1].set_yscale("log"); axes[1].set_xlabel("topic score"); axes[1].set_ylabel("neurons")
+    axes[1].legend(fontsize=8)
     fig.suptitle(f"{MODEL}: topic neurons", fontsize=10)
     fig.tight_layout()
     save(fig, "topic_scores")
@@ -490,8 +491,10 @@ with section("norm vs vocab_var"):
 
 BOS = [
     ("md", "# BOS-signal neurons\n\nResults of `attention_deactivation.py`: for the neurons ranked by the heuristic "
-           "score (how much the neuron's output moves the head's key of the BOS token), the measured correlation "
-           "of the neuron's activation with the head's attention to BOS and with the BOS-value norm."),
+           "score (the change of the head's BOS attention score per unit of the neuron's activation, through the "
+           "query), and the measured effect of removing the neuron's direct path into the head's query: the "
+           "correlation of the neuron's activation with the change of attention to BOS and of the head's "
+           "output norm."),
     ("code", '''\
 with section("attention deactivation"):
     import json
@@ -513,8 +516,8 @@ with section("attention deactivation"):
         for s in measured["score"]:
             axes[0].axvline(s, color="C3", lw=0.8)
         axes[0].set_xlabel("heuristic score (all neurons; studied in red)"); axes[0].set_yscale("log")
-        axes[1].scatter(measured["score"], measured["bos_attn_pearson"], color="C0", label="attention to BOS")
-        axes[1].scatter(measured["score"], measured["norm_pearson"], color="C1", label="BOS value norm")
+        axes[1].scatter(measured["score"], measured["bos_attn_pearson"], color="C0", label="change of attention to BOS")
+        axes[1].scatter(measured["score"], measured["norm_pearson"], color="C1", label="change of head output norm")
         for n, r in measured.iterrows():
             axes[1].annotate(n, (r["score"], r["bos_attn_pearson"]), fontsize=7)
         axes[1].axhline(0, color="k", lw=0.5)
@@ -523,7 +526,7 @@ with section("attention deactivation"):
         top = measured["bos_attn_pearson"].abs().idxmax()
         r = rec[top]
         axes[2].scatter(r["activation"].float().ravel(), r["bos_attn"].float().ravel(), s=3, alpha=0.5)
-        axes[2].set_xlabel(f"activation of L{top}"); axes[2].set_ylabel("attention to BOS")
+        axes[2].set_xlabel(f"activation of L{top}"); axes[2].set_ylabel("change of attention to BOS\\nwhen the path is removed")
         fig.suptitle(f"{MODEL}: head L{meta['layer']}H{meta['head']}", fontsize=10)
         fig.tight_layout()
         save(fig, f"bos_signal_L{meta['layer']}H{meta['head']}")'''),
