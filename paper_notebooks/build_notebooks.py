@@ -72,6 +72,13 @@ def need(ok, what, command):
         raise Missing(f"{what} is missing: run `{command}`")
 
 
+def after(*names):
+    """Raise Missing unless an earlier section defined every variable in `names`."""
+    gone = [n for n in names if n not in globals()]
+    if gone:
+        raise Missing(f"needs {', '.join(gone)} from an earlier section, which was skipped (see above)")
+
+
 def save(fig, name):
     """Save `fig` as FIG_DIR/<name>.png and show it."""
     fig.savefig(FIG_DIR / f"{name}.png", dpi=110, bbox_inches="tight")
@@ -119,6 +126,10 @@ def model_activations(n_rows=N_ROWS):
     from universal_neurons.models import load_model
     from universal_neurons.token_datasets import load_token_dataset, token_tensor
 
+    from universal_neurons.models import model_family
+
+    where = paths.token_dataset_path(model_family(MODEL), DATASET)
+    need(where.is_dir(), f"token dataset {where}", f"python make_dataset.py --model {MODEL} ...")
     model = load_model(MODEL)
     ds = load_token_dataset(DATASET, model.family, model.tokenizer)
     tokens = token_tensor(ds, 0, min(n_rows, len(ds)))
@@ -253,6 +264,7 @@ with section("features of this kind"):
 with section("activation by feature value"):
     from analysis.families import feature_mask
 
+    after("top")
     model, tokens, acts = model_activations()
     from universal_neurons.viewer_data import get_tokenizer_and_decoded_vocab
 
@@ -276,6 +288,7 @@ with section("activation by feature value"):
 with section("top tokens"):
     from universal_neurons import viewer_data as vd
 
+    after("top")
     summaries = vd.load_all_summaries(MODEL)
     vocab = vd.get_tokenizer_and_decoded_vocab(MODEL)[1]
     l, n = int(top.iloc[0]["layer"]), int(top.iloc[0]["neuron"])
@@ -311,6 +324,7 @@ with section("token-feature baseline"):
     ("code", '''\
 if nlp is not None:
     with section("sequence features"):
+        after("ex")
         from analysis.heuristic_explanation import top_features
         from universal_neurons.capture import token_mask
         from universal_neurons.explanations import variance_reduction
@@ -434,6 +448,7 @@ with section("top tokens of the strongest"):
     from analysis.prediction_neurons import vocab_tokens
     from universal_neurons.viewer_data import get_tokenizer_and_decoded_vocab, load_weights_summary
 
+    after("df")
     w = load_weights_summary(MODEL)
     need("vocab_comps" in w, "vocab_comps.pt", f"python weights.py --model {MODEL}")
     vocab = get_tokenizer_and_decoded_vocab(MODEL)[1]
@@ -560,6 +575,7 @@ with section("low-VR universal neurons"):
     save(fig, "mysteries_vr")'''),
     ("code", '''\
 with section("top tokens and examples"):
+    after("myst")
     summaries = vd.load_all_summaries(MODEL)
     vocab = vd.get_tokenizer_and_decoded_vocab(MODEL)[1]
     full = vd.full_dataset_names(MODEL)

@@ -66,32 +66,47 @@ def _stream_text(nb) -> str:
                      for o in c.get("outputs", []) if o.get("output_type") == "stream")
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name, quick_artifacts, monkeypatch):
+def _execute(name: str, artifacts: Path):
+    """Run one notebook in its own kernel (environment passed to the kernel, so several can run at
+    once). Returns (executed notebook or None, error text or None)."""
     import nbformat
     from nbclient import NotebookClient
 
     figs = FIG_ROOT / name
-    if figs.exists():
-        for old in figs.glob("*.png"):
-            old.unlink()
-    for var in ARTIFACT_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("UN_MODEL", QUICK_MODELS[0])
-    monkeypatch.setenv("UN_OTHERS", ",".join(QUICK_MODELS[1:]))
-    monkeypatch.setenv("UN_DATASET", QUICK_DATASET)
-    monkeypatch.setenv("UN_ARTIFACT_ROOT", str(quick_artifacts))
-    monkeypatch.setenv("UN_FIG_DIR", str(figs))
-    monkeypatch.setenv("UN_N_ROWS", "48")  # fewer rows through the model: the test checks the plumbing
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-
+    figs.mkdir(parents=True, exist_ok=True)
+    for old in figs.glob("*.png"):
+        old.unlink()
+    env = {k: v for k, v in os.environ.items() if k not in ARTIFACT_VARS}
+    env.update(UN_MODEL=QUICK_MODELS[0], UN_OTHERS=",".join(QUICK_MODELS[1:]), UN_DATASET=QUICK_DATASET,
+               UN_ARTIFACT_ROOT=str(artifacts), UN_FIG_DIR=str(figs),
+               UN_N_ROWS="48",  # fewer rows through the model: the test checks the plumbing
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NB_DIR)}}).execute()
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(NB_DIR)}}).execute(env=env)
+    except Exception as e:  # reported by the notebook's own test
+        return nb, f"{type(e).__name__}: {e}"
+    return nb, None
 
+
+@pytest.fixture(scope="session")
+def executed(quick_artifacts):
+    """{notebook: (executed notebook, error)}: all twelve, two kernels at a time (2-core CI runners)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(NOTEBOOKS, pool.map(lambda n: _execute(n, quick_artifacts), NOTEBOOKS)))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(name, executed):
+    nb, error = executed[name]
+    assert error is None, error[-4000:]
     text = _stream_text(nb)
     # Every artifact of the quick run exists, so no section may have been skipped.
     assert "SKIPPED" not in text, text
     assert f"model {QUICK_MODELS[0]}" in text
-    pngs = sorted(figs.glob("*.png"))
+    pngs = sorted((FIG_ROOT / name).glob("*.png"))
     assert pngs, f"{name} wrote no figure"
     assert all(p.stat().st_size > 5000 for p in pngs), [(p.name, p.stat().st_size) for p in pngs]
