@@ -4,7 +4,16 @@
     display_summary("toy-gpt2-a", layer=1, neuron=17)
 
 The loaders and the per-panel figure functions live in universal_neurons/viewer_data.py.
+As a script it serves the same panels in the browser (universal_neurons/viewer.py):
+
+    python summary_viewer.py --model toy-gpt2-tiny-a [--port 8000] [--host 127.0.0.1]
+
+It binds 127.0.0.1 only, unless --host names another interface explicitly.
 """
+import argparse
+
+from universal_neurons.errors import cli_entry
+
 from universal_neurons.viewer_data import (activation_percentiles, display_summary, examples_html,  # noqa: F401
                                            get_tokenizer_and_decoded_vocab, histogram_stairs, load_all_summaries,
                                            load_dataset_summary, load_weights_summary, max_activating_examples,
@@ -20,3 +29,27 @@ __all__ = ["load_dataset_summary", "load_all_summaries", "load_weights_summary",
            "panel_activation_percentiles", "panel_activation_distribution", "panel_top_tokens",
            "panel_weight_cosine_distributions", "panel_top_vocab_tokens", "panel_top_neurons",
            "panel_attention_composition", "panel_max_activating_examples"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the model whose neurons the table lists")
+    p.add_argument("--port", type=int, default=8000, help="0: any free port")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default loopback only; another address serves other machines)")
+
+
+def run_viewer(args) -> None:
+    from universal_neurons.viewer import serve
+
+    serve(args.model, args.host, args.port)
+
+
+@cli_entry
+def main(argv=None):
+    p = argparse.ArgumentParser(description="The neuron viewer in the browser, over the artifacts of the working directory.")
+    add_arguments(p)
+    run_viewer(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,12 @@ def _neuron_df(args):
     print("universal share per layer: " + ", ".join(f"L{l}: {100 * v:.2f}%" for l, v in share.items()))
 
 
+def _view(args):
+    from .viewer import serve
+
+    serve(args.model, args.host, args.port)
+
+
 def _run(args):
     from . import pipeline
 
@@ -46,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="datasets whose summary.py histograms to sum (default: all present)")
     d.add_argument("--threshold", type=float, default=0.5, help="excess_corr above which a neuron is universal")
     d.set_defaults(func=_neuron_df)
+    v = sub.add_parser("view", help="the neuron viewer in the browser, over the working directory's artifacts")
+    v.add_argument("--model", required=True)
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
+    v.set_defaults(func=_view)
     r = sub.add_parser("run", help="the main job: the whole pipeline on the embedded default or given models")
     from .pipeline import add_arguments
 

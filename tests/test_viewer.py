@@ -1,0 +1,185 @@
+"""The neuron viewer's web app without a browser: routes, content, 404s, notes, lazy loading."""
+import html
+import http.client
+import json
+import threading
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from universal_neurons import paths
+
+MODEL, OTHER = "toy-gpt2-tiny-a", "toy-gpt2-tiny-b"
+L, D = 2, 128
+UNIVERSAL = [(0, 3), (1, 7)]
+ENV = {"DATASET_DIR": "token_datasets", "RESULTS_DIR": "correlation_results", "SUMMARY_DIR": "summary_data",
+       "INTERVENTION_DIR": "intervention_results", "DATAFRAME_DIR": "dataframes"}
+
+
+def write_zoo_artifacts(root: Path, tokenizer_model: str = MODEL) -> Path:
+    """Fake artifacts of every stage for the tiny zoo under `root` (see benchmarks/viewer_bench.py)."""
+    from benchmarks.viewer_bench import write_fake_artifacts
+    from universal_neurons.models import load_tokenizer
+
+    old = os.getcwd()
+    root.mkdir(parents=True, exist_ok=True)
+    os.chdir(root)
+    try:
+        tok = load_tokenizer(tokenizer_model)
+        write_fake_artifacts(MODEL, [OTHER], L, D, len(tok), tok, "toy", universal=UNIVERSAL, n_seq=16, ctx=32)
+    finally:
+        os.chdir(old)
+    return root
+
+
+@pytest.fixture(scope="module")
+def zoo_artifacts(tiny_zoo, tmp_path_factory):
+    return write_zoo_artifacts(tmp_path_factory.mktemp("viewer"))
+
+
+@pytest.fixture
+def app(zoo_artifacts, monkeypatch):
+    from universal_neurons.viewer import ViewerApp
+
+    for var, sub in ENV.items():
+        monkeypatch.setenv(var, str(zoo_artifacts / sub))
+    return ViewerApp(MODEL)
+
+
+def test_table_and_json(app):
+    from analysis.neuron_df import NEURON_DF_COLUMNS
+
+    assert app._arts == {}  # nothing is read before the first request
+    status, ctype, body = app.handle("/")
+    assert status == 200 and b"/api/neurons" in body and b"universal only" in body
+    status, ctype, body = app.handle("/api/neurons")
+    assert status == 200 and ctype == "application/json"
+    d = json.loads(body)
+    df = pd.read_csv(paths.neuron_df_path(MODEL))
+    assert d["columns"] == NEURON_DF_COLUMNS and len(d["rows"]) == L * D
+    ex = d["columns"].index("excess_corr")
+    assert sorted((r[0], r[1]) for r in d["rows"] if r[ex] > d["threshold"]) == UNIVERSAL
+    np.testing.assert_allclose(np.array(d["rows"], dtype=float), df.to_numpy(float), rtol=1e-5)
+    assert "summaries" not in app.artifacts(MODEL)._cache  # the table never touches the summaries
+
+
+def test_neuron_page_content(app):
+    from universal_neurons.explanations import read_layer
+    from universal_neurons.viewer import PANELS
+
+    layer, neuron = 1, 7
+    status, _, body = app.handle(f"/neuron/{layer}/{neuron}")
+    page = body.decode()
+    assert status == 200
+    for p in PANELS:
+        assert f"/plot/{p}/{layer}/{neuron}.png?model={MODEL}" in page
+    # best-correlated neuron of the other seed, from its correlation summary
+    s = torch.load(paths.correlation_path(MODEL, OTHER, "fake.code.64", "pearson", "none") / "correlation_summary.pt")
+    ix = int(s["max_corr_ix"][layer * D + neuron])
+    assert f"href='/neuron/{ix // D}/{ix % D}?model={OTHER}'>{ix // D}.{ix % D}</a>" in page
+    assert f"{float(s['max_corr'][layer * D + neuron]):.4f}" in page
+    # composition partners: top_neuron_ix of neuron_comps
+    comps = torch.load(paths.weights_summary_path(MODEL) / "neuron_comps.pt")
+    top = int(comps["in_out"]["top_neuron_ix"][layer, neuron, 0])
+    assert f"href='/neuron/{top // D}/{top % D}?model={MODEL}'" in page
+    # best explanation: the largest variance reduction of the row
+    vr = read_layer(MODEL, "fake.code.64", "token", layer).loc[f"{layer}.{neuron}"]
+    assert html.escape(repr(vr.idxmax())) in page and f"{vr.max():.4f}" in page
+    # the df row and the text examples
+    df = pd.read_csv(paths.neuron_df_path(MODEL))
+    assert "id='dfrow'" in page and f"{df.loc[layer * D + neuron, 'kurt']:.4g}" in page
+    assert page.count("background:#ffd54f") >= 10
+    assert "no intervention results for 1.7" in page and "entropy_intervention.py" in page
+    status, _, body = app.handle("/neuron/0/0")
+    assert status == 200 and b"fixed_activation" in body and b"class=\"dataframe intervention\"" in body
+
+
+def test_panels_are_png(app):
+    from universal_neurons.viewer import PANELS
+
+    for p in PANELS:
+        status, ctype, body = app.handle(f"/plot/{p}/0/3.png")
+        assert status == 200 and ctype == "image/png" and body[:8] == b"\x89PNG\r\n\x1a\n", p
+    status, _, body = app.handle(f"/plot/activation_distribution/1/2.png?model={OTHER}")
+    assert status == 200 and body[:4] == b"\x89PNG"
+
+
+BAD = ["/neuron/2/0", "/neuron/0/128", "/neuron/-1/0", "/neuron/0/1.5", "/plot/nope/0/0.png", "/plot/activation_distribution/0/999.png",
+       "/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/neuron/0/3/../../../etc/passwd", "/neuron/..%2f..%2fetc/passwd",
+       "/plot/..%2f..%2f..%2fetc%2fpasswd/0/0.png", "/neuron/0/3?model=../../etc", "/neuron/0/3?model=%2e%2e%2fetc",
+       "/api/neurons?model=/etc/passwd", "/summary_data/toy-gpt2-tiny-a/weights/neuron_stats.csv", "//etc/passwd",
+       "/neuron/0/3%00", "/neuron/99999999999/0"]
+
+
+@pytest.mark.parametrize("path", BAD)
+def test_not_found(app, path):
+    status, _, body = app.handle(path)
+    assert status == 404 and b"root:" not in body
+
+
+def _serve(app_model):
+    from universal_neurons.viewer import make_server
+
+    server, _ = make_server(app_model)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_real_server_refuses_traversal_and_foreign_hosts(app):
+    server = _serve(MODEL)
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1"
+        for path, want in [("/", 200), ("/neuron/0/3", 200), *[(p, 404) for p in BAD[6:12]]]:
+            c = http.client.HTTPConnection(host, port, timeout=30)
+            c.request("GET", path)  # sent verbatim: http.client does not normalise '..'
+            r = c.getresponse()
+            assert r.status == want and b"root:" not in r.read(), path
+        c = http.client.HTTPConnection(host, port, timeout=30)
+        c.request("GET", "/", headers={"Host": "attacker.example:80"})
+        assert c.getresponse().status == 403  # DNS rebinding
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_missing_artifacts_name_the_command(tmp_path):
+    from universal_neurons.viewer import ViewerApp
+
+    app = ViewerApp(MODEL)
+    status, _, body = app.handle("/api/neurons")
+    assert status == 200 and "universal-neurons neuron-df --model toy-gpt2-tiny-a" in json.loads(body)["note"]
+    status, _, body = app.handle("/neuron/0/0")
+    assert status == 404 and b"summary.py --model toy-gpt2-tiny-a" in body and b"weights.py" in body
+    # only a neuron dataframe: the page shows notes naming the missing stages, panels are note images
+    df = pd.DataFrame({"layer": [0, 0, 1, 1], "neuron": [0, 1, 0, 1], "excess_corr": [0.1, np.nan, 0.7, 0.2]})
+    paths.neuron_df_path(MODEL).parent.mkdir(parents=True)
+    df.to_csv(paths.neuron_df_path(MODEL), index=False)
+    app = ViewerApp(MODEL)
+    assert json.loads(app.handle("/api/neurons")[2])["rows"][1] == [0, 1, None]
+    status, _, body = app.handle("/neuron/1/1")
+    page = body.decode()
+    assert status == 200
+    for cmd in ("python summary.py --model toy-gpt2-tiny-a", "python weights.py --model toy-gpt2-tiny-a",
+                "correlations_fast.py --model_1_name toy-gpt2-tiny-a", "explain.py --model toy-gpt2-tiny-a",
+                "entropy_intervention.py --model toy-gpt2-tiny-a"):
+        assert cmd in page, cmd
+    assert app.handle("/neuron/1/2")[0] == 404
+    status, ctype, png = app.handle("/plot/top_neurons/1/1.png")
+    assert status == 200 and png[:4] == b"\x89PNG"
+
+
+def test_cli_parses_defaults():
+    import argparse
+
+    import summary_viewer
+
+    p = argparse.ArgumentParser()
+    summary_viewer.add_arguments(p)
+    a = p.parse_args(["--model", MODEL])
+    assert (a.model, a.host, a.port) == (MODEL, "127.0.0.1", 8000)
+    assert callable(summary_viewer.display_summary)  # the notebook re-exports stay

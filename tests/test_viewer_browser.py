@@ -1,0 +1,106 @@
+"""The neuron viewer in a real browser: Debian's headless Chromium driven by selenium.
+
+Serves the app on a free loopback port from tiny-zoo artifacts, filters the table to the universal
+neurons, opens one, checks that every panel image loaded and the console has no SEVERE entry,
+follows a correlation-partner link, and saves screenshots to ci_artifacts/viewer_table.png and
+ci_artifacts/viewer_neuron.png. Skips only when chromium / chromedriver are not installed.
+"""
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from test_viewer import ENV, MODEL, OTHER, UNIVERSAL, write_zoo_artifacts
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "ci_artifacts"
+pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
+                                reason="needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs the selenium package ([test] extras)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1000"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _screenshot(driver, name):
+    """The whole page (the window grown to the document's height, at most 6000 px)."""
+    h = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, min(max(h, 800), 6000))
+    driver.save_screenshot(str(ARTIFACTS / name))
+    driver.set_window_size(1400, 1000)
+
+
+def _severe(driver):
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_browse_table_neuron_and_partner(tiny_zoo, tmp_path, monkeypatch, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from universal_neurons.viewer import PANELS, make_server
+
+    root = write_zoo_artifacts(tmp_path / "artifacts")
+    for var, sub in ENV.items():
+        monkeypatch.setenv(var, str(root / sub))
+    server, _ = make_server(MODEL, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait = WebDriverWait(browser, 60)
+    try:
+        # the table: loads the JSON, filters to the universal neurons client-side
+        browser.get(base + "/")
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "ready")
+        assert "256 of 256 neurons" in browser.find_element(By.ID, "count").text
+        _screenshot(browser, "viewer_table.png")
+        browser.find_element(By.ID, "universal").click()
+        wait.until(lambda d: d.find_element(By.ID, "count").text.startswith(f"{len(UNIVERSAL)} of 256"))
+        links = browser.find_elements(By.CSS_SELECTOR, "a.nlink")
+        hrefs = sorted(a.get_attribute("href").split(base)[1] for a in links)
+        assert hrefs == sorted(f"/neuron/{l}/{n}?model={MODEL}" for l, n in UNIVERSAL)
+        browser.find_element(By.ID, "search").send_keys("1.")
+        wait.until(lambda d: d.find_element(By.ID, "count").text.startswith("1 of 256"))
+        assert not _severe(browser)
+
+        # one neuron: every panel image decoded, examples and partners present
+        browser.find_element(By.CSS_SELECTOR, "a.nlink").click()
+        wait.until(lambda d: d.current_url.endswith(f"/neuron/1/7?model={MODEL}"))
+        wait.until(lambda d: d.execute_script(
+            "return [...document.images].every(i => i.complete)"))
+        widths = browser.execute_script(
+            "return [...document.querySelectorAll('img.panel')].map(i => [i.alt, i.naturalWidth])")
+        assert sorted(a for a, _ in widths) == sorted(PANELS)
+        assert all(w > 0 for _, w in widths), widths
+        assert browser.find_elements(By.CSS_SELECTOR, "#dfrow") and browser.find_elements(By.CSS_SELECTOR, "a.comp-link")
+        _screenshot(browser, "viewer_neuron.png")
+        assert not _severe(browser), _severe(browser)
+
+        # the correlation partner in the other seed
+        partner = browser.find_element(By.CSS_SELECTOR, "a.corr-link")
+        target = partner.get_attribute("href")
+        partner.click()
+        wait.until(lambda d: d.current_url == target)
+        assert f"?model={OTHER}" in target and OTHER in browser.find_element(By.TAG_NAME, "h1").text
+        wait.until(lambda d: d.execute_script("return [...document.images].every(i => i.complete)"))
+        assert all(w > 0 for w in browser.execute_script(
+            "return [...document.querySelectorAll('img.panel')].map(i => i.naturalWidth)"))
+        assert not _severe(browser), _severe(browser)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,635 @@
+"""The neuron viewer in the browser: a standard-library web app over the artifacts on disk.
+
+    python summary_viewer.py --model toy-gpt2-tiny-a [--port 8000] [--host 127.0.0.1]
+
+Routes (everything else is 404):
+    /                                  the neuron table (sorted / filtered client-side in JavaScript)
+    /api/neurons                       the neuron dataframe as JSON {model, columns, rows, threshold}
+    /neuron/<layer>/<neuron>           one neuron: every viewer_data panel, text examples, its row of
+                                       the neuron df, best-correlated neuron of each other seed,
+                                       composition partners, explanations, intervention results
+    /plot/<panel>/<layer>/<neuron>.png one panel, drawn by the same viewer_data functions as notebooks
+Every route takes an optional ?model=<name> (default: the --model); the name must be one of the
+models found on disk, and artifacts are located only through paths.py from discovered names, so
+no part of a URL is ever joined into a file path. layer / neuron are ints checked against the
+model's shape. Loading is lazy and memory-mapped (torch.load(mmap=True, weights_only=True)): a
+neuron page reads only that neuron's slices; rendered pages and PNGs of recent neurons are cached.
+
+Security: the server binds 127.0.0.1 unless --host names another interface explicitly (then it
+serves whoever can reach that interface: read-only, but everything the artifacts contain). On a
+loopback address it also refuses requests whose Host header is not a loopback name (DNS rebinding).
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+import threading
+import warnings
+from collections import OrderedDict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import torch
+
+from . import paths, viewer_data as vd
+from .activation_summary import BIN_COUNTS
+from .errors import UserError
+
+UNIVERSAL_THRESHOLD = 0.5
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+PANELS = ("activation_percentiles", "activation_distribution", "top_tokens_max", "top_tokens_mean",
+          "max_activating_examples", "weight_cosines", "top_vocab_tokens", "top_neurons", "attention_composition")
+N_PARTNERS = 5  # composition partners listed per kind
+PNG_DPI = 72
+_RENDER_LOCK = threading.Lock()  # matplotlib is not thread-safe; the server is threaded
+
+
+class _LRU:
+    """A small thread-safe least-recently-used cache."""
+
+    def __init__(self, size: int):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, make):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = make()
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+class _DatasetRows:
+    """tokens[seq] of a saved token dataset, read one row at a time: the [n_seq, ctx] interface
+    viewer_data.max_activating_examples needs, without loading the whole dataset."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.shape = (len(dataset), len(dataset[0]["tokens"]) if len(dataset) else 0)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor(self.dataset[int(i)]["tokens"], dtype=torch.long)
+
+
+# Artifacts of one model ---------------------------------------------------------------------------
+
+class ModelArtifacts:
+    """What the pipeline wrote about one model, loaded on first use (memory-mapped tensors)."""
+
+    def __init__(self, model: str):
+        self.model = model
+        self.dirname = paths.model_dirname(model)
+        self._lock = threading.RLock()
+        self._cache: dict = {}
+
+    def _once(self, key, make):
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    # commands that produce each artifact, for the notes shown where one is missing
+    def cmd_summary(self):
+        return f"python summary.py --model {self.model} --token_dataset <dataset>"
+
+    def cmd_weights(self):
+        return f"python weights.py --model {self.model}"
+
+    def cmd_neuron_df(self):
+        return f"universal-neurons neuron-df --model {self.model} --others <seeds> --dataset <dataset>"
+
+    def summaries(self) -> dict:
+        """{short dataset name: {file stem: mmap tensor}}; {} when nothing is summarised."""
+        def make():
+            try:
+                return vd.load_all_summaries(self.model)
+            except UserError:
+                return {}
+        return self._once("summaries", make)
+
+    def full_names(self) -> dict[str, str]:
+        return self._once("full_names", lambda: vd.full_dataset_names(self.model))
+
+    def weights(self) -> dict:
+        return self._once("weights", lambda: vd.load_weights_summary(self.model))
+
+    def vocab(self) -> list[str] | None:
+        def make():
+            try:
+                return vd.get_tokenizer_and_decoded_vocab(self.model)[1]
+            except Exception:  # no tokenizer for this name: panels with token labels show a note
+                return None
+        return self._once("vocab", make)
+
+    def neuron_df(self):
+        def make():
+            from analysis.neuron_df import load_neuron_df
+            try:
+                return load_neuron_df(self.model)
+            except UserError:
+                return None
+        return self._once("neuron_df", make)
+
+    def neuron_df_json(self) -> bytes:
+        """The dataframe as compact JSON (NaN -> null), made once."""
+        def make():
+            df = self.neuron_df()
+            if df is None:
+                body = {"model": self.model, "columns": [], "rows": [], "threshold": UNIVERSAL_THRESHOLD,
+                        "note": f"no neuron dataframe at {paths.neuron_df_path(self.model)}: run {self.cmd_neuron_df()}"}
+                return json.dumps(body).encode()
+            cols = {}
+            for c in df.columns:  # 6 significant digits keep the JSON small (~5 MB for GPT2-small)
+                v = df[c].to_numpy()
+                if v.dtype.kind == "f":
+                    with np.errstate(all="ignore"):
+                        scale = 10.0 ** (5 - np.floor(np.log10(np.abs(v))))
+                        scale[~np.isfinite(scale)] = 1.0
+                        v = np.round(v * scale) / scale
+                    cols[c] = [None if x != x else x for x in v.tolist()]
+                else:
+                    cols[c] = v.tolist()
+            body = {"model": self.model, "columns": list(df.columns), "rows": [list(r) for r in zip(*cols.values())],
+                    "threshold": UNIVERSAL_THRESHOLD}
+            return json.dumps(body, separators=(",", ":")).encode()
+        return self._once("neuron_df_json", make)
+
+    def dims(self) -> tuple[int, int] | None:
+        """(n_layers, d_mlp) from whichever artifact exists first; None when none does."""
+        def make():
+            s = self.summaries()
+            if s:
+                return tuple(next(iter(s.values()))[BIN_COUNTS].shape[:2])
+            w = self.weights()
+            for key in ("k_comps", "q_comps", "v_comps", "o_comps"):
+                if key in w:
+                    return tuple(w[key].shape[:2])
+            df = self.neuron_df()
+            if df is not None and len(df):
+                return int(df["layer"].max()) + 1, int(df["neuron"].max()) + 1
+            return None
+        return self._once("dims", make)
+
+    def token_rows(self, full_name: str) -> _DatasetRows:
+        """Raises UserError (with the command) when the token dataset is not on disk."""
+        def make():
+            from .models import model_family
+            from .token_datasets import load_token_dataset
+            return _DatasetRows(load_token_dataset(full_name, model_family(self.model)))
+        return self._once(("tokens", full_name), make)
+
+    def correlation_summaries(self) -> list[tuple[str, str, dict]]:
+        """[(other model folder, dataset, mmap'd correlation_summary.pt)] of pearson.none found under results_dir()."""
+        def make():
+            root = paths.results_dir()
+            out = []
+            if not root.is_dir():
+                return out
+            for pair in sorted(root.iterdir()):
+                first, sep, other = pair.name.partition("+")
+                if not sep or first != self.dirname or not pair.is_dir():
+                    continue
+                for ds in sorted(p for p in pair.iterdir() if p.is_dir()):
+                    f = ds / "pearson.none" / "correlation_summary.pt"
+                    if f.is_file():
+                        out.append((other, ds.name, torch.load(f, mmap=True, weights_only=True)))
+            return out
+        return self._once("correlations", make)
+
+    def explanation_datasets(self) -> list[str]:
+        root = paths.explanation_dir() / self.dirname
+        return self._once("explanation_datasets", lambda: sorted(
+            p.name for p in root.iterdir() if (p / "token_feature").is_dir()) if root.is_dir() else [])
+
+
+def _vr_row(path: Path, label: str):
+    """Row `label` ('l.n') of an explain.py variance-reduction CSV as a one-row DataFrame, or None.
+
+    Only that line is parsed (a layer's CSV has d_mlp rows x every feature: hundreds of MB for GPT-2).
+    """
+    import pandas as pd
+
+    with open(path, encoding="utf-8") as f:
+        header = f.readline()
+        for line in f:
+            if line.startswith(label + ","):
+                return pd.read_csv(io.StringIO(header + line), index_col=0, dtype={0: str})
+    return None
+
+
+# Pages --------------------------------------------------------------------------------------------
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1em 2em;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
+th{background:#f3f3f3;cursor:pointer;position:sticky;top:0}.note{background:#fff3cd;padding:6px 10px;
+border-left:4px solid #e0a800;font-family:monospace;white-space:pre-wrap}img{max-width:100%;display:block;
+margin:8px 0}.controls>*{margin-right:10px}h2{margin-top:1.4em;border-bottom:1px solid #ccc}
+a{color:#0645ad}
+"""
+
+
+def _page(title: str, body: str) -> bytes:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>").encode()
+
+
+def _note(text: str) -> str:
+    return f"<div class='note'>{html.escape(text)}</div>"
+
+
+def _q(model: str) -> str:
+    return "?model=" + html.escape(model, quote=True)
+
+
+TABLE_JS = r"""
+const st = {rows: [], cols: [], view: [], sort: null, desc: true, page: 0, per: 100};
+const $ = id => document.getElementById(id);
+function fmt(v){ return v === null ? '' : (typeof v === 'number' && !Number.isInteger(v) ? v.toPrecision(4) : v); }
+function apply(){
+  const c = st.cols, li = c.indexOf('layer'), ni = c.indexOf('neuron'), ei = c.indexOf('excess_corr');
+  const q = $('search').value.trim(), uni = $('universal').checked;
+  const fcol = c.indexOf($('fcol').value), lo = parseFloat($('fmin').value), hi = parseFloat($('fmax').value);
+  let m = q.match(/^(\d+)(?:\.(\d*))?$/);
+  st.view = st.rows.filter(r => {
+    if (uni && !(r[ei] > st.threshold)) return false;
+    if (m && (r[li] != +m[1] || (m[2] !== undefined && m[2] !== '' && !String(r[ni]).startsWith(m[2])))) return false;
+    if (fcol >= 0 && !isNaN(lo) && !(r[fcol] >= lo)) return false;
+    if (fcol >= 0 && !isNaN(hi) && !(r[fcol] <= hi)) return false;
+    return true;
+  });
+  if (st.sort !== null) {
+    const i = st.sort, s = st.desc ? -1 : 1;
+    st.view.sort((a, b) => (a[i] === null) - (b[i] === null) || s * (a[i] - b[i]));
+  }
+  st.page = 0; render();
+}
+function render(){
+  const n = st.view.length, pages = Math.max(1, Math.ceil(n / st.per));
+  st.page = Math.min(st.page, pages - 1);
+  const li = st.cols.indexOf('layer'), ni = st.cols.indexOf('neuron');
+  const part = st.view.slice(st.page * st.per, (st.page + 1) * st.per);
+  const head = '<tr>' + st.cols.map((c, i) => `<th data-i="${i}">${c}${st.sort === i ? (st.desc ? ' ▼' : ' ▲') : ''}</th>`).join('') + '</tr>';
+  const body = part.map(r => '<tr>' + r.map((v, i) => i === ni
+      ? `<td><a class="nlink" href="/neuron/${r[li]}/${r[ni]}${MODEL_Q}">${v}</a></td>` : `<td>${fmt(v)}</td>`).join('') + '</tr>').join('');
+  $('table').innerHTML = head + body;
+  $('count').textContent = `${n} of ${st.rows.length} neurons, page ${st.page + 1} / ${pages}`;
+  for (const th of $('table').querySelectorAll('th')) th.onclick = () => {
+    const i = +th.dataset.i; st.desc = st.sort === i ? !st.desc : true; st.sort = i; apply(); };
+}
+fetch('/api/neurons' + MODEL_Q).then(r => r.json()).then(d => {
+  st.rows = d.rows; st.cols = d.columns; st.threshold = d.threshold;
+  if (d.note) { $('msg').innerHTML = ''; $('msg').appendChild(Object.assign(document.createElement('div'), {className: 'note', textContent: d.note})); }
+  $('fcol').innerHTML = '<option value="">(column)</option>' + d.columns.map(c => `<option>${c}</option>`).join('');
+  const ec = d.columns.indexOf('excess_corr'); if (ec >= 0) { st.sort = ec; }
+  apply(); $('status').textContent = 'ready';
+});
+for (const id of ['search', 'universal', 'fcol', 'fmin', 'fmax']) $(id).addEventListener('input', apply);
+$('prev').onclick = () => { st.page = Math.max(0, st.page - 1); render(); };
+$('next').onclick = () => { st.page += 1; render(); };
+$('go').onsubmit = e => { e.preventDefault(); const m = $('goto').value.trim().match(/^(\d+)\.(\d+)$/);
+  if (m) location.href = `/neuron/${m[1]}/${m[2]}${MODEL_Q}`; };
+"""
+
+
+def table_page(art: ModelArtifacts) -> bytes:
+    body = (f"<h1>Neurons of {html.escape(art.model)}</h1><div id='msg'></div><div class='controls'>"
+            "<input id='search' placeholder='search L or L.N' size=12>"
+            f"<label><input type='checkbox' id='universal'> universal only (excess_corr &gt; {UNIVERSAL_THRESHOLD})</label>"
+            "<select id='fcol'></select><input id='fmin' placeholder='min' size=6><input id='fmax' placeholder='max' size=6>"
+            "<button id='prev'>&lt;</button><button id='next'>&gt;</button><span id='count'></span>"
+            "<form id='go' style='display:inline'><input id='goto' placeholder='open L.N' size=8></form>"
+            "<span id='status' style='color:#999'>loading</span></div><table id='table'></table>"
+            f"<script>const MODEL_Q = {json.dumps(_q(art.model))};{TABLE_JS}</script>")
+    return _page(f"{art.model} neurons", body)
+
+
+def _df_row_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
+    df = art.neuron_df()
+    if df is None:
+        return _note(f"no neuron dataframe at {paths.neuron_df_path(art.model)}: run {art.cmd_neuron_df()}")
+    row = df[(df["layer"] == layer) & (df["neuron"] == neuron)]
+    if row.empty:
+        return _note(f"neuron {layer}.{neuron} has no row in {paths.neuron_df_path(art.model)}")
+    r = row.iloc[0]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in r.index)
+    cells = "".join(f"<td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td>" for v in r.tolist())
+    return f"<div style='overflow-x:auto'><table id='dfrow'><tr>{head}</tr><tr>{cells}</tr></table></div>"
+
+
+def _correlation_html(app: "ViewerApp", art: ModelArtifacts, layer: int, neuron: int, d_mlp: int) -> str:
+    found = art.correlation_summaries()
+    if not found:
+        return _note(f"no correlation summaries under {paths.results_dir()}/{art.dirname}+<other>/: run "
+                     f"python correlations_fast.py --model_1_name {art.model} --model_2_name <other seed> "
+                     "--token_dataset <dataset> --baseline none")
+    flat = layer * d_mlp + neuron
+    rows = []
+    for other, ds, s in found:
+        corr, ix = float(s["max_corr"][flat]), int(s["max_corr_ix"][flat])
+        other_art = app.artifacts(other) if other in app.models() else None
+        other_d = other_art.dims()[1] if other_art is not None and other_art.dims() else d_mlp
+        if ix < 0 or corr != corr:
+            partner = "(dead neuron)"
+        else:
+            ol, on = divmod(ix, other_d)
+            partner = (f"<a class='corr-link' href='/neuron/{ol}/{on}{_q(other)}'>{ol}.{on}</a>" if other_art is not None
+                       else f"{ol}.{on} (no summaries of {html.escape(other)} to show)")
+        rows.append(f"<tr><td>{html.escape(other)}</td><td>{html.escape(ds)}</td><td>{corr:.4f}</td><td>{partner}</td></tr>")
+    return ("<table id='corr'><tr><th>other seed</th><th>dataset</th><th>max corr</th><th>neuron</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _composition_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
+    comps = art.weights().get("neuron_comps")
+    if comps is None:
+        return _note(f"no neuron compositions (neuron_comps.pt): run {art.cmd_weights()}")
+    q = _q(art.model)
+    rows = []
+    for kind in vd.NEURON_KINDS:
+        if kind not in comps:
+            continue
+        c = comps[kind]
+        D = c["top_neuron_ix"].shape[1]
+        links = []
+        for i, v in zip(c["top_neuron_ix"][layer, neuron, :N_PARTNERS].tolist(),
+                        c["top_neuron_value"][layer, neuron, :N_PARTNERS].tolist()):
+            if i >= 0:
+                links.append(f"<a class='comp-link' href='/neuron/{i // D}/{i % D}{q}'>{i // D}.{i % D}</a> ({v:.3f})")
+        rows.append(f"<tr><th>{kind}</th><td style='text-align:left'>{', '.join(links)}</td></tr>")
+    return "<table id='comps'>" + "".join(rows) + "</table>"
+
+
+def _explanations_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
+    from analysis.heuristic_explanation import top_features
+    from .explanations import PREV_VR_FILE, VR_FILE, layer_dir
+
+    datasets = art.explanation_datasets()
+    if not datasets:
+        return _note(f"no explanations under {paths.explanation_dir() / art.dirname}: run "
+                     f"python explain.py --model {art.model} --dataset <dataset> --feature_type token")
+    label = f"{layer}.{neuron}"
+    parts = []
+    for ds in datasets:
+        folder = layer_dir(art.model, ds, "token", layer)
+        found = [(pos, _vr_row(folder / f, label)) for pos, f in (("current", VR_FILE), ("previous", PREV_VR_FILE))
+                 if (folder / f).is_file()]
+        rows = [(pos, r) for pos, vr in found if vr is not None for r in top_features(vr, 5).itertuples()]
+        if not rows:
+            parts.append(f"<p>{html.escape(ds)}: no explanation of {label} (layer not explained, or a dead neuron)</p>")
+            continue
+        cells = "".join(f"<tr><td>{pos}</td><td>{r.rank}</td><td style='text-align:left'>{html.escape(repr(r.feature))}"
+                        f"</td><td>{r.variance_reduction:.4f}</td></tr>" for pos, r in rows)
+        parts.append(f"<p>{html.escape(ds)}</p><table class='features'><tr><th>token</th><th>rank</th>"
+                     f"<th>feature</th><th>variance reduction</th></tr>{cells}</table>")
+    return "".join(parts)
+
+
+def _interventions_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
+    from analysis.entropy_neurons import read_summary
+
+    root = paths.intervention_dir() / art.dirname
+    parts = []
+    for ds in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for f in sorted((ds / f"{layer}.{neuron}").glob("summary_*.csv")):
+            df = read_summary(f)
+            parts.append(f"<p>{html.escape(ds.name)}: {html.escape(f.stem)}</p>"
+                         + df.to_html(index=False, float_format=lambda x: f"{x:.4g}", classes="intervention"))
+    if not parts:
+        return _note(f"no intervention results for {layer}.{neuron}: run python entropy_intervention.py --model "
+                     f"{art.model} --token_dataset <dataset> --neuron_subset {layer}.{neuron}")
+    return "".join(parts)
+
+
+def _examples_html(art: ModelArtifacts, layer: int, neuron: int, n: int = 10) -> str:
+    summaries, vocab = art.summaries(), art.vocab()
+    if not summaries:
+        return _note(f"no activation summaries: run {art.cmd_summary()}")
+    if vocab is None:
+        return _note(f"no tokenizer found for {art.model}: the text examples need it")
+    parts = []
+    for short, full in art.full_names().items():
+        try:
+            rows = art.token_rows(full)
+            ex = vd.max_activating_examples(summaries[short], rows, layer, neuron, n)
+            parts.append(f"<h3>{html.escape(full)}</h3>" + vd.examples_html(ex, vocab))
+        except UserError as e:
+            parts.append(f"<h3>{html.escape(full)}</h3>" + _note(f"the token dataset is needed for text examples: {e}"))
+    return "".join(parts)
+
+
+def neuron_page(app: "ViewerApp", art: ModelArtifacts, layer: int, neuron: int) -> bytes:
+    q = _q(art.model)
+    d_mlp = art.dims()[1]
+    imgs = "".join(f"<h3>{p.replace('_', ' ')}</h3><img class='panel' alt='{p}' "
+                   f"src='/plot/{p}/{layer}/{neuron}.png{q}'>" for p in PANELS)
+    L, D = art.dims()
+    nav = [f"<a href='/{q}'>table</a>"]
+    if neuron > 0:
+        nav.append(f"<a href='/neuron/{layer}/{neuron - 1}{q}'>&larr; {layer}.{neuron - 1}</a>")
+    if neuron + 1 < D:
+        nav.append(f"<a href='/neuron/{layer}/{neuron + 1}{q}'>{layer}.{neuron + 1} &rarr;</a>")
+    body = (f"<p>{' | '.join(nav)}</p><h1>{html.escape(art.model)} neuron {layer}.{neuron}</h1>"
+            f"<h2>Neuron dataframe</h2>{_df_row_html(art, layer, neuron)}"
+            f"<h2>Best-correlated neuron in each other seed</h2>{_correlation_html(app, art, layer, neuron, d_mlp)}"
+            f"<h2>Composition partners (top by weight cosine)</h2>{_composition_html(art, layer, neuron)}"
+            f"<h2>Explanations (token features)</h2>{_explanations_html(art, layer, neuron)}"
+            f"<h2>Interventions</h2>{_interventions_html(art, layer, neuron)}"
+            f"<h2>Max-activating examples</h2>{_examples_html(art, layer, neuron)}"
+            f"<h2>Panels</h2>{imgs}")
+    return _page(f"{art.model} {layer}.{neuron}", body)
+
+
+def panel_figure(art: ModelArtifacts, panel: str, layer: int, neuron: int):
+    """The matplotlib Figure of one panel (as display_summary draws it), or a note figure naming the
+    command that makes the missing artifact."""
+    summaries, weights = art.summaries(), art.weights()
+    needs_vocab = panel in ("top_tokens_max", "top_tokens_mean", "max_activating_examples", "top_vocab_tokens")
+    vocab = art.vocab() if needs_vocab else None
+    if needs_vocab and vocab is None:
+        return vd.panel_note(f"no tokenizer found for {art.model}: this panel needs the token strings")
+    if panel in ("activation_percentiles", "activation_distribution", "top_tokens_max", "top_tokens_mean",
+                 "max_activating_examples") and not summaries:
+        return vd.panel_note(f"no activation summaries: run {art.cmd_summary()}")
+    if panel == "activation_percentiles":
+        return vd.panel_activation_percentiles(summaries, layer, neuron)
+    if panel == "activation_distribution":
+        return vd.panel_activation_distribution(summaries, layer, neuron)
+    if panel in ("top_tokens_max", "top_tokens_mean"):
+        stat = panel.rsplit("_", 1)[1]
+        if not any(vd.top_tokens(s, layer, neuron, stat, 1) for s in summaries.values()):
+            return vd.panel_note(f"no per-token statistics: rerun {art.cmd_summary()} with --top_vocab_k_truncate 100 (not 0)")
+        return vd.panel_top_tokens(summaries, layer, neuron, vocab, stat)
+    if panel == "max_activating_examples":
+        short, full = next(iter(art.full_names().items()))
+        try:
+            rows = art.token_rows(full)
+        except UserError as e:
+            return vd.panel_note(f"the token dataset is needed for text examples: {e}")
+        ex = vd.max_activating_examples(summaries[short], rows, layer, neuron)
+        return vd.panel_max_activating_examples(ex, vocab, f"L{layer}.{neuron}: max-activating examples ({full})")
+    if panel == "weight_cosines":
+        if "vocab_comps" not in weights and "neuron_comps" not in weights:
+            return vd.panel_note(f"no weight summaries (vocab_comps.pt / neuron_comps.pt): run {art.cmd_weights()}")
+        return vd.panel_weight_cosine_distributions(weights, layer, neuron)
+    if panel == "top_vocab_tokens":
+        if "vocab_comps" not in weights:
+            return vd.panel_note(f"no vocabulary compositions (vocab_comps.pt): run {art.cmd_weights()}")
+        return vd.panel_top_vocab_tokens(weights, layer, neuron, vocab)
+    if panel == "top_neurons":
+        if "neuron_comps" not in weights:
+            return vd.panel_note(f"no neuron compositions (neuron_comps.pt): run {art.cmd_weights()}")
+        return vd.panel_top_neurons(weights, layer, neuron)
+    if not any(f"{k}_comps" in weights for k in vd.ATTN_KINDS):
+        return vd.panel_note(f"no attention compositions (k/q/v/o_comps.pt): run {art.cmd_weights()}")
+    return vd.panel_attention_composition(weights, layer, neuron)
+
+
+def render_png(fig) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # glyphs of control tokens missing from the font
+        fig.savefig(buf, format="png", dpi=PNG_DPI)
+    return buf.getvalue()
+
+
+# The server ---------------------------------------------------------------------------------------
+
+class ViewerApp:
+    """Routing and caches, independent of the socket (tests call `handle(path)` directly)."""
+
+    def __init__(self, model: str, cache_size: int = 8):
+        self.model = model
+        self._arts: dict[str, ModelArtifacts] = {}
+        self._lock = threading.Lock()
+        self.pages = _LRU(cache_size)
+        self.pngs = _LRU(cache_size * len(PANELS))
+
+    def models(self) -> list[str]:
+        """The default model plus every model folder with summaries or a neuron dataframe."""
+        found = {self.model}
+        if paths.summary_dir().is_dir():
+            found |= {p.name for p in paths.summary_dir().iterdir() if p.is_dir() and not p.name.startswith(".")}
+        df_dir = paths.dataframe_dir() / "neuron_dfs"
+        if df_dir.is_dir():
+            found |= {p.stem for p in df_dir.glob("*.csv")}
+        return sorted(found)
+
+    def artifacts(self, model: str) -> ModelArtifacts:
+        with self._lock:
+            if model not in self._arts:
+                self._arts[model] = ModelArtifacts(model)
+            return self._arts[model]
+
+    def handle(self, raw_path: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) for a request path (with query)."""
+        url = urlsplit(raw_path)
+        query = parse_qs(url.query)
+        model = query.get("model", [self.model])[0]
+        if model not in self.models():
+            return self.not_found(f"unknown model {model!r}")
+        art = self.artifacts(model)
+        path = url.path
+        if path == "/":
+            return 200, "text/html; charset=utf-8", table_page(art)
+        if path == "/api/neurons":
+            return 200, "application/json", art.neuron_df_json()
+        m = re.fullmatch(r"/neuron/(\d{1,5})/(\d{1,7})", path)
+        if m:
+            ln = self._check(art, int(m[1]), int(m[2]))
+            if isinstance(ln, tuple) and len(ln) == 3:
+                return ln
+            return 200, "text/html; charset=utf-8", self.pages.get(
+                (model, *ln), lambda: neuron_page(self, art, *ln))
+        m = re.fullmatch(r"/plot/([a-z_]{1,40})/(\d{1,5})/(\d{1,7})\.png", path)
+        if m and m[1] in PANELS:
+            ln = self._check(art, int(m[2]), int(m[3]))
+            if isinstance(ln, tuple) and len(ln) == 3:
+                return ln
+            return 200, "image/png", self.pngs.get((model, m[1], *ln), lambda: self._png(art, m[1], *ln))
+        return self.not_found("no such page")
+
+    def _check(self, art: ModelArtifacts, layer: int, neuron: int):
+        dims = art.dims()
+        if dims is None:
+            body = _page("no artifacts", _note(f"nothing found for {art.model}: run {art.cmd_summary()} "
+                                                f"and {art.cmd_weights()}"))
+            return 404, "text/html; charset=utf-8", body
+        if not (layer < dims[0] and neuron < dims[1]):
+            return self.not_found(f"neuron {layer}.{neuron} is out of range ({dims[0]} layers x {dims[1]} neurons)")
+        return layer, neuron
+
+    @staticmethod
+    def _png(art, panel, layer, neuron) -> bytes:
+        with _RENDER_LOCK:
+            return render_png(panel_figure(art, panel, layer, neuron))
+
+    @staticmethod
+    def not_found(message: str):
+        return 404, "text/html; charset=utf-8", _page("not found", f"<h1>404</h1>{_note(message)}")
+
+
+def _handler(app: ViewerApp, loopback: bool):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "universal-neurons-viewer"
+
+        def do_GET(self):
+            host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+            if loopback and host not in LOOPBACK_HOSTS:
+                status, ctype, body = 403, "text/plain", b"forbidden host header\n"
+            else:
+                try:
+                    status, ctype, body = app.handle(self.path)
+                except Exception as e:  # a bug or a corrupt artifact: say so, keep serving
+                    status, ctype, body = 500, "text/html; charset=utf-8", _page(
+                        "error", f"<h1>500</h1>{_note(f'{type(e).__name__}: {e}')}")
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt, *args):  # quiet: the CLI prints the URL once
+            pass
+
+    return Handler
+
+
+def make_server(model: str, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, ViewerApp]:
+    """A server for `model` (port 0: a free port, read it from server.server_address)."""
+    app = ViewerApp(model)
+    server = ThreadingHTTPServer((host, port), _handler(app, host in LOOPBACK_HOSTS))
+    server.daemon_threads = True
+    return server, app
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+    if not any(paths.summary_dir().glob(f"{paths.model_dirname(model)}/*")) and \
+            not paths.neuron_df_path(model).exists():
+        print(f"note: no artifacts of {model} under {paths.summary_dir()} or {paths.dataframe_dir()} "
+              f"(working directory {Path.cwd()}); pages will say which commands make them")
+    server, app = make_server(model, host, port)
+    art = app.artifacts(model)
+    # the tokenizer (transformers' import is slow) and the table JSON are made in the background,
+    # so the server answers at once and the first neuron page does not wait for them
+    threading.Thread(target=lambda: (art.neuron_df_json(), art.vocab()), daemon=True).start()
+    h, p = server.server_address[:2]
+    if host not in LOOPBACK_HOSTS:
+        print(f"warning: serving on {host}, reachable from other machines")
+    print(f"neuron viewer for {model}: http://{'localhost' if host in LOOPBACK_HOSTS else h}:{p}/  (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

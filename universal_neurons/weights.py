@@ -1,0 +1,461 @@
+"""Weight-based summaries of every MLP neuron (the original weights.py), computed blockwise.
+
+Input: a TransformerBridge in compatibility mode (folded LayerNorm, centred writing weights and
+unembedding), whose weight views are read and never modified:
+    W_in [L, d_model, D], b_in [L, D], W_out [L, D, d_model], W_E [V, d_model], W_U [d_model, V],
+    W_Q, W_K, W_V [L, H, d_model, d_head], W_O [L, H, d_head, d_model].
+Neuron n of layer l reads w_in = W_in[l, :, n] and writes w_out = W_out[l, n, :] (both [d_model]).
+Flat neuron index: layer * D + neuron (N = L * D).
+
+Artifacts under <save_path>/<model>/weights/ (see ORIGINAL_SPEC.md):
+    neuron_stats.csv     layer, neuron_ix, input_weight_norm, input_bias, output_weight_norm,
+                         in_out_sim = cos(w_in, w_out)
+    {k,q,v,o}_comps.pt   fp16 [L, D, L_attn, H]  (formulas in `attention_compositions`)
+    vocab_comps.pt       {E_in, U_in, E_out, U_out} -> row summaries over the vocabulary (top_k 100)
+    neuron_comps.pt      {in_in, in_out, out_in, out_out} -> row summaries over all N neurons
+                         (top_k 20), the neuron itself excluded.
+
+Row summaries (`_summarise_rows`), for one neuron's cosines c [C] with C columns:
+    top_*_value / top_*_ix       float32 / int64 [L, D, k], descending; bottom_* ascending.
+    comp_hist                    int32 [L, D, 101] over edges e = linspace(-1, 1, 100) (float32):
+                                 bin 0 = (-inf, e[0]], bin i = (e[i-1], e[i]], bin 100 = (e[99], inf)
+                                 (torch.bucketize / np.searchsorted side='left', as the original).
+    comp_mean, comp_var, comp_skew, comp_kurt   float32 [L, D]: population moments (divide by
+                                 the count), skew = m3 / var^1.5, kurt = m4 / var^2 (plain: a
+                                 Gaussian has 3).
+Undefined cosines (a zero weight vector, e.g. a dead neuron or a constant vector removed by
+centring, or NaN weights) are NaN and EXCLUDED like the neuron's self-similarity: they are in no
+histogram bin, no moment and no top/bottom slot; slots left empty hold value NaN and index -1,
+and a row with no valid entry has NaN moments.
+
+Memory: every [rows, columns] matrix is computed for `block_size` neuron rows at a time, never
+[N, N] or [L, D, V] at once. Measured (benchmarks/weights_bench.py, GPT2-small shape) about
+15 bytes per entry of a block, i.e. 15 * block_size * max(V, N) bytes, on top of a fixed part:
+a float32 copy of the weights used, unit-norm copies of w_in / w_out (8 N d_model bytes) and of
+W_E / W_U (8 V d_model bytes), and the outputs (about 11.3 kB per neuron for vocab_comps and
+3.6 kB for neuron_comps). GPT2-medium shape at block_size 512: 2.6 GiB measured over the model
+for one layer of rows, about 3.7 GiB with all outputs, about 7.3 GiB for the whole process.
+Device-agnostic: runs where the model's weights are (or on `device=`), no .cuda() calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import einops
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import paths
+from .errors import UserError
+
+VOCAB_TOP_K = 100
+NEURON_TOP_K = 20
+N_HIST_EDGES = 100
+VOCAB_KINDS = ("E_in", "U_in", "E_out", "U_out")
+NEURON_KINDS = ("in_in", "in_out", "out_in", "out_out")
+ATTN_KINDS = ("k", "q", "v", "o")
+NEURON_STATS_COLUMNS = ["layer", "neuron_ix", "input_weight_norm", "input_bias", "output_weight_norm", "in_out_sim"]
+DEFAULT_BLOCK_SIZE = 512
+
+# Files written, grouped by the computation that produces them (a group is skipped on rerun
+# only if all of its files exist).
+ARTIFACT_GROUPS = {
+    "neuron_stats": ("neuron_stats.csv",),
+    "attention": tuple(f"{k}_comps.pt" for k in ATTN_KINDS),
+    "vocab": ("vocab_comps.pt",),
+    "neuron": ("neuron_comps.pt",),
+}
+
+
+def hist_edges(device=None) -> torch.Tensor:
+    """The histogram edges of every comp_hist: float32 linspace(-1, 1, 100)."""
+    return torch.linspace(-1, 1, N_HIST_EDGES, device=device)
+
+
+@dataclass
+class Weights:
+    """Detached float32 copies of the weights the summaries use (neuron rows first)."""
+    W_in: torch.Tensor   # [L, D, d_model]
+    W_out: torch.Tensor  # [L, D, d_model]
+    b_in: torch.Tensor   # [L, D]
+    W_E: torch.Tensor    # [V, d_model]
+    W_U: torch.Tensor    # [d_model, V]
+    W_Q: torch.Tensor    # [L, H, d_model, d_head]
+    W_K: torch.Tensor    # [L, H, d_model, d_head]
+    W_V: torch.Tensor    # [L, H, d_model, d_head]
+    W_O: torch.Tensor    # [L, H, d_head, d_model]
+
+    @property
+    def n_layers(self) -> int:
+        return self.W_in.shape[0]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.W_in.shape[1]
+
+
+def extract_weights(model, device=None) -> Weights:
+    """Copy the model's weight views to float32 on `device` (default: where the model's W_in is).
+
+    Copies (`clone`), so nothing done here or downstream can write into the model.
+    """
+    with torch.no_grad():
+        device = torch.device(device) if device is not None else model.W_in.device
+
+        def get(name):
+            return getattr(model, name).detach().to(device=device, dtype=torch.float32).clone()
+
+        w = Weights(
+            W_in=einops.rearrange(get("W_in"), "l d n -> l n d").contiguous(),
+            W_out=get("W_out"), b_in=get("b_in"), W_E=get("W_E"), W_U=get("W_U"),
+            W_Q=get("W_Q"), W_K=get("W_K"), W_V=get("W_V"), W_O=get("W_O"),
+        )
+    L, D, d_model = w.W_in.shape
+    if w.W_out.shape != (L, D, d_model) or w.W_E.shape[1] != d_model or w.W_U.shape[0] != d_model:
+        raise UserError(f"unexpected weight shapes: W_in {tuple(model.W_in.shape)}, W_out {tuple(w.W_out.shape)}, "
+                        f"W_E {tuple(w.W_E.shape)}, W_U {tuple(w.W_U.shape)}")
+    if w.W_K.shape != w.W_Q.shape:
+        raise UserError(f"W_K {tuple(w.W_K.shape)} differs from W_Q {tuple(w.W_Q.shape)} (grouped-query "
+                        "attention is not supported by the composition scores)")
+    return w
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """x / ||x|| along the last dim; a zero row becomes NaN (its cosines are undefined)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+def _neuron_units(w: Weights) -> dict[str, torch.Tensor]:
+    """{'in': w_in / ||w_in||, 'out': w_out / ||w_out||}, each [N, d_model] in flat neuron order."""
+    N, d_model = w.n_layers * w.d_mlp, w.W_in.shape[-1]
+    return {"in": _unit_rows(w.W_in.reshape(N, d_model)), "out": _unit_rows(w.W_out.reshape(N, d_model))}
+
+
+def _row_index(w: Weights, layers) -> torch.Tensor:
+    """Flat indices [len(layers) * D] of the row neurons: all layers, or only `layers` (sharding, timing)."""
+    layers = range(w.n_layers) if layers is None else list(layers)
+    if not all(0 <= l < w.n_layers for l in layers):
+        raise UserError(f"layers {layers} out of range for a model with {w.n_layers} layers")
+    return (torch.as_tensor(layers, dtype=torch.long)[:, None] * w.d_mlp + torch.arange(w.d_mlp)).flatten()
+
+
+def check_block_size(block_size: int) -> None:
+    if not isinstance(block_size, int) or block_size < 1:
+        raise UserError(f"block size must be a positive number of neuron rows, got {block_size!r}")
+
+
+def _blocks(n: int, block_size: int, progress: bool, desc: str):
+    check_block_size(block_size)
+    starts = range(0, n, block_size)
+    return tqdm(starts, desc=desc, disable=not progress, total=len(starts))
+
+
+# neuron_stats.csv -------------------------------------------------------------------------------
+
+def neuron_stats(w: Weights) -> pd.DataFrame:
+    """One row per neuron (layer-major): norms of w_in and w_out, b_in, cos(w_in, w_out) (float64)."""
+    W_in, W_out = w.W_in.double(), w.W_out.double()
+    in_norm = torch.linalg.vector_norm(W_in, dim=-1)
+    out_norm = torch.linalg.vector_norm(W_out, dim=-1)
+    in_out = (W_in * W_out).sum(-1) / (in_norm * out_norm)
+    L, D = w.n_layers, w.d_mlp
+    return pd.DataFrame({
+        "layer": np.repeat(np.arange(L), D),
+        "neuron_ix": np.tile(np.arange(D), L),
+        "input_weight_norm": in_norm.flatten().cpu().numpy(),
+        "input_bias": w.b_in.double().flatten().cpu().numpy(),
+        "output_weight_norm": out_norm.flatten().cpu().numpy(),
+        "in_out_sim": in_out.flatten().cpu().numpy(),
+    }, columns=NEURON_STATS_COLUMNS)
+
+
+# {k,q,v,o}_comps.pt -----------------------------------------------------------------------------
+
+def _read_factors(w: Weights) -> dict[str, torch.Tensor]:
+    """Per head, a [d_model, d_head] matrix M with ||x^T M|| = ||x^T A|| for the d_model x d_model
+    matrix A that the composition reads, and ||M||_F = ||A||_F. Returns kind -> M [L, H, d_model, d_head]
+    (float64).
+
+    With W_QK = W_Q W_K^T and W_OV = W_V W_O (each [d_model, d_model]), and thin QR factorisations
+    W_K = Q_K R_K, W_Q = Q_Q R_Q, W_O^T = Q_O R_O, W_V = Q_V R_V (Q orthonormal columns,
+    R [d_head, d_head]); multiplying by Q^T / Q preserves norms, so:
+        q:  x^T W_QK          = (x^T W_Q R_K^T) Q_K^T   -> M_q = W_Q R_K^T
+        k:  (W_QK x)^T        = (x^T W_K R_Q^T) Q_Q^T   -> M_k = W_K R_Q^T
+        v:  x^T W_OV          = (x^T W_V R_O^T) Q_O^T   -> M_v = W_V R_O^T
+        o:  (W_OV x)^T        = (x^T W_O^T R_V^T) Q_V^T -> M_o = W_O^T R_V^T
+    This avoids forming the d_model x d_model matrices: one [rows, d_model] x [d_model, L*H*d_head]
+    product per kind.
+    """
+    W_Q, W_K, W_V, W_O = (t.double() for t in (w.W_Q, w.W_K, w.W_V, w.W_O))
+    W_O_T = W_O.transpose(-1, -2)  # [L, H, d_model, d_head]
+
+    def r_factor(a):  # [.., d_model, d_head] -> R [.., d_head, d_head]
+        return torch.linalg.qr(a, mode="r").R
+
+    R_Q, R_K, R_V, R_O = (r_factor(t) for t in (W_Q, W_K, W_V, W_O_T))
+    RT = lambda r: r.transpose(-1, -2)  # noqa: E731
+    return {"q": W_Q @ RT(R_K), "k": W_K @ RT(R_Q), "v": W_V @ RT(R_O), "o": W_O_T @ RT(R_V)}
+
+
+def attention_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False,
+                           layers=None) -> dict[str, torch.Tensor]:
+    """Composition of every neuron with every attention head: kind -> fp16 [L, D, L_attn, H] (CPU);
+    with `layers`, only those neuron layers ([len(layers), D, L_attn, H]).
+
+    For neuron (l, n) with output w_out [d_model] and input w_in [d_model], and head (l', h) with
+    W_QK = W_Q[l', h] W_K[l', h]^T and W_OV = W_V[l', h] W_O[l', h] ([d_model, d_model]; the
+    attention score is x_q^T W_QK x_k for residual vectors x_q at the query and x_k at the key
+    position, so W_QK's rows are the query side and its columns the key side; the head writes
+    x_v^T W_OV):
+        q = ||w_out^T W_QK|| / (||W_QK||_F ||w_out||)   the neuron's output read by the QUERY
+        k = ||W_QK w_out||   / (||W_QK||_F ||w_out||)   the neuron's output read by the KEY
+        v = ||w_out^T W_OV|| / (||W_OV||_F ||w_out||)   the neuron's output read by the VALUE
+        o = ||W_OV w_in||    / (||W_OV||_F ||w_in||)    the head's output read by the neuron
+    All values lie in [0, 1]. They are computed for EVERY (neuron, head) pair; only some are
+    causal: q, k, v for heads of later layers (l' > l), o for heads of layers l' <= l (the
+    attention of a block runs before its MLP; in parallel-attention models such as Pythia only
+    l' < l). The others are kept (not masked) so that the tensor stays rectangular; mask them with
+    `causal_mask`. A zero w_out / w_in, or a head whose W_QK / W_OV is zero, gives NaN.
+    """
+    factors = _read_factors(w)
+    row_ix = _row_index(w, layers).to(w.W_in.device)
+    n_rows = len(row_ix)
+    L_attn, H, _, d_head = w.W_Q.shape
+    units = _neuron_units(w)
+    rows = units if layers is None else {side: u[row_ix] for side, u in units.items()}  # no copy for all rows
+    reads = {"q": "out", "k": "out", "v": "out", "o": "in"}
+    out = {}
+    for kind in ATTN_KINDS:
+        M = factors[kind]
+        fro = torch.linalg.matrix_norm(M).float()  # [L_attn, H]
+        M_flat = einops.rearrange(M, "la h d e -> d (la h e)").float()
+        x = rows[reads[kind]]
+        scores = torch.empty(n_rows, L_attn, H, dtype=torch.float16)
+        for start in _blocks(n_rows, block_size, progress, f"{kind}_comps"):
+            proj = einops.rearrange(x[start:start + block_size] @ M_flat, "b (la h e) -> b la h e", la=L_attn, h=H)
+            scores[start:start + block_size] = (torch.linalg.vector_norm(proj, dim=-1) / fro).to("cpu", torch.float16)
+        out[kind] = scores.view(-1, w.d_mlp, L_attn, H)
+    return out
+
+
+def causal_mask(kind: str, n_layers: int, n_attn_layers: int | None = None, parallel_attn: bool = False
+                ) -> torch.Tensor:
+    """Bool [L, 1, L_attn, 1]: True where head layer l' can read the neuron of layer l (q, k, v:
+    l' > l) or the neuron can read the head (o: l' <= l, or l' < l with parallel attention)."""
+    la = torch.arange(n_attn_layers or n_layers)[None, :]
+    l = torch.arange(n_layers)[:, None]
+    if kind in ("q", "k", "v"):
+        m = la > l
+    elif kind == "o":
+        m = la < l if parallel_attn else la <= l
+    else:
+        raise ValueError(f"unknown composition kind {kind!r}")
+    return m[:, None, :, None]
+
+
+# Row summaries (vocab_comps.pt, neuron_comps.pt) ------------------------------------------------
+
+def _hist_bins(cos: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Bin of each value, as torch.bucketize(cos, edges) (bin i = (e[i-1], e[i]]), for evenly
+    spaced edges; float32 [B, C] (NaN stays NaN).
+
+    Why not bucketize: on a CPU its binary search costs about 2x the block's GEMM (0.95 vs 0.42
+    CPU-seconds for 512 x 50257 values at d_model 768); this costs about 0.55. The bin is the
+    ceiling of the value's position on the edge grid, except within 1e-3 bin widths of an edge,
+    where float rounding could put it on the wrong side: those few are looked up exactly.
+    """
+    n = len(edges)
+    lo, hi = edges[0].item(), edges[-1].item()
+    scale = (n - 1) / (hi - lo)
+    pos = torch.add(torch.tensor(-lo * scale, device=cos.device), cos, alpha=scale)  # (cos - lo) * scale
+    bins = pos.ceil()
+    near = (bins - pos).sub_(0.5).abs_() > 0.5 - 1e-3  # pos within 1e-3 of an integer
+    del pos
+    bins.clamp_(0, n)
+    if near.any():
+        bins[near] = torch.bucketize(cos[near], edges).to(bins.dtype)
+    return bins
+
+
+def _summarise_rows(cos: torch.Tensor, k: int, edges: torch.Tensor, what: str) -> dict[str, torch.Tensor]:
+    """Top/bottom-k, histogram and moments of each row of cos [B, C]; NaN entries are excluded.
+    Keys as in the artifacts: top_{what}_value, top_{what}_ix, bottom_..., comp_hist, comp_mean, ...
+
+    Overwrites `cos` (its NaNs are filled) to save a [B, C] temporary. Returns CPU tensors.
+    """
+    B, C = cos.shape
+    invalid = torch.isnan(cos)
+    all_valid = not bool(invalid.any())
+    valid = ~invalid
+    del invalid
+    count = torch.full((B,), C, device=cos.device) if all_valid else valid.sum(1)  # [B]
+
+    # Histogram: excluded entries go to an extra overflow slot that is dropped; one bincount over
+    # row-offset bin ids.
+    n_bins = len(edges) + 1
+    ids = _hist_bins(cos, edges)
+    if not all_valid:
+        ids.masked_fill_(~valid, n_bins)
+    ids = ids.long()
+    ids += torch.arange(B, device=cos.device)[:, None] * (n_bins + 1)
+    hist = torch.bincount(ids.flatten(), minlength=B * (n_bins + 1)).view(B, n_bins + 1)[:, :n_bins]
+    del ids
+
+    # Moments, two-pass (the whole row is in the block; values lie in [-1, 1], so float32 sums,
+    # which torch accumulates pairwise, lose nothing that matters), ratios in float64.
+    cnt = count.double()
+    mean = (cos.sum(1) if all_valid else cos.nan_to_num(0.0).sum(1)).double() / cnt
+    d = cos - mean[:, None].float()
+    if not all_valid:
+        d.nan_to_num_(0.0)  # excluded entries contribute 0
+    d2 = d * d
+    var = d2.sum(1).double() / cnt
+    m3 = (d2 * d).sum(1).double() / cnt
+    m4 = d2.square_().sum(1).double() / cnt
+    del d, d2
+
+    # Top / bottom k; excluded entries are filled with -inf / +inf so they come last.
+    kk = min(k, C)
+    if not all_valid:
+        cos.nan_to_num_(nan=-torch.inf)
+    top_v, top_i = cos.topk(kk, dim=1, largest=True, sorted=True)
+    if not all_valid:
+        cos.masked_fill_(~valid, torch.inf)
+    bot_v, bot_i = cos.topk(kk, dim=1, largest=False, sorted=True)
+
+    def pad(v, i):
+        bad = ~valid.gather(1, i)
+        v = v.masked_fill(bad, torch.nan)
+        i = i.masked_fill(bad, -1)
+        if kk < k:  # fewer columns than k: pad with empty slots
+            v = torch.cat([v, v.new_full((B, k - kk), torch.nan)], 1)
+            i = torch.cat([i, i.new_full((B, k - kk), -1)], 1)
+        return v.cpu(), i.cpu()
+
+    top_v, top_i = pad(top_v, top_i)
+    bot_v, bot_i = pad(bot_v, bot_i)
+    return {
+        f"top_{what}_value": top_v, f"top_{what}_ix": top_i,
+        f"bottom_{what}_value": bot_v, f"bottom_{what}_ix": bot_i,
+        "comp_hist": hist.to("cpu", torch.int32),
+        "comp_mean": mean.float().cpu(), "comp_var": var.float().cpu(),
+        "comp_skew": (m3 / var.pow(1.5)).float().cpu(), "comp_kurt": (m4 / var.square()).float().cpu(),
+    }
+
+
+def _row_summary_store(L: int, D: int, k: int, what: str) -> dict[str, torch.Tensor]:
+    """Preallocated CPU outputs for one kind; keys named as in the original (top_vocab_value, ...)."""
+    return {
+        f"top_{what}_value": torch.full((L, D, k), torch.nan), f"top_{what}_ix": torch.full((L, D, k), -1),
+        f"bottom_{what}_value": torch.full((L, D, k), torch.nan), f"bottom_{what}_ix": torch.full((L, D, k), -1),
+        "comp_hist": torch.zeros(L, D, N_HIST_EDGES + 1, dtype=torch.int32),
+        **{f"comp_{m}": torch.full((L, D), torch.nan) for m in ("mean", "var", "skew", "kurt")},
+    }
+
+
+def _store_block(store: dict, summary: dict, start: int) -> None:
+    """Write one block's summaries (flat neuron rows start..) into the [L, D, ...] store."""
+    stop = start + len(summary["comp_mean"])
+    for key, t in summary.items():
+        store[key].view(-1, *t.shape[1:])[start:stop] = t
+
+
+def vocab_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False,
+                       layers=None) -> dict:
+    """{E_in, U_in, E_out, U_out} -> row summaries of the cosines [L, D, V] between a neuron weight
+    and every token: E_* with embedding rows W_E[v, :], U_* with unembedding columns W_U[:, v];
+    *_in with w_in, *_out with w_out. Keys top/bottom_vocab_value/ix (k = 100), comp_hist,
+    comp_mean/var/skew/kurt (see the module docstring). `layers`: only those neuron layers."""
+    row_ix = _row_index(w, layers).to(w.W_in.device)
+    edges = hist_edges(w.W_in.device)
+    units = _neuron_units(w)
+    rows = units if layers is None else {side: u[row_ix] for side, u in units.items()}  # no copy for all rows
+    vocab = {"E": _unit_rows(w.W_E), "U": _unit_rows(w.W_U.T)}  # [V, d_model] each
+    result = {}
+    for kind in VOCAB_KINDS:
+        tokens, side = kind.split("_")
+        store = _row_summary_store(len(row_ix) // w.d_mlp, w.d_mlp, VOCAB_TOP_K, "vocab")
+        for start in _blocks(len(row_ix), block_size, progress, f"vocab {kind}"):
+            cos = rows[side][start:start + block_size] @ vocab[tokens].T  # [B, V]
+            _store_block(store, _summarise_rows(cos, VOCAB_TOP_K, edges, "vocab"), start)
+        result[kind] = store
+    return result
+
+
+def neuron_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False,
+                        layers=None) -> dict:
+    """{in_in, in_out, out_in, out_out} -> row summaries of the cosines between the row neuron's
+    first-named weight and every column neuron's second-named weight ([L, D, N], e.g. in_out[i, j] =
+    cos(w_in_i, w_out_j)), with the pair i == j EXCLUDED. Indices are flat (layer * D + neuron);
+    keys top/bottom_neuron_value/ix (k = 20), comp_hist, comp_mean/var/skew/kurt. `layers`: only
+    those row-neuron layers (the columns are always all N neurons)."""
+    row_ix = _row_index(w, layers).to(w.W_in.device)
+    edges = hist_edges(w.W_in.device)
+    unit = _neuron_units(w)
+    result = {}
+    for kind in NEURON_KINDS:
+        row_side, col_side = kind.split("_")
+        store = _row_summary_store(len(row_ix) // w.d_mlp, w.d_mlp, NEURON_TOP_K, "neuron")
+        for start in _blocks(len(row_ix), block_size, progress, f"neuron {kind}"):
+            block_ix = row_ix[start:start + block_size]
+            cos = unit[row_side][block_ix] @ unit[col_side].T  # [B, N]
+            cos[torch.arange(len(block_ix), device=cos.device), block_ix] = torch.nan  # exclude self-similarity
+            _store_block(store, _summarise_rows(cos, NEURON_TOP_K, edges, "neuron"), start)
+        result[kind] = store
+    return result
+
+
+# Public entry points ----------------------------------------------------------------------------
+
+def compute_weight_summaries(model, block_size: int = DEFAULT_BLOCK_SIZE, device=None, progress: bool = False,
+                             layers=None) -> dict:
+    """All summaries in memory: {'neuron_stats': DataFrame, 'k_comps', 'q_comps', 'v_comps',
+    'o_comps': fp16 [L, D, L_attn, H], 'vocab_comps': {...}, 'neuron_comps': {...}} (CPU tensors).
+    `layers` restricts the row neurons to those layers (outputs [len(layers), D, ...])."""
+    check_block_size(block_size)
+    w = extract_weights(model, device)
+    with torch.no_grad():
+        stats = neuron_stats(w)
+        attn = attention_compositions(w, block_size, progress, layers)
+        return {
+            "neuron_stats": stats if layers is None else stats[stats.layer.isin(list(layers))].reset_index(drop=True),
+            **{f"{k}_comps": attn[k] for k in ATTN_KINDS},
+            "vocab_comps": vocab_compositions(w, block_size, progress, layers),
+            "neuron_comps": neuron_compositions(w, block_size, progress, layers),
+        }
+
+
+def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
+                          device=None, force: bool = False, progress: bool = False) -> Path:
+    """Compute and write the artifacts to `out_dir` (default paths.weights_summary_path(model.model_name)).
+
+    Each group of files (neuron_stats / attention / vocab / neuron) is written atomically as soon
+    as it is computed; a group whose files all exist is skipped unless `force`. Returns out_dir.
+    """
+    check_block_size(block_size)
+    if out_dir is None:
+        name = getattr(model, "model_name", None)
+        if not name:
+            raise UserError("the model has no model_name: pass out_dir explicitly")
+        out_dir = paths.weights_summary_path(name)
+    out_dir = Path(out_dir)
+    todo = [g for g, files in ARTIFACT_GROUPS.items() if force or not all((out_dir / f).exists() for f in files)]
+    if not todo:
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    w = extract_weights(model, device)
+    with torch.no_grad():
+        if "neuron_stats" in todo:
+            with paths.atomic_path(out_dir / "neuron_stats.csv") as tmp:
+                neuron_stats(w).to_csv(tmp, index=False)
+        if "attention" in todo:
+            for kind, scores in attention_compositions(w, block_size, progress).items():
+                paths.torch_save_atomic(scores, out_dir / f"{kind}_comps.pt")
+        if "vocab" in todo:
+            paths.torch_save_atomic(vocab_compositions(w, block_size, progress), out_dir / "vocab_comps.pt")
+        if "neuron" in todo:
+            paths.torch_save_atomic(neuron_compositions(w, block_size, progress), out_dir / "neuron_comps.pt")
+    return out_dir
