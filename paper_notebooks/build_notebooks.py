@@ -406,7 +406,8 @@ with section("topic scores"):
     z = topic_scores(means, stds)
     picks = sorted({ix for c in z.columns for ix in z[c].nlargest(4).index})
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.3 * len(picks) + 1.5), gridspec_kw={"width_ratios": [1, 1.2]})
-    im = axes[0].imshow(z.loc[picks].to_numpy(), cmap="RdBu_r", vmin=-2, vmax=2, aspect="auto")
+    vmax = max(0.5, float(np.nanmax(np.abs(z.loc[picks].to_numpy()))))
+    im = axes[0].imshow(z.loc[picks].to_numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     axes[0].set_xticks(range(z.shape[1]), z.columns); axes[0].set_yticks(range(len(picks)), [f"L{l}.{n}" for l, n in picks])
     axes[0].set_title("topic score (top 4 per subset)", fontsize=10); fig.colorbar(im, ax=axes[0], shrink=0.8)
     for c in z.columns:
