@@ -1,0 +1,63 @@
+"""Prediction, suppression and partition neurons: the shape of each neuron's output-vocabulary cosines.
+
+A neuron's W_U cosines are cos(w_out, W_U[:, v]) over the vocabulary v; weights.py stores their moments
+(vocab_comps['U_out'] comp_mean / var / skew / kurt, also the neuron df's vocab_* columns) and the top /
+bottom tokens. The paper's classes (kurtosis plain, Gaussian = 3):
+    prediction    vocab_kurt > kurt_threshold and vocab_skew > 0   (boosts a small set of tokens)
+    suppression   vocab_kurt > kurt_threshold and vocab_skew < 0   (suppresses a small set of tokens)
+    other         the rest
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+CLASSES = ["prediction", "suppression", "other"]
+
+
+def classify_prediction(df: pd.DataFrame, kurt_threshold: float = 10.0) -> pd.Series:
+    """Class (CLASSES) per row of a frame with vocab_kurt and vocab_skew; NaN moments give 'other'."""
+    heavy = df["vocab_kurt"].to_numpy(dtype=float) > kurt_threshold
+    skew = df["vocab_skew"].to_numpy(dtype=float)
+    out = np.select([heavy & (skew > 0), heavy & (skew < 0)], ["prediction", "suppression"], default="other")
+    return pd.Series(out, index=df.index, name="prediction_class")
+
+
+def counts_by_layer(df: pd.DataFrame, kurt_threshold: float = 10.0) -> pd.DataFrame:
+    """[layer, class] neuron counts, every class a column."""
+    cls = classify_prediction(df, kurt_threshold)
+    return pd.crosstab(df["layer"], cls).reindex(columns=CLASSES, fill_value=0)
+
+
+def vocab_tokens(vocab_comps: dict, layer: int, neuron: int, vocab: list[str], k: int = 10,
+                 kind: str = "U_out", bottom: bool = False) -> list[tuple[str, float]]:
+    """[(token string, cosine)] of the k tokens with the highest (bottom=False) or lowest cosine."""
+    side = "bottom" if bottom else "top"
+    c = vocab_comps[kind]
+    ix = c[f"{side}_vocab_ix"][layer, neuron, :k].tolist()
+    val = c[f"{side}_vocab_value"][layer, neuron, :k].tolist()
+    return [(vocab[i], float(v)) for i, v in zip(ix, val) if i >= 0]
+
+
+def plot_moments_by_layer(df: pd.DataFrame, kurt_threshold: float = 10.0):
+    """Two panels: vocab_kurt (log) and vocab_skew of every neuron against its layer (jittered), classes coloured."""
+    import matplotlib.pyplot as plt
+
+    cls = classify_prediction(df, kurt_threshold)
+    rng = np.random.default_rng(0)
+    x = df["layer"].to_numpy(dtype=float) + rng.uniform(-0.3, 0.3, len(df))
+    colors = {"prediction": "C0", "suppression": "C3", "other": "#bbbbbb"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, col in zip(axes, ("vocab_kurt", "vocab_skew")):
+        for c in CLASSES[::-1]:
+            m = (cls == c).to_numpy()
+            ax.scatter(x[m], df[col].to_numpy()[m], s=4, color=colors[c], label=f"{c} ({m.sum()})")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(col.replace("_", " "))
+        ax.set_xticks(sorted(df["layer"].unique()))
+    axes[0].set_yscale("log")
+    axes[0].axhline(kurt_threshold, color="k", ls="--", lw=0.8)
+    axes[1].axhline(0, color="k", lw=0.5)
+    axes[0].legend(fontsize=8, markerscale=3)
+    fig.tight_layout()
+    return fig
