@@ -45,6 +45,11 @@ class Preset:
     corpus_docs: int | None = None      # documents per subset used for training (None = all)
     eval_tokens: int = 262_144
 
+    def data_key(self) -> str:
+        """What the tokenizer and the tokenised corpus depend on (not the training hyperparameters)."""
+        return json.dumps({"vocab_size": self.vocab_size, "tokenizer_docs": self.tokenizer_docs,
+                           "corpus_docs": self.corpus_docs, "corpus_version": corpus.VERSION}, sort_keys=True)
+
     def key(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "corpus_version": corpus.VERSION}, sort_keys=True)
 
@@ -100,7 +105,7 @@ def preset_data(preset: str):
     p = get_preset(preset)
     d = _preset_dir(preset)
     key_file = d / "preset.json"
-    if not (key_file.is_file() and key_file.read_text() == p.key()):
+    if not (key_file.is_file() and key_file.read_text() == p.data_key()):
         with paths.atomic_path(d) as tmp:
             tmp.mkdir()
             texts = [doc for _, doc in corpus.iter_all("train", p.tokenizer_docs)]
@@ -110,7 +115,7 @@ def preset_data(preset: str):
                 docs = (doc for _, doc in corpus.iter_all(split, n_docs))
                 ids = tokenize_and_concatenate(docs, tok, 1025).reshape(-1)  # BOS every 1024: harmless here
                 np.save(tmp / f"{split}.npy", ids)
-            (tmp / "preset.json").write_text(p.key())
+            (tmp / "preset.json").write_text(p.data_key())
     tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"))
     return tok, np.load(d / "train.npy"), np.load(d / "heldout.npy")
 
