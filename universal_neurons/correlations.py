@@ -134,7 +134,7 @@ def _first_mean(t: torch.Tensor, rows: int = 1024, chunk: int = 64) -> torch.Ten
 
 
 def _centre_and_sum(t: torch.Tensor, shift: torch.Tensor | None, squares: bool = True,
-                    chunk: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor | None]:
     """t [T, N] float32 -= shift (in place, if given); returns its column sums and (if `squares`)
     sums of squares, float64 [N].
 
