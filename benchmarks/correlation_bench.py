@@ -17,6 +17,8 @@ Synthetic GELU activations with real structure (a shared latent drives both "mod
 Prints a table, then as its LAST line one JSON object (medians over the repeats):
   engine_s      (a)'s pass over the data (the part that grows with tokens), Gram matrices included
   original_s    (b)'s two passes;  floor_s  (c)
+  engine_over_floor, original_over_engine (ratios of medians) and *_paired (medians of the
+                per-repeat ratios: steadier on a shared machine)
   engine_finalize_s / original_finalize_s and *_total_s: finalising, O(N1 N2) whatever the token
                 count, reported apart (at 32k tokens it is large next to the pass; at the paper's
                 1e8 tokens it is noise)
@@ -288,12 +290,17 @@ def main(argv=None):
     err_orig = None if corr_orig is None else float((corr_orig["none"][rows].double() - ref).abs().nan_to_num().max())
     n1 = n2 = L * D
     r = lambda v: None if v is None else round(v, 4)
+    paired = lambda a, b: round(statistics.median(x / y for x, y in zip(a, b)), 3) if a and b else None
     ratio = lambda a, b: None if a is None or b is None else round(a / b, 3)
     result = {
         "engine_s": r(med["engine"]), "original_s": r(med["original"]), "floor_s": r(med["floor"]),
         "max_abs_err": err, "peak_mem_gb": round(peak_acc / 2 ** 30, 4),
         "engine_over_floor": ratio(med["engine"], med["floor"]),
         "original_over_engine": ratio(med["original"], med["engine"]),
+        # paired: median over repeats of the ratio within a repeat (adjacent in time, so steadier
+        # when other jobs load the machine)
+        "engine_over_floor_paired": paired(times["engine"], times["floor"]),
+        "original_over_engine_paired": paired(times["original"], times["engine"]),
         "engine_finalize_s": r(med["finalize"]), "engine_total_s": r(med["engine_total"]),
         "original_finalize_s": r(med["original_finalize"]), "original_total_s": r(med["original_total"]),
         "total_original_over_engine": ratio(med["original_total"], med["engine_total"]),
@@ -314,6 +321,8 @@ def main(argv=None):
     for name, key in rows_:
         if med[key] is not None:
             say(f"{name:34}{med[key]:9.3f}{med[key] / med['floor']:9.2f}")
+    say(f"paired per-repeat ratios: (a)/(c) {result['engine_over_floor_paired']}, "
+        f"(b)/(a) {result['original_over_engine_paired']}")
     say(f"(b)/(a) passes {result['original_over_engine']}, totals {result['total_original_over_engine']}; "
         f"engine max |err| {err:.2e} (rotation {err_rot:.2e}; original {err_orig if err_orig is None else f'{err_orig:.2e}'})")
     say(f"engine peak memory above its inputs: {result['peak_mem_gb']:.3f} GB in the pass, "

@@ -457,13 +457,21 @@ def test_cli_similarities_and_errors(tiny_models, token_data, tmp_path, monkeypa
         "--baseline", "gaussian")
     summ, _ = summaries(m1, m2, sim="jaccard-0.50", baseline="gaussian")
     assert summ["meta"]["similarity"] == "jaccard" and summ["bin_counts"].shape == (80, 101)
+    # correlations.py = the same engine, writing the full matrix by default (here as int8)
+    corr_mod.main(["--token_dataset", "tiny", "--model_1_name", m1, "--model_2_name", m2, "--save_precision", "8",
+                   "--model_1_device", "cpu", "--model_2_device", "cpu", "--correlation_device", "cpu"],
+                  defaults=corr_mod.FULL_DEFAULTS)
+    full = load_correlation_matrix(correlation_path(m1, m2, "tiny", "pearson", "none") / "correlation.pt")
+    summ, _ = summaries(m1, m2)
+    assert full.shape == (2, 40, 2, 40)
+    assert (full.reshape(80, 80).nan_to_num(-2).amax(1) - summ["max_corr"].float()).abs().nan_to_num().max() < 5e-3
     with pytest.raises(SystemExit) as e:
-        cli("--model_1_name", m1, "--model_2_name", m2, "--merge")
+        cli("--model_1_name", m1, "--model_2_name", m2, "--merge", "--baseline", "rotation")
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
-        cli("--model_1_name", m1, "--model_2_name", m2, "--num_shards", "2", "--shard_index", "2")
+        cli("--model_1_name", m1, "--model_2_name", m2, "--num_shards", "2", "--shard_index", "2", "--baseline", "rotation")
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
-        cli("--model_1_name", m1, "--model_2_name", m2, "--token_dataset", "missing")
+        cli("--model_1_name", m1, "--model_2_name", m2, "--token_dataset", "missing", "--baseline", "rotation")
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: token dataset 'missing' not found")

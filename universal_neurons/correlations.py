@@ -134,7 +134,7 @@ def _first_mean(t: torch.Tensor, rows: int = 1024, chunk: int = 64) -> torch.Ten
 
 
 def _centre_and_sum(t: torch.Tensor, shift: torch.Tensor | None, squares: bool = True,
-                    chunk: int = 1 << 21) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor | None]:
     """t [T, N] float32 -= shift (in place, if given); returns its column sums and (if `squares`)
     sums of squares, float64 [N].
 
@@ -808,11 +808,13 @@ class CorrelationFinalizer:
 
     def __init__(self, n1: int, layers_2: int, d_2: int, baselines, *, similarity="pearson", n_rotations=1,
                  seed=0, full_matrix=False, save_precision: int = 16, layers_1: int | None = None,
-                 device="cpu", block_bytes: int = 64 << 20):
+                 device="cpu", block_bytes: int | None = None):
         self.n1, self.layers_2, self.d_2, self.n2 = n1, layers_2, d_2, layers_2 * d_2
         self.layers_1 = layers_1 or 1
         self.baselines, self.similarity, self.n_rotations, self.seed = tuple(baselines), similarity, n_rotations, seed
-        self.device, self.block_bytes = torch.device(device), block_bytes
+        # temporaries of one row block (~40 bytes per entry); few large blocks = few kernel launches
+        self.device = torch.device(device)
+        self.block_bytes = block_bytes or ((1 << 30) if self.device.type == "cuda" else (256 << 20))
         self.full_matrix, self.save_precision = full_matrix, save_precision
         self.edges = bin_edges(self.device)
         self.row_dead = torch.ones(n1, dtype=torch.bool, device=self.device)
