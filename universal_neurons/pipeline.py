@@ -221,7 +221,7 @@ def correlation_partners(s, df: pd.DataFrame) -> pd.DataFrame:
         summ = torch.load(f, weights_only=True)
         d2 = load_model(o).cfg.d_mlp
         ix, val = summ["max_corr_ix"].long().numpy(), summ["max_corr"].float().numpy()
-        out[o] = [f"{i // d2}.{i % d2} ({v:.2f})" for i, v in zip(ix, val)]
+        out[o] = [f"{i // d2}.{i % d2} ({v:.2f})" if i >= 0 else "dead" for i, v in zip(ix, val)]
     return out
 
 
