@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from universal_neurons.interventions import add_run_arguments
+
 from universal_neurons.errors import cli_entry
 from universal_neurons.interventions import ENTROPY_INTERVENTION_TYPES
 
@@ -33,12 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--n_random_baselines", type=int, default=0,
                    help="also intervene on this many random sets of last-layer neurons (the paper: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines")
-    p.add_argument("--output_dir", default=None, help="default $INTERVENTION_DIR or intervention_results")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
-    p.add_argument("--save_precision", type=int, default=16, choices=[16],
-                   help="kept for the original's command lines: tensors are always fp16 / int32")
+    add_run_arguments(p)
     return p.parse_args(argv)
 
 

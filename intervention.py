@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from universal_neurons.interventions import add_run_arguments
+
 from universal_neurons.errors import cli_entry
 from universal_neurons.interventions import INTERVENTION_TYPES
 
@@ -23,12 +25,7 @@ def parse_args(argv=None):
                    help="zero_ablation: a->0; threshold_ablation: a->min(a, param); relu_ablation: a->max(a, 0); "
                         "fixed_activation: a->param")
     p.add_argument("--intervention_param", type=float, default=0.0, help="threshold or fixed value")
-    p.add_argument("--output_dir", default=None, help="default $INTERVENTION_DIR or intervention_results")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
-    p.add_argument("--save_precision", type=int, default=16, choices=[16],
-                   help="kept for the original's command lines: tensors are always fp16 / int32")
+    add_run_arguments(p)
     return p.parse_args(argv)
 
 

@@ -395,3 +395,13 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
     with paths.atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     return {"runs": runs, "clean": clean, "summary": out}
+
+
+def add_run_arguments(p) -> None:
+    """The output, batching and device flags shared by intervention.py and entropy_intervention.py."""
+    p.add_argument("--output_dir", default=None, help="default $INTERVENTION_DIR or intervention_results")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
+    p.add_argument("--save_precision", type=int, default=16, choices=[16],
+                   help="kept for the original's command lines: tensors are always fp16 / int32")
