@@ -182,6 +182,31 @@ def test_mismatched_tokenizers_are_refused(tiny_zoo, gpt2_folder):
         check_same_tokenizer(load_model(tiny_zoo[0]), load_model(str(gpt2_folder[0])))
 
 
+def test_zoo_training_loss_is_the_hf_model_loss():
+    """zoo.lm_loss (the fast training forward) == GPT2LMHeadModel(x, labels=x).loss, gradients included."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    cfg = GPT2Config(vocab_size=97, n_positions=16, n_embd=24, n_layer=3, n_head=4, n_inner=40,
+                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # LayerNorms and biases away from their init, so each term is exercised
+        for name, q in model.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                q.add_(0.3 * torch.randn_like(q))
+    x = torch.randint(0, 97, (5, 16))
+    ref = model(x, labels=x).loss
+    ref.backward()
+    ref_grads = {n: q.grad.clone() for n, q in model.named_parameters()}
+    model.zero_grad()
+    ours = zoo.lm_loss(dict(model.named_parameters()), x, cfg.n_layer, cfg.n_head)
+    ours.backward()
+    assert abs(ours.item() - ref.item()) < 1e-5
+    for n, q in model.named_parameters():
+        torch.testing.assert_close(q.grad, ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
 def test_zoo_training_is_deterministic(tmp_path, monkeypatch, tiny_zoo):
     import dataclasses
 
@@ -197,6 +222,25 @@ def test_zoo_training_is_deterministic(tmp_path, monkeypatch, tiny_zoo):
     assert runs[0]["heldout_loss"] == runs[1]["heldout_loss"]
     other = zoo.train_model("tiny", 2, tmp_path / "seed2", progress=False)
     assert other["heldout_loss"] != runs[0]["heldout_loss"], "another seed gives another model"
+
+
+def test_zoo_seeds_trained_side_by_side_equal_seeds_trained_alone(tmp_path, monkeypatch, tiny_zoo):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("UNIVERSAL_NEURONS_ZOO", str(tmp_path / "zoo"))
+    names = [zoo.zoo_name("tiny", s) for s in (2, 3)]
+    metas = zoo.ensure_models(names, workers=2, progress=False)
+    assert [m["name"] for m in metas] == names and all(zoo.is_trained(n) for n in names)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, zoo.default_workers(10**6) // 2))  # what the first worker used
+    try:
+        alone = zoo.train_model("tiny", 2, tmp_path / "alone", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    a = load_file(str(zoo.model_dir(names[0]) / "model.safetensors"))
+    b = load_file(str(tmp_path / "alone" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metas[0]["heldout_loss"] == alone["heldout_loss"] != metas[1]["heldout_loss"]
 
 
 # Command lines -----------------------------------------------------------------------------------

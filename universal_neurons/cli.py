@@ -9,7 +9,7 @@ from .errors import cli_entry
 def _zoo(args):
     from . import zoo
 
-    metas = zoo.train_zoo(args.preset, args.n_seeds, progress=True)
+    metas = zoo.train_zoo(args.preset, args.n_seeds, progress=True, workers=args.workers)
     print(zoo.format_zoo_table(metas))
 
 
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     z = sub.add_parser("zoo", help="train (or find) the seed zoo and print its table")
     z.add_argument("--preset", default="default", help="default | tiny")
     z.add_argument("--n_seeds", type=int, default=5)
+    z.add_argument("--workers", type=int, default=None,
+                   help="seeds trained side by side (default: one per core, up to the number of seeds)")
     z.set_defaults(func=_zoo)
     d = sub.add_parser("neuron-df", help="build dataframes/neuron_dfs/<model>.csv and universal.csv from the summaries")
     d.add_argument("--model", required=True, help="seed a (the model whose neurons are rows)")

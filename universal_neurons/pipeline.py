@@ -234,7 +234,7 @@ def run(args) -> Path:
     print(f"== universal-neurons run: {s.a} against {', '.join(s.others)} ==")
     zoo_table = None
     if s.toy:
-        metas = st("zoo", lambda: [zoo.model_meta(m) for m in s.models])
+        metas = st("zoo", lambda: zoo.ensure_models(s.models))
         zoo_table = zoo.format_zoo_table(metas)
         print(zoo_table)
     subsets = st("datasets", stage_datasets, args, s)
