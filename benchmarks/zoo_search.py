@@ -45,6 +45,30 @@ CONFIGS = {
     # byte-sized vocabulary, wide MLP: room for a neuron per input symbol
     "s_bytes": P(n_layer=2, d_model=128, d_mlp=512, n_head=4, vocab_size=300, ctx_len=64,
                  train_tokens=3_000_000, shared_data_order=True),
+    # Round 2 (session 3): screens at the default's compute (~6 GFLOP-equivalent tokens), 2 seeds,
+    # one thread each, 262k evaluation tokens; the best are re-run with 5 seeds and 1M tokens.
+    "r_wd1": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=6_000_000,
+               weight_decay=1.0),
+    "r_bytes": P(n_layer=2, d_model=64, d_mlp=512, n_head=4, vocab_size=300, ctx_len=64, train_tokens=6_000_000),
+    "r_d32w512": P(n_layer=2, d_model=32, d_mlp=512, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=9_000_000),
+    "r_lr1e2": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=6_000_000,
+                 lr=1e-2),
+    "r_lr2e2": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=6_000_000,
+                 lr=2e-2),
+    "r_lr4e2": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=6_000_000,
+                 lr=4e-2),
+    "r_w512": P(n_layer=2, d_model=64, d_mlp=512, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=4_400_000),
+    # narrow residual, many neurons per residual direction
+    "r_d32w1024": P(n_layer=2, d_model=32, d_mlp=1024, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=6_000_000),
+    "r_d16w512": P(n_layer=2, d_model=16, d_mlp=512, n_head=2, vocab_size=1024, ctx_len=64, train_tokens=18_000_000),
+    # the tiny preset (CI's --quick zoo) at higher learning rates
+    "t_lr5e3": P(n_layer=2, d_model=32, d_mlp=128, n_head=2, vocab_size=512, ctx_len=32, train_tokens=250_000,
+                 batch_size=16, lr=5e-3, tokenizer_docs=40, corpus_docs=60, eval_tokens=16_384),
+    "t_lr2e2": P(n_layer=2, d_model=32, d_mlp=128, n_head=2, vocab_size=512, ctx_len=32, train_tokens=250_000,
+                 batch_size=16, lr=2e-2, tokenizer_docs=40, corpus_docs=60, eval_tokens=16_384),
+    "t_lr4e2": P(n_layer=2, d_model=32, d_mlp=128, n_head=2, vocab_size=512, ctx_len=32, train_tokens=250_000,
+                 batch_size=16, lr=4e-2, tokenizer_docs=40, corpus_docs=60, eval_tokens=16_384),
+    "r_12m": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=12_000_000),
 }
 
 
@@ -106,14 +130,14 @@ def max_corrs(models, ds, batch_size=64, seed=0):
     return torch.stack(out_max), torch.stack(out_base), n
 
 
-def evaluate(name: str, n_seeds: int, eval_tokens: int) -> dict:
+def evaluate(name: str, n_seeds: int, eval_tokens: int, workers: int = 1) -> dict:
     preset = zoo.PRESETS[name]
     t0 = time.time()
-    metas = zoo.train_zoo(name, n_seeds, progress=False)
+    metas = zoo.train_zoo(name, n_seeds, progress=False, workers=workers)
     train_min = sum(m["train_seconds"] for m in metas) / 60
     models = [load_model(zoo.zoo_name(name, s)) for s in range(n_seeds)]
     tok = models[0].tokenizer
-    ds_name = f"zoo-search.{name}.{preset.ctx_len}"
+    ds_name = f"zoo-search.{name}-{eval_tokens}.{preset.ctx_len}"
     try:
         ds = token_datasets.load_token_dataset(ds_name, "toy", tok)
     except Exception:
@@ -128,7 +152,7 @@ def evaluate(name: str, n_seeds: int, eval_tokens: int) -> dict:
     L, D = models[0].cfg.n_layers, models[0].cfg.d_mlp
     ex = excess.reshape(L, D)
     rec = {
-        "config": name, "preset": json.loads(preset.key()), "n_seeds": n_seeds, "eval_tokens": n_tok,
+        "config": name, "threads": torch.get_num_threads(), "preset": json.loads(preset.key()), "n_seeds": n_seeds, "eval_tokens": n_tok,
         "train_min_per_seed": round(train_min / n_seeds, 2), "train_min_total": round(train_min, 2),
         "heldout_loss": [round(m["heldout_loss"], 3) for m in metas],
         "unigram_entropy": round(metas[0]["unigram_entropy"], 3),
@@ -141,16 +165,52 @@ def evaluate(name: str, n_seeds: int, eval_tokens: int) -> dict:
     return rec
 
 
+def record_run(run_dir: str, zoo_root: str, preset: str = "default") -> dict:
+    """The same record for a finished `universal-neurons run` (5 seeds, 1M evaluation tokens, the
+    real correlation engine): read from its neuron dataframe and the zoo's zoo.json files."""
+    import pandas as pd
+
+    a = zoo.zoo_name(preset, 0)
+    df = pd.read_csv(Path(run_dir) / "dataframes" / "neuron_dfs" / f"{a}.csv")
+    metas = sorted((json.loads(p.read_text()) for p in Path(zoo_root).glob(f"{a[:-1]}?/zoo.json")),
+                   key=lambda m: m["seed"])
+    metas = [m for m in metas if m["preset"] == preset]
+    by_layer = df.groupby("layer")["excess_corr"]
+    return {
+        "config": f"{preset} (universal-neurons run)", "preset": metas[0]["preset_config"], "n_seeds": len(metas),
+        "eval_tokens": "python-stdlib.all-1m", "train_min_per_seed": round(sum(m["train_seconds"] for m in metas) / 60 / len(metas), 2),
+        "train_min_total": round(sum(m["train_seconds"] for m in metas) / 60, 2),
+        "heldout_loss": [round(m["heldout_loss"], 3) for m in metas],
+        "unigram_entropy": round(metas[0]["unigram_entropy"], 3),
+        "share_gt_0.5_per_layer": [round(float((g > 0.5).mean()), 4) for _, g in by_layer],
+        "share_gt_0.3_per_layer": [round(float((g > 0.3).mean()), 4) for _, g in by_layer],
+        "max_excess_per_layer": [round(float(g.max()), 3) for _, g in by_layer],
+        "mean_baseline": round(float(df["mean_baseline"].mean()), 3), "mean_max_corr": round(float(df["mean_corr"].mean()), 3),
+    }
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--configs", nargs="+", default=list(CONFIGS))
     p.add_argument("--n_seeds", type=int, default=3)
     p.add_argument("--eval_tokens", type=int, default=1_048_576)
+    p.add_argument("--workers", type=int, default=1, help="seeds trained side by side")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".jsonl")))
+    p.add_argument("--record_run", nargs=2, metavar=("RUN_DIR", "ZOO_DIR"),
+                   help="append the record of a finished `universal-neurons run` (default preset) instead")
     args = p.parse_args()
+    if args.record_run:
+        rec = record_run(*args.record_run)
+        print(json.dumps(rec))
+        with open(args.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return
     zoo.PRESETS.update(CONFIGS)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for c in args.configs:
-        rec = evaluate(c, args.n_seeds, args.eval_tokens)
+        rec = evaluate(c, args.n_seeds, args.eval_tokens, args.workers)
         print(json.dumps(rec), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(rec) + "\n")
