@@ -361,8 +361,9 @@ FULL_MATRIX = ["--save_full_correlation_matrix", "--save_precision", "32"]
 
 def assert_same_correlations(merged_root: Path, single_root: Path, model: str, others: list[str], ds: str) -> float:
     """The sharded run's artifacts against the single run's: float32 full matrices within 1e-6; the fp16
-    summaries equal up to fp16 rounding (1/1024 relative, about one fp16 step), their histograms and
-    max/min indices equal (the tail indices may swap values that are equal in fp16). Returns the largest
+    summaries equal up to fp16 rounding (1/1024 relative, about one fp16 step), their max/min indices
+    equal (the tail indices may swap values that are equal in fp16), their histograms equal but for
+    similarities within float32 noise of a bin edge. Returns the largest
     full-matrix difference."""
     import torch
 
@@ -387,6 +388,14 @@ def assert_same_correlations(merged_root: Path, single_root: Path, model: str, o
                         assert torch.equal(g.isnan(), w.isnan()), (f, k)
                         err = ((g.double() - w.double()).abs() / w.double().abs().clamp_min(1)).nan_to_num(0.0)
                         assert err.max() <= 2 ** -10, (other, base, f, k, err.max().item())
+                    elif k == "bin_counts":
+                        # a similarity within float32 noise of a bin edge may land in the next bin: the
+                        # cumulative counts may differ by at most the number of such values per row
+                        m = ref.reshape(256, 256) if f == "correlation_summary.pt" else ref.reshape(256, 256).T
+                        edges = torch.linspace(-1, 1, 100)
+                        near = ((m[:, :, None] - edges).abs() <= 4 * max(worst, 1e-7)).sum((1, 2))
+                        drift = (g.cumsum(1) - w.cumsum(1)).abs().amax(1)
+                        assert torch.equal(g.sum(1), w.sum(1)) and bool((drift <= near).all()), (other, base, f, k)
                     elif k not in ("max_tail_corr_ix", "min_tail_corr_ix"):
                         assert torch.equal(g, w), (other, base, f, k)
     return worst
