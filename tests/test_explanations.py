@@ -485,7 +485,7 @@ def test_explain_cli_end_to_end(explain_setup, tmp_path):
     import explain
     from analysis.vocab_df import make_vocab_df
     from universal_neurons.capture import mlp_activations
-    from universal_neurons.explanations import special_token_mask
+    from universal_neurons.capture import position_mask
 
     folder, model, tokens = explain_setup
     explain.main(["--model", folder, "--dataset", "toy.32", "--batch_size", "4"])
@@ -494,7 +494,7 @@ def test_explain_cli_end_to_end(explain_setup, tmp_path):
         vr, prev = read_vr_csv(out / VR_FILE), read_vr_csv(out / PREV_VR_FILE)
         assert list(vr.index) == [f"{layer}.{n}" for n in range(8)] and vr.shape == prev.shape
         # Same numbers as explaining the model's activations directly (BOS/EOS excluded).
-        mask = special_token_mask(tokens, model.tokenizer)
+        mask = position_mask(tokens, model.tokenizer)
         assert not mask[:, 0].any() and mask.sum() < mask.numel()
         acts = mlp_activations(model, tokens)[:, :, layer]
         counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0]).numpy()

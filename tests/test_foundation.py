@@ -10,7 +10,7 @@ import torch
 
 from conftest import REPO, build_gpt2_folder
 from universal_neurons import paths, token_datasets, zoo
-from universal_neurons.capture import check_same_tokenizer, mlp_activations, token_mask
+from universal_neurons.capture import check_same_tokenizer, mlp_activations, position_mask, token_mask
 from universal_neurons.errors import UserError, parse_neuron
 from universal_neurons.models import hub_id, load_model, load_tokenizer, model_family
 from universal_neurons.tokenizer import gpt2_tokenizer, train_bpe
@@ -175,6 +175,12 @@ def test_zoo_models_load_by_name_and_share_tokenizer(tiny_zoo):
     assert not mask[0, 0] and mask.sum() < mask.numel()
     newline_ids = [i for i in toks[0].tolist() if "\n" in a.tokenizer.decode([i]) and not a.tokenizer.decode([i]).strip()]
     assert all(not m for t, m in zip(toks[0].tolist(), mask[0].tolist()) if t in newline_ids)
+    # the one definition behind every stage's mask: newlines kept unless asked, last position on request
+    keep_nl = position_mask(toks, a.tokenizer)
+    assert newline_ids and not keep_nl[0, 0] and keep_nl[0, 1:].all()
+    assert torch.equal(mask, position_mask(toks, a.tokenizer, newlines=False))
+    no_last = position_mask(toks, a.tokenizer, last=False)
+    assert not no_last[0, -1] and torch.equal(no_last[0, :-1], keep_nl[0, :-1])
 
 
 def test_mismatched_tokenizers_are_refused(tiny_zoo, gpt2_folder):

@@ -22,6 +22,7 @@ from analysis.entropy_neurons import (intervention_curves, load_intervention_fra
                                      read_summary)
 from conftest import build_gpt2_folder
 from universal_neurons import interventions as iv
+from universal_neurons.capture import position_mask
 from universal_neurons.errors import UserError
 
 J, K = 30, 31          # the null coordinates of the residual stream
@@ -311,7 +312,7 @@ def test_entropy_experiment_summary_and_layout(crafted):
     target = df[df.group == "target"].sort_values("value")
     assert np.all(np.diff(target.mean_entropy) > 0) and np.all(np.diff(target.mean_scale) > 0)
     # means over the documented mask, recomputed from the saved tensors
-    mask = iv.metric_mask(tokens, model.tokenizer)
+    mask = position_mask(tokens, model.tokenizer, last=False)
     assert mask[:, -1].sum() == 0 and mask[:, 0].sum() == 0  # last position and BOS left out
     run = iv.load_run(root / f"{LAST}.{ENTROPY}" / "fixed_activation_4.0")
     clean = iv.load_run(out["clean"])

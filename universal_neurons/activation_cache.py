@@ -208,7 +208,7 @@ def cache_layers(model, tokens: torch.Tensor, folder: Path, location: str = "mlp
     """Layer mode on tokens [n_seq, ctx]: write {l}.all.{agg}.all.pt for each layer."""
     from tqdm.auto import tqdm
 
-    from .activation_summary import counted_positions
+    from .capture import position_mask
 
     if aggregation not in AGGREGATIONS:
         raise UserError(f"unknown --activation_aggregation {aggregation!r}; choose from {AGGREGATIONS}")
@@ -243,7 +243,7 @@ def cache_layers(model, tokens: torch.Tensor, folder: Path, location: str = "mlp
         stop = max(layers) + 1 if max(layers) + 1 < model.cfg.n_layers else None
         for lo in tqdm(range(0, n_seq, batch_size), desc="activations", disable=not progress):
             toks = tokens[lo:lo + batch_size].to(dev)
-            span.update(lo=lo * ctx if aggregation == "none" else lo, mask=counted_positions(toks, model.tokenizer))
+            span.update(lo=lo * ctx if aggregation == "none" else lo, mask=position_mask(toks, model.tokenizer))
             model.run_with_hooks(toks, fwd_hooks=hooks, return_type=None, stop_at_layer=stop)
         for l in layers:
             x = torch.from_numpy(np.array(out[l]))

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from . import paths
+from .capture import position_mask
 from .errors import UserError
 
 BIN_EDGES = "neuron_bin_edges"
@@ -64,12 +65,6 @@ def bin_edges(n_bins: int = 256, bin_min: float = -10.0, bin_max: float = 15.0) 
     if n_bins < 2 or not bin_min < bin_max:
         raise UserError(f"need --n_bins >= 2 and --bin_min < --bin_max (got {n_bins}, {bin_min}, {bin_max})")
     return torch.linspace(bin_min, bin_max, n_bins)
-
-
-def counted_positions(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
-    """[batch, pos] bool: True where the token is neither BOS nor padding."""
-    ids = sorted({i for i in (tokenizer.bos_token_id, tokenizer.pad_token_id) if i is not None})
-    return ~torch.isin(tokens, torch.tensor(ids, dtype=tokens.dtype, device=tokens.device))
 
 
 def vocab_bytes_per_layer(d_mlp: int, d_vocab: int) -> int:
@@ -214,7 +209,7 @@ def summarize_tokens(model, tokens: torch.Tensor, *, n_bins: int = 256, bin_min:
         stop = layers[-1] + 1 if layers[-1] + 1 < L else None
         for lo in range(0, n_seq, batch_size):
             toks = tokens[lo:lo + batch_size].to(dev)
-            mask = counted_positions(toks, model.tokenizer)
+            mask = position_mask(toks, model.tokenizer)
             flat = lo * ctx + torch.arange(toks.numel(), device=dev).view(toks.shape)
             batch.update(mask=mask, tok=toks[mask], flat=flat[mask])
             if g == 0:
@@ -380,7 +375,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
                                   progress=progress)
         meta = {"model": model_name, "dataset": ds, "settings": settings, "n_seq": int(tokens.shape[0]),
                 "ctx": int(tokens.shape[1]), "n_tokens_counted": int(result[VOCAB_COUNTS].sum()),
-                "counted_positions": "all except the tokenizer's BOS and padding ids"}
+                "counted_positions": "all except the tokenizer's BOS, EOS and padding ids"}
         with paths.atomic_path(folder) as tmp:
             tmp.mkdir()
             for name, tensor in result.items():

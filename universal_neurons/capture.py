@@ -1,7 +1,8 @@
 """Activation capture: token batches in, neuron activations out, through named hook points.
 
     mlp_activations(model, tokens [batch, pos], 'mlp.hook_post') -> [batch, pos, layer, neuron]
-    token_mask(tokens, tokenizer) -> [batch, pos] bool, False where the paper excluded tokens
+    position_mask(tokens, tokenizer, ...) -> [batch, pos] bool, the positions a statistic counts
+    token_mask(tokens, tokenizer) -> [batch, pos] bool, the correlations' positions (the paper's)
 """
 from __future__ import annotations
 
@@ -42,21 +43,33 @@ def mlp_activations(model, tokens: torch.Tensor, location: str = "mlp.hook_post"
 
 
 @lru_cache(maxsize=8)
-def _excluded_ids(tokenizer) -> torch.Tensor:
-    """Ids the paper excluded from correlations: BOS/EOS/PAD and tokens that are only newlines/spaces
-    with at least one newline."""
+def _excluded_ids(tokenizer, newlines: bool) -> torch.Tensor:
+    """BOS/EOS/PAD ids, and with newlines=True the tokens that are only whitespace with a newline."""
     ids = {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
-    for tok_str, i in tokenizer.get_vocab().items():
-        text = tokenizer.convert_tokens_to_string([tok_str])
-        if "\n" in text and not text.strip():
-            ids.add(i)
+    if newlines:
+        for tok_str, i in tokenizer.get_vocab().items():
+            text = tokenizer.convert_tokens_to_string([tok_str])
+            if "\n" in text and not text.strip():
+                ids.add(i)
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
+def position_mask(tokens: torch.Tensor, tokenizer, *, newlines: bool = True, last: bool = True) -> torch.Tensor:
+    """[batch, pos] bool: True at the positions a statistic counts; the one definition every stage uses.
+
+    BOS, EOS and padding ids never count. newlines=False also leaves out tokens that are only
+    whitespace with a newline (the paper's correlations); last=False leaves out the last position
+    (metrics of the next token, which it does not have).
+    """
+    mask = ~torch.isin(tokens, _excluded_ids(tokenizer, not newlines).to(tokens.device))
+    if not last:
+        mask[..., -1] = False
+    return mask
+
+
 def token_mask(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
-    """[batch, pos] bool: True for tokens that enter correlations and statistics."""
-    excluded = _excluded_ids(tokenizer).to(tokens.device)
-    return ~torch.isin(tokens, excluded)
+    """[batch, pos] bool: the positions of correlations (as the paper: no BOS/EOS/PAD, no newlines)."""
+    return position_mask(tokens, tokenizer, newlines=False)
 
 
 def check_same_tokenizer(model_1, model_2) -> None:

@@ -330,16 +330,6 @@ def cached_activation_batches(activation_path: str | Path, model: str, dataset: 
         yield {l: torch.stack([flat[l, n][lo:hi].float() for n in ns.tolist()], dim=-1) for l, ns in neurons.items()}
 
 
-def special_token_mask(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
-    """[B, P] bool, False on BOS / EOS / padding ids.
-
-    Unlike capture.token_mask (the correlations' mask) newline tokens are kept: "is a newline"
-    is one of the features explanations test.
-    """
-    ids = [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None]
-    return ~torch.isin(tokens, torch.tensor(ids, dtype=tokens.dtype, device=tokens.device))
-
-
 def run_explanations(model_name: str, dataset: str, feature_type: str = "token", layer: int = -1,
                      neuron_df_path: str | None = None, activation_path: str | None = None, batch_size: int = 32,
                      device: str | None = None, n_seq: int = -1, location: str = "mlp.hook_post",
@@ -347,7 +337,8 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     """explain.py: explain a model's neurons on a token dataset; returns the layer folders written.
 
     Activations are `blocks.{l}.<location>` computed by the model (or read from
-    `activation_path`); BOS/EOS/padding positions are left out (`special_token_mask`). Token features
+    `activation_path`); BOS/EOS/padding positions are left out (`capture.position_mask`; newlines are kept, since "is a
+    newline" is one of the features tested). Token features
     come from `analysis.vocab_df.make_vocab_df` with unigram counts taken from the same tokens.
     """
     from tqdm.auto import tqdm
@@ -355,7 +346,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     from analysis.sequence_features import load_spacy
     from analysis.vocab_df import decoded_vocab, make_vocab_df
 
-    from .capture import mlp_activations
+    from .capture import mlp_activations, position_mask
     from .device import resolve_device
     from .errors import UserError
     from .models import load_model
@@ -369,7 +360,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     neurons = select_neurons(model.cfg.n_layers, model.cfg.d_mlp, layer, neuron_df_path)
     ds = load_token_dataset(dataset, model.family, model.tokenizer)
     tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
-    mask = special_token_mask(tokens, model.tokenizer)
+    mask = position_mask(tokens, model.tokenizer)
     if feature_type == "token":
         counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0])
         vocab_df, vocab = make_vocab_df(model.tokenizer, model.W_E, model.W_U, counts.numpy(), min_count, min_forms), None

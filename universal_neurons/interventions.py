@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from . import paths
-from .capture import LOCATIONS, hook_name
+from .capture import LOCATIONS, hook_name, position_mask
 from .errors import UserError, check_neuron, parse_neuron
 
 INTERVENTION_TYPES = ("zero_ablation", "threshold_ablation", "relu_ablation", "fixed_activation")
@@ -309,15 +309,6 @@ def random_baselines(model, exclude: list[Neuron], n_baselines: int, size: int, 
     return [[(last, int(n)) for n in order[i * size:(i + 1) * size]] for i in range(n_baselines)]
 
 
-def metric_mask(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
-    """[n_seq, ctx] bool: positions averaged in summaries. Not the last position (no next token),
-    not BOS / EOS / padding input tokens (the original left out position ctx-1 and token 50256)."""
-    special = [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None]
-    mask = ~torch.isin(tokens, torch.tensor(special, dtype=tokens.dtype))
-    mask[:, -1] = False
-    return mask
-
-
 def run_means(folder: Path, mask: torch.Tensor) -> dict[str, float]:
     """Means (float64) over `mask` of a run folder's loss, entropy, scale and reciprocal rank 1 / (rank + 1)."""
     t = load_run(folder)
@@ -350,7 +341,8 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
         group ('target' | 'random' | 'clean'), label (subset label, 'random_<i>', 'clean'), neurons,
         intervention_type, value, mean_loss, mean_entropy, mean_scale, mean_recip_rank,
         delta_<metric> (run minus clean), n_tokens, seed
-    with means over `metric_mask` positions. Returns {'runs': [folders], 'clean': folder, 'summary': csv}.
+    with means over `position_mask(tokens, tokenizer, last=False)` positions (not BOS / EOS / padding,
+    not the last position: the original left out position ctx-1 and token 50256). Returns {'runs': [folders], 'clean': folder, 'summary': csv}.
     """
     neurons = parse_neuron_subset(neuron_subset)
     values = [0.0] if not values and intervention_type not in NEEDS_PARAM else values
@@ -380,7 +372,7 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
             rows.append({"group": group, "label": label, "neurons": neuron_label(ns),
                          "intervention_type": intervention_type, "value": float(v), "folder": runs[-1]})
 
-    mask = metric_mask(tokens, model.tokenizer)
+    mask = position_mask(tokens, model.tokenizer, last=False)
     base = run_means(clean, mask)
     records = [{"group": CLEAN, "label": CLEAN, "neurons": "", "intervention_type": "", "value": float("nan"),
                 **base, **{f"delta_{m}": 0.0 for m in SUMMARY_METRICS}}]
