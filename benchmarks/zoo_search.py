@@ -130,11 +130,24 @@ def max_corrs(models, ds, batch_size=64, seed=0):
     return torch.stack(out_max), torch.stack(out_base), n
 
 
+def _record(metas: list[dict], excess: np.ndarray, mean_baseline: float, mean_max_corr: float) -> dict:
+    """The fields every record shares: training cost, losses and excess_corr [layer, neuron] per layer."""
+    train_min = sum(m["train_seconds"] for m in metas) / 60
+    return {
+        "n_seeds": len(metas), "train_min_per_seed": round(train_min / len(metas), 2),
+        "train_min_total": round(train_min, 2), "heldout_loss": [round(m["heldout_loss"], 3) for m in metas],
+        "unigram_entropy": round(metas[0]["unigram_entropy"], 3),
+        "share_gt_0.5_per_layer": [round(float((e > 0.5).mean()), 4) for e in excess],
+        "share_gt_0.3_per_layer": [round(float((e > 0.3).mean()), 4) for e in excess],
+        "max_excess_per_layer": [round(float(np.nanmax(e)), 3) for e in excess],
+        "mean_baseline": round(mean_baseline, 3), "mean_max_corr": round(mean_max_corr, 3),
+    }
+
+
 def evaluate(name: str, n_seeds: int, eval_tokens: int, workers: int = 1) -> dict:
     preset = zoo.PRESETS[name]
     t0 = time.time()
     metas = zoo.train_zoo(name, n_seeds, progress=False, workers=workers)
-    train_min = sum(m["train_seconds"] for m in metas) / 60
     models = [load_model(zoo.zoo_name(name, s)) for s in range(n_seeds)]
     tok = models[0].tokenizer
     ds_name = f"zoo-search.{name}-{eval_tokens}.{preset.ctx_len}"
@@ -150,18 +163,9 @@ def evaluate(name: str, n_seeds: int, eval_tokens: int, workers: int = 1) -> dic
     mxs, bases, n_tok = max_corrs(models, ds)
     excess = mxs.mean(0) - bases.mean(0)
     L, D = models[0].cfg.n_layers, models[0].cfg.d_mlp
-    ex = excess.reshape(L, D)
-    rec = {
-        "config": name, "threads": torch.get_num_threads(), "preset": json.loads(preset.key()), "n_seeds": n_seeds, "eval_tokens": n_tok,
-        "train_min_per_seed": round(train_min / n_seeds, 2), "train_min_total": round(train_min, 2),
-        "heldout_loss": [round(m["heldout_loss"], 3) for m in metas],
-        "unigram_entropy": round(metas[0]["unigram_entropy"], 3),
-        "share_gt_0.5_per_layer": [round(float((ex[l] > 0.5).float().mean()), 4) for l in range(L)],
-        "share_gt_0.3_per_layer": [round(float((ex[l] > 0.3).float().mean()), 4) for l in range(L)],
-        "max_excess_per_layer": [round(float(ex[l].max()), 3) for l in range(L)],
-        "mean_baseline": round(float(bases.mean()), 3), "mean_max_corr": round(float(mxs.mean()), 3),
-        "wall_min": round((time.time() - t0) / 60, 2),
-    }
+    rec = {"config": name, "threads": torch.get_num_threads(), "preset": json.loads(preset.key()),
+           **_record(metas, excess.reshape(L, D).numpy(), float(bases.mean()), float(mxs.mean())),
+           "eval_tokens": n_tok, "wall_min": round((time.time() - t0) / 60, 2)}
     return rec
 
 
@@ -175,18 +179,10 @@ def record_run(run_dir: str, zoo_root: str, preset: str = "default") -> dict:
     metas = sorted((json.loads(p.read_text()) for p in Path(zoo_root).glob(f"{a[:-1]}?/zoo.json")),
                    key=lambda m: m["seed"])
     metas = [m for m in metas if m["preset"] == preset]
-    by_layer = df.groupby("layer")["excess_corr"]
-    return {
-        "config": f"{preset} (universal-neurons run)", "preset": metas[0]["preset_config"], "n_seeds": len(metas),
-        "eval_tokens": "python-stdlib.all-1m", "train_min_per_seed": round(sum(m["train_seconds"] for m in metas) / 60 / len(metas), 2),
-        "train_min_total": round(sum(m["train_seconds"] for m in metas) / 60, 2),
-        "heldout_loss": [round(m["heldout_loss"], 3) for m in metas],
-        "unigram_entropy": round(metas[0]["unigram_entropy"], 3),
-        "share_gt_0.5_per_layer": [round(float((g > 0.5).mean()), 4) for _, g in by_layer],
-        "share_gt_0.3_per_layer": [round(float((g > 0.3).mean()), 4) for _, g in by_layer],
-        "max_excess_per_layer": [round(float(g.max()), 3) for _, g in by_layer],
-        "mean_baseline": round(float(df["mean_baseline"].mean()), 3), "mean_max_corr": round(float(df["mean_corr"].mean()), 3),
-    }
+    excess = np.stack([g.to_numpy() for _, g in df.sort_values(["layer", "neuron"]).groupby("layer")["excess_corr"]])
+    return {"config": f"{preset} (universal-neurons run)", "preset": metas[0]["preset_config"],
+            **_record(metas, excess, float(df["mean_baseline"].mean()), float(df["mean_corr"].mean())),
+            "eval_tokens": "python-stdlib.all-1m"}
 
 
 def main():

@@ -238,7 +238,7 @@ def test_zoo_seeds_trained_side_by_side_equal_seeds_trained_alone(tmp_path, monk
     metas = zoo.ensure_models(names, workers=2, progress=False)
     assert [m["name"] for m in metas] == names and all(zoo.is_trained(n) for n in names)
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, zoo.default_workers(10**6) // 2))  # what the first worker used
+    torch.set_num_threads(max(1, zoo.cores() // 2))  # what the first worker used
     try:
         alone = zoo.train_model("tiny", 2, tmp_path / "alone", progress=False)
     finally:

@@ -43,10 +43,10 @@ def mlp_activations(model, tokens: torch.Tensor, location: str = "mlp.hook_post"
 
 
 @lru_cache(maxsize=8)
-def _excluded_ids(tokenizer, newlines: bool) -> torch.Tensor:
-    """BOS/EOS/PAD ids, and with newlines=True the tokens that are only whitespace with a newline."""
+def _excluded_ids(tokenizer, drop_newlines: bool) -> torch.Tensor:
+    """BOS/EOS/PAD ids, and with drop_newlines the tokens that are only whitespace with a newline."""
     ids = {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
-    if newlines:
+    if drop_newlines:
         for tok_str, i in tokenizer.get_vocab().items():
             text = tokenizer.convert_tokens_to_string([tok_str])
             if "\n" in text and not text.strip():
@@ -61,7 +61,7 @@ def position_mask(tokens: torch.Tensor, tokenizer, *, newlines: bool = True, las
     whitespace with a newline (the paper's correlations); last=False leaves out the last position
     (metrics of the next token, which it does not have).
     """
-    mask = ~torch.isin(tokens, _excluded_ids(tokenizer, not newlines).to(tokens.device))
+    mask = ~torch.isin(tokens, _excluded_ids(tokenizer, drop_newlines=not newlines).to(tokens.device))
     if not last:
         mask[..., -1] = False
     return mask

@@ -337,9 +337,9 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     """explain.py: explain a model's neurons on a token dataset; returns the layer folders written.
 
     Activations are `blocks.{l}.<location>` computed by the model (or read from
-    `activation_path`); BOS/EOS/padding positions are left out (`capture.position_mask`; newlines are kept, since "is a
-    newline" is one of the features tested). Token features
-    come from `analysis.vocab_df.make_vocab_df` with unigram counts taken from the same tokens.
+    `activation_path`); BOS/EOS/padding positions are left out (`capture.position_mask`; newlines are
+    kept, since "is a newline" is one of the features tested). Token features come from
+    `analysis.vocab_df.make_vocab_df` with unigram counts taken from the same tokens.
     """
     from tqdm.auto import tqdm
 

@@ -250,12 +250,18 @@ def is_trained(name: str) -> bool:
     return json.loads(meta.read_text()).get("preset_config") == json.loads(get_preset(parsed[0]).key())
 
 
-def ensure_model(name: str, progress: bool = True) -> Path:
-    """The folder of zoo model `name`, training it first if it is missing or stale."""
+def _check_name(name: str) -> tuple[str, int]:
+    """(preset, seed) of a zoo name whose preset exists, else one clear error."""
     parsed = parse_zoo_name(name)
     if parsed is None:
         raise UserError(f"{name!r} is not a zoo model name (toy-gpt2-a, toy-gpt2-tiny-b, ...)")
     get_preset(parsed[0])
+    return parsed
+
+
+def ensure_model(name: str, progress: bool = True) -> Path:
+    """The folder of zoo model `name`, training it first if it is missing or stale."""
+    parsed = _check_name(name)
     if not is_trained(name):
         train_model(*parsed, model_dir(name), progress=progress)
     return model_dir(name)
@@ -276,12 +282,16 @@ def _train_worker(args: tuple) -> None:
     train_model(preset, seed, model_dir(name), progress=position)
 
 
-def default_workers(n_models: int) -> int:
-    """Seeds trained side by side: one per 1-2 cores (a toy model cannot use more than ~2 threads well)."""
+def cores() -> int:
+    """CPU cores this process may use."""
     import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n_models, cores))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(n_models: int) -> int:
+    """Seeds trained side by side: one per core (a toy model uses one thread better than two)."""
+    return max(1, min(n_models, cores()))
 
 
 def ensure_models(names: list[str], workers: int | None = None, progress: bool = True) -> list[dict]:
@@ -291,12 +301,9 @@ def ensure_models(names: list[str], workers: int | None = None, progress: bool =
     one after the other on two threads (benchmarks/zoo_search.md). Returns the zoo.json records.
     """
     import multiprocessing as mp
-    import os
 
     for n in names:
-        if parse_zoo_name(n) is None:
-            raise UserError(f"{n!r} is not a zoo model name (toy-gpt2-a, toy-gpt2-tiny-b, ...)")
-        get_preset(parse_zoo_name(n)[0])
+        _check_name(n)
     missing = [n for n in names if not is_trained(n)]
     for preset in {parse_zoo_name(n)[0] for n in missing}:
         preset_data(preset)  # tokenizer and tokenised corpus once, before the workers read them
@@ -305,9 +312,8 @@ def ensure_models(names: list[str], workers: int | None = None, progress: bool =
         for n in missing:
             ensure_model(n, progress)
     else:
-        cores = default_workers(10**6)
         # the last jobs, when fewer than `workers` remain, get the cores the finished workers leave idle
-        jobs = [(n, get_preset(parse_zoo_name(n)[0]), max(1, cores // min(workers, len(missing) - i)),
+        jobs = [(n, get_preset(parse_zoo_name(n)[0]), max(1, cores() // min(workers, len(missing) - i)),
                  (i % workers) if progress else False, str(paths.zoo_dir()))
                 for i, n in enumerate(missing)]
         with mp.get_context("spawn").Pool(workers) as pool:
