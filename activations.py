@@ -32,6 +32,8 @@ def parse_args(argv=None):
                    help="layer mode: 8 = per-neuron uint8 quantisation, 16 / 32 = float; neuron mode: fp16 unless 32")
     p.add_argument("--output_dir", default=None, help="cache root (default $ACTIVATION_DIR or cached_activations)")
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
+    p.add_argument("--exclude_special_tokens", action="store_true",
+                   help="layer mode, mean / max: leave BOS/EOS/padding positions out (default: every position)")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
@@ -43,7 +45,8 @@ def main(argv=None):
 
     written = run_activations(args.model, args.token_dataset, args.activation_location, args.batch_size,
                               args.activation_aggregation, args.neuron_subset, args.neuron_subset_file,
-                              args.save_precision, args.output_dir, args.device, args.n_seq)
+                              args.save_precision, args.output_dir, args.device, args.n_seq,
+                              exclude_special=args.exclude_special_tokens)
     print(f"{len(written)} file(s) written" + (f" under {written[0].parent}" if written else " (all cached already)"))
 
 

@@ -18,11 +18,15 @@ def parse_args(argv=None):
     p.add_argument("--neuron_df_path", default=None,
                    help="CSV with layer,neuron columns (e.g. universal.csv): explain only those neurons")
     p.add_argument("--activation_path", default=None,
-                   help="folder of cached per-neuron activations ({l}.{n}.pt from activations.py); "
+                   help="folder of cached activations from activations.py ({l}.{n}.pt, or {l}.all.none.all.pt); "
+                        "pre-activation caches go through the model's activation function first; "
                         "default: compute blocks.{l}.mlp.hook_post with the model")
     p.add_argument("--feature_type", choices=["token", "sequence"], default="token")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--exclude_special_tokens", action="store_true",
+                   help="leave BOS/EOS/padding positions out of the variance reduction (default: count every "
+                        "position, as the original)")
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     return p.parse_args(argv)
 
@@ -34,7 +38,8 @@ def main(argv=None):
 
     written = run_explanations(args.model, args.dataset, feature_type=args.feature_type, layer=args.layer,
                                neuron_df_path=args.neuron_df_path, activation_path=args.activation_path,
-                               batch_size=args.batch_size, device=args.device, n_seq=args.n_seq)
+                               batch_size=args.batch_size, device=args.device, n_seq=args.n_seq,
+                               exclude_special=args.exclude_special_tokens)
     for path in written:
         print(path)
 

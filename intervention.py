@@ -18,8 +18,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model name (TransformerLens alias, hub id, folder or zoo model)")
     p.add_argument("--token_dataset", required=True, help="token dataset name under $DATASET_DIR/<family>/")
-    p.add_argument("--activation_location", default="mlp.hook_post", choices=["mlp.hook_post", "mlp.hook_pre"],
-                   help="hook point of the neuron (default: post-GELU activation)")
+    p.add_argument("--activation_location", default="mlp.hook_pre", choices=["mlp.hook_pre", "mlp.hook_post"],
+                   help="hook point of the neuron (default: the pre-activation, as the original)")
     p.add_argument("--neuron", required=True, help="LAYER.NEURON, e.g. 11.3030")
     p.add_argument("--intervention_type", default="zero_ablation", choices=INTERVENTION_TYPES,
                    help="zero_ablation: a->0; threshold_ablation: a->min(a, param); relu_ablation: a->max(a, 0); "

@@ -31,6 +31,9 @@ def parse_args(argv=None):
     p.add_argument("--max_memory_gb", type=float, default=4.0,
                    help="budget for the [layer, neuron, vocab] accumulators; layers are processed in groups that fit")
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
+    p.add_argument("--exclude_special_tokens", action="store_true",
+                   help="leave BOS/EOS/padding positions out of every statistic (default: count every "
+                        "position, as the original)")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
@@ -43,7 +46,7 @@ def main(argv=None):
     run_summary(args.model, args.token_dataset, args.output_dir, batch_size=args.batch_size, n_bins=args.n_bins,
                 bin_min=args.bin_min, bin_max=args.bin_max, top_k=args.top_k_dataset_examples,
                 vocab_k=args.top_vocab_k_truncate, max_memory_gb=args.max_memory_gb, device=args.device,
-                n_seq=args.n_seq)
+                n_seq=args.n_seq, exclude_special=args.exclude_special_tokens)
 
 
 if __name__ == "__main__":

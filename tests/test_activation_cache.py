@@ -111,20 +111,31 @@ def test_neuron_mode_matches_model_and_feeds_explanations(dataset):
     direct_rank = (logits[:, :-1] > logits[:, :-1].gather(-1, tokens[:, 1:, None])).sum(-1)
     assert (rank[:, :-1].long() - direct_rank).abs().max() <= 1  # float32 vs float64 near-ties
     # the explanation stage reads these files back
-    batches = list(cached_activation_batches(ac.paths.activation_dir(), name, DATASET, {1: np.array([3, 17])}, n, P, 4))
-    got = torch.cat([b[1] for b in batches])  # [n, P, 2]
-    torch.testing.assert_close(got.double(), pre[:, :, 1, [3, 17]], rtol=2e-3, atol=2e-3)
+    assert ac.read_cache_config(folder)["location"] == "mlp.hook_pre"
+    from universal_neurons.capture import activation_function
+
+    batches = list(cached_activation_batches(ac.paths.activation_dir(), name, DATASET, {1: np.array([3, 17])}, n, P, 4,
+                                             act_fn=activation_function(model)))
+    got = torch.cat([b[1] for b in batches])  # [n, P, 2]: the cache's pre-activations through the model's GELU
+    x = pre[:, :, 1, [3, 17]]
+    gelu_new = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    torch.testing.assert_close(got.double(), gelu_new, rtol=2e-3, atol=2e-3)
+    # the folder holds pre-activations: caching post-activations into it is refused
+    with pytest.raises(UserError, match="location"):
+        ac.run_activations(name, DATASET, "mlp.hook_post", neuron_subset=["0.7"], progress=False)
     # a rerun computes only what is missing
     (folder / "1.3.pt").unlink()
     again = ac.run_activations(name, DATASET, neuron_subset=["0.5", "1.3"], progress=False)
     assert [p.name for p in again] == ["1.3.pt"]
 
 
-@pytest.mark.parametrize("agg", ["none", "mean", "max", "last"])
-def test_layer_mode_aggregations(dataset, agg):
+@pytest.mark.parametrize("agg,exclude", [("none", False), ("mean", False), ("max", False), ("last", False),
+                                         ("mean", True), ("max", True)])
+def test_layer_mode_aggregations(dataset, agg, exclude):
+    """mean / max over every position (the original's), or without BOS with --exclude_special_tokens."""
     name, model, tokens, pre, *_ = dataset
     n, P, L, D = pre.shape
-    mask = (tokens != BOS)[..., None, None]
+    mask = (tokens != BOS if exclude else torch.ones_like(tokens, dtype=torch.bool))[..., None, None]
     brute = {"none": pre.reshape(n * P, L, D),
              "mean": (pre * mask).sum(1) / mask.sum(1),
              "max": pre.masked_fill(~mask, -math.inf).amax(1),
@@ -132,7 +143,7 @@ def test_layer_mode_aggregations(dataset, agg):
     for precision in (32, 8):
         out = ac.activation_folder(name, DATASET, f"cache{precision}")
         ac.run_activations(name, DATASET, aggregation=agg, save_precision=precision, output_dir=f"cache{precision}",
-                           batch_size=4, progress=False)
+                           batch_size=4, exclude_special=exclude, progress=False)
         for l in range(L):
             obj = torch.load(out / f"{l}.all.{agg}.all.pt", weights_only=True)
             got = ac.load_activations(out / f"{l}.all.{agg}.all.pt").double()

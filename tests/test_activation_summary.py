@@ -32,8 +32,14 @@ def make_tokens(n_seq, ctx, vocab_ids, seed=0, bos_inside=True):
     return torch.as_tensor(t, dtype=torch.long)
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["all-positions", "exclude-special"])
+def exclude(request):
+    """Default: every position counts (the original's); --exclude_special_tokens: BOS/EOS/PAD do not."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def reference(model):
+def reference(model, exclude):
     """Tokens and brute-force float64 activations: (tokens [n, P], pre, post [n, P, L, D], mask [n, P])."""
     from universal_neurons.capture import mlp_activations
 
@@ -42,15 +48,15 @@ def reference(model):
     tokens = make_tokens(12, model.cfg.n_ctx, ids)
     pre = mlp_activations(model, tokens, "mlp.hook_pre").double().numpy()
     post = mlp_activations(model, tokens, "mlp.hook_post").double().numpy()
-    mask = (tokens != BOS).numpy()
+    mask = (tokens != BOS).numpy() if exclude else np.ones(tokens.shape, dtype=bool)
     return tokens, pre, post, mask
 
 
 @pytest.fixture(scope="module")
-def summary(model, reference):
+def summary(model, reference, exclude):
     tokens = reference[0]
     return su.summarize_tokens(model, tokens, n_bins=16, bin_min=-1.0, bin_max=1.0, top_k=20, vocab_k=100,
-                               batch_size=5, progress=False)
+                               batch_size=5, exclude_special=exclude, progress=False)
 
 
 def test_histogram_matches_definition(summary, reference):
@@ -111,7 +117,7 @@ def test_top_k_examples_match_brute_force(summary, reference):
             brute = np.sort(flat_post[counted, l, d])[::-1][:20]
             np.testing.assert_allclose(val[l, d].float().numpy(), brute, rtol=2e-3, atol=1e-3)
             ix = idx[l, d].numpy()
-            assert np.isin(ix, counted).all()  # never a BOS position, never an empty slot
+            assert np.isin(ix, counted).all()  # only counted positions (never BOS when excluded), no empty slot
             np.testing.assert_allclose(flat_post[ix, l, d], val[l, d].float().numpy(), rtol=2e-3, atol=1e-3)
 
 
@@ -123,7 +129,7 @@ def test_vocab_statistics_match_brute_force(summary, reference, model):
     vmax = np.stack([x[tok == t].max(0) for t in seen], -1)  # [L, D, n_seen]
     vmean = np.stack([x[tok == t].mean(0) for t in seen], -1)
     np.testing.assert_array_equal(summary[su.VOCAB_COUNTS].numpy(), np.bincount(tok, minlength=model.cfg.d_vocab))
-    assert summary[su.VOCAB_COUNTS][BOS] == 0
+    assert (summary[su.VOCAB_COUNTS][BOS] == 0) == (~mask).any()  # BOS counted unless excluded
     assert (vmax < 0).any()  # some neuron's maximum over a token is negative: it must be kept
     for name, ix_name, brute in ((su.VOCAB_MAX, su.VOCAB_MAX_IX, vmax), (su.VOCAB_MEAN, su.VOCAB_MEAN_IX, vmean)):
         v, ix = summary[name], summary[ix_name]
@@ -141,10 +147,10 @@ def test_vocab_statistics_match_brute_force(summary, reference, model):
     assert (summary[su.VOCAB_MAX][..., :40].float() < 0).any()
 
 
-def test_full_vocab_tensors_and_truncation_agree(model, reference, summary):
+def test_full_vocab_tensors_and_truncation_agree(model, reference, summary, exclude):
     tokens = reference[0]
     full = su.summarize_tokens(model, tokens, n_bins=16, bin_min=-1.0, bin_max=1.0, top_k=20, vocab_k=-1,
-                               batch_size=5, progress=False)
+                               batch_size=5, exclude_special=exclude, progress=False)
     V = model.cfg.d_vocab
     assert full[su.VOCAB_MAX].shape == (*summary[su.VOCAB_MAX].shape[:2], V) and su.VOCAB_MAX_IX not in full
     seen = summary[su.VOCAB_COUNTS] > 0
@@ -152,14 +158,15 @@ def test_full_vocab_tensors_and_truncation_agree(model, reference, summary):
     ix = summary[su.VOCAB_MAX_IX][..., :40].long()
     assert torch.equal(full[su.VOCAB_MAX].gather(-1, ix), summary[su.VOCAB_MAX][..., :40])
     none = su.summarize_tokens(model, tokens, n_bins=16, bin_min=-1.0, bin_max=1.0, top_k=20, vocab_k=0,
-                               batch_size=5, progress=False)
+                               batch_size=5, exclude_special=exclude, progress=False)
     assert su.VOCAB_MAX not in none and su.VOCAB_MEAN_IX not in none
     assert torch.equal(none[su.BIN_COUNTS], summary[su.BIN_COUNTS])
 
 
 def test_dataset_smaller_than_k(model):
     tokens = make_tokens(2, model.cfg.n_ctx, np.arange(1, 30), seed=3, bos_inside=False)  # 2 x 31 counted
-    out = su.summarize_tokens(model, tokens, top_k=100, vocab_k=50, batch_size=1, progress=False)
+    out = su.summarize_tokens(model, tokens, top_k=100, vocab_k=50, batch_size=1, exclude_special=True,
+                              progress=False)
     n_counted = 2 * (model.cfg.n_ctx - 1)
     idx, val = out[su.TOP_INDEX], out[su.TOP_VALUE]
     assert (idx[..., :n_counted] >= 0).all() and (idx[..., n_counted:] == -1).all()
@@ -169,12 +176,12 @@ def test_dataset_smaller_than_k(model):
     assert (out[su.VOCAB_MAX_IX][..., n_seen:] == -1).all() and (out[su.VOCAB_MAX_IX][..., :n_seen] > 0).all()
 
 
-def test_layer_groups_equal_unblocked(model, reference, summary):
+def test_layer_groups_equal_unblocked(model, reference, summary, exclude):
     tokens = reference[0]
     one_layer = su.vocab_bytes_per_layer(model.cfg.d_mlp, model.cfg.d_vocab) / su.GB
     assert su.plan_layer_groups(model.cfg.n_layers, model.cfg.d_mlp, model.cfg.d_vocab, 100, 1.5 * one_layer) == [[0], [1]]
     blocked = su.summarize_tokens(model, tokens, n_bins=16, bin_min=-1.0, bin_max=1.0, top_k=20, vocab_k=100,
-                                  batch_size=5, max_memory_gb=1.5 * one_layer, progress=False)
+                                  batch_size=5, max_memory_gb=1.5 * one_layer, exclude_special=exclude, progress=False)
     assert blocked.keys() == summary.keys()
     for k in summary:
         torch.testing.assert_close(blocked[k], summary[k], rtol=0, atol=0, equal_nan=True)
@@ -199,13 +206,14 @@ def _save_dataset(model_name, name, tokens):
     save_token_dataset(tokens.numpy(), model_family(model_name), name, load_tokenizer(model_name))
 
 
-def test_cli_writes_skips_and_reports_errors(tiny_zoo, reference, capsys):
+def test_cli_writes_skips_and_reports_errors(tiny_zoo, reference, exclude, capsys):
     import summary as cli
 
     model_name = tiny_zoo[0]
     _save_dataset(model_name, "rand.test.x.32", reference[0])
     args = ["--model", model_name, "--token_dataset", "rand.test.x.32", "--batch_size", "5", "--n_bins", "16",
-            "--bin_min", "-1", "--bin_max", "1", "--top_k_dataset_examples", "20"]
+            "--bin_min", "-1", "--bin_max", "1", *(["--exclude_special_tokens"] if exclude else []),
+            "--top_k_dataset_examples", "20"]
     cli.main(args)
     folder = su.summary_path(model_name, "rand.test.x.32")
     names = {p.name for p in folder.iterdir()}
@@ -214,6 +222,7 @@ def test_cli_writes_skips_and_reports_errors(tiny_zoo, reference, capsys):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
     meta = json.loads((folder / su.CONFIG_FILE).read_text())
     assert meta["n_tokens_counted"] == int(reference[3].sum())
+    assert meta["settings"]["exclude_special_tokens"] == exclude and ("BOS" in meta["counted_positions"])
     stamp = (folder / "neuron_bin_counts.pt").stat().st_mtime_ns
     cli.main(args)  # same settings: skipped
     assert (folder / "neuron_bin_counts.pt").stat().st_mtime_ns == stamp

@@ -1,6 +1,8 @@
 """Token features, sequence-feature alignment and variance reduction (fast, no model)."""
 from __future__ import annotations
 
+import json
+
 import sys
 
 import numpy as np
@@ -108,11 +110,23 @@ def test_previous_token_feature_neuron():
     ex.update(torch.from_numpy(acts), torch.from_numpy(f), torch.from_numpy(mask))
     cur, prev = ex.result()
     assert prev[0, 0] > 0.99 and cur[0, 0] < 0.02 and prev[0, 1] < 0.01
-    # prev VR: pairs (t-1, t) with both kept, i.e. positions 2.. against features at 1..
-    ref = brute_vr(acts[:, 2:, 1].reshape(-1), f[:, 1:-1, 0].reshape(-1))
+    # prev VR: the counted positions 1.. with the previous token's features, at 0..
+    ref = brute_vr(acts[:, 1:, 1].reshape(-1), f[:, :-1, 0].reshape(-1))
     np.testing.assert_allclose(prev[1, 0].item(), ref, rtol=1e-9)
     ref_cur = brute_vr(acts[:, 1:, 0].reshape(-1), f[:, 1:, 1].reshape(-1))
     np.testing.assert_allclose(cur[0, 1].item(), ref_cur, rtol=1e-9)
+    # every position counted (the original's default): position 0 has no previous token, so its
+    # previous-token features are all false (the original's prev_token = -1 there)
+    ex = SequenceExplainer(2, 2)
+    ex.update(torch.from_numpy(acts), torch.from_numpy(f))
+    cur, prev = ex.result()
+    shifted = np.concatenate([np.zeros((B, 1, 2), dtype=bool), f[:, :-1]], axis=1)
+    for n in range(2):
+        for k in range(2):
+            np.testing.assert_allclose(prev[n, k].item(), brute_vr(acts[..., n].reshape(-1), shifted[..., k].reshape(-1)),
+                                       rtol=1e-9)
+            np.testing.assert_allclose(cur[n, k].item(), brute_vr(acts[..., n].reshape(-1), f[..., k].reshape(-1)),
+                                       rtol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,6 +447,12 @@ def test_cached_activation_batches(tmp_path):
     for l, n in [(0, 2), (1, 0), (1, 1)]:
         torch.save(full[:, :, l, n].reshape(-1).clone(), folder / f"{l}.{n}.pt")
     neurons = {0: np.array([2]), 1: np.array([0, 1])}
+    with pytest.raises(UserError, match="not an elementwise"):  # no config: pre-activations, which need act_fn
+        list(cached_activation_batches(tmp_path, "my/model", "data", neurons, 5, 7, batch_size=2))
+    got = list(cached_activation_batches(tmp_path, "my/model", "data", neurons, 5, 7, batch_size=2,
+                                         act_fn=torch.relu))
+    torch.testing.assert_close(torch.cat([g[1] for g in got]), full[:, :, 1, :2].float().relu())
+    (folder / "activation_config.json").write_text('{"location": "mlp.hook_post"}')
     got = list(cached_activation_batches(tmp_path, "my/model", "data", neurons, 5, 7, batch_size=2))
     assert len(got) == 3 and got[0][1].shape == (2, 7, 2) and got[0][1].dtype == torch.float32
     torch.testing.assert_close(torch.cat([g[1] for g in got]), full[:, :, 1, :2].float())
@@ -485,39 +505,66 @@ def test_explain_cli_end_to_end(explain_setup, tmp_path):
     import explain
     from analysis.vocab_df import make_vocab_df
     from universal_neurons.capture import mlp_activations
-    from universal_neurons.capture import position_mask
 
     folder, model, tokens = explain_setup
-    explain.main(["--model", folder, "--dataset", "toy.32", "--batch_size", "4"])
-    for layer in (0, 1):
-        out = layer_dir(folder, "toy.32", "token", layer)
-        vr, prev = read_vr_csv(out / VR_FILE), read_vr_csv(out / PREV_VR_FILE)
-        assert list(vr.index) == [f"{layer}.{n}" for n in range(8)] and vr.shape == prev.shape
-        # Same numbers as explaining the model's activations directly (BOS/EOS excluded).
-        mask = position_mask(tokens, model.tokenizer)
-        assert not mask[:, 0].any() and mask.sum() < mask.numel()
-        acts = mlp_activations(model, tokens)[:, :, layer]
+    bos = model.tokenizer.bos_token_id
+    assert (tokens == bos).any()  # documents separated by BOS/EOS: the two conventions differ
+    refs = {}
+    for exclude in (False, True):
+        explain.main(["--model", folder, "--dataset", "toy.32", "--batch_size", "4",
+                      *(["--exclude_special_tokens"] if exclude else [])])
+        # every position by default (the original's); without BOS/EOS/padding with the flag
+        mask = tokens != bos if exclude else torch.ones_like(tokens, dtype=torch.bool)
         counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0]).numpy()
         vdf = make_vocab_df(model.tokenizer, model.W_E, model.W_U, counts)
-        ref, ref_prev = explain_layer(acts, tokens, vdf, mask=mask, layer=layer)
-        np.testing.assert_allclose(vr.to_numpy(), ref.to_numpy(), rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(prev.to_numpy(), ref_prev.to_numpy(), rtol=1e-6, atol=1e-9)
-        assert list(vr.columns) == list(ref.columns)
-        assert vr.notna().to_numpy().any()
+        for layer in (0, 1):
+            out = layer_dir(folder, "toy.32", "token", layer)
+            vr, prev = read_vr_csv(out / VR_FILE), read_vr_csv(out / PREV_VR_FILE)
+            assert json.loads((out / "explain_config.json").read_text()) == {"exclude_special_tokens": exclude}
+            assert list(vr.index) == [f"{layer}.{n}" for n in range(8)] and vr.shape == prev.shape
+            acts = mlp_activations(model, tokens)[:, :, layer]
+            ref, ref_prev = explain_layer(acts, tokens, vdf, mask=mask, layer=layer)
+            np.testing.assert_allclose(vr.to_numpy(), ref.to_numpy(), rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(prev.to_numpy(), ref_prev.to_numpy(), rtol=1e-6, atol=1e-9)
+            assert list(vr.columns) == list(ref.columns) and vr.notna().to_numpy().any()
+            # one column against the definition itself, on the counted positions
+            col = vr.columns[vr.notna().all(axis=0).to_numpy()][0]
+            feat = vdf[col].to_numpy()[tokens.numpy()]
+            np.testing.assert_allclose(vr[col].iloc[2], brute_vr(acts[..., 2].double().numpy()[mask.numpy()],
+                                                                 feat[mask.numpy()]), rtol=1e-6)
+            refs[exclude, layer] = vr
+    assert not np.allclose(refs[False, 1].fillna(0), refs[True, 1].fillna(0))  # the flag matters here
 
-    # Only the neurons of a neuron df, from cached activations ({l}.{n}.pt, fp16 [n_seq * ctx]).
+    # From caches written by activations.py: pre-activation caches go through the model's GELU, so
+    # every cache gives the model's numbers (fp32 caches to 1e-5; 8-bit within the quantisation bound).
+    from universal_neurons.activation_cache import load_activations, run_activations
+
     csv = tmp_path / "universal.csv"
     pd.DataFrame({"layer": [1, 1], "neuron": [3, 6]}).to_csv(csv, index=False)
-    cache = tmp_path / "cached_activations" / "m" / "toy.32"
-    cache.mkdir(parents=True)
-    full = mlp_activations(model, tokens)
-    for n in (3, 6):
-        torch.save(full[:, :, 1, n].reshape(-1).half().clone(), cache / f"1.{n}.pt")
-    explain.main(["--model", folder, "--dataset", "toy.32", "--layer", "1", "--neuron_df_path", str(csv),
-                  "--activation_path", str(tmp_path / "cached_activations")])
-    vr = read_vr_csv(layer_dir(folder, "toy.32", "token", 1) / VR_FILE)
-    assert list(vr.index) == ["1.3", "1.6"]
-    np.testing.assert_allclose(vr.to_numpy(), ref.loc[["1.3", "1.6"]].to_numpy(), rtol=1e-2, atol=1e-3)  # fp16 cache
+    ref = refs[False, 1].loc[["1.3", "1.6"]]
+    post = mlp_activations(model, tokens)[:, :, 1, [3, 6]].reshape(-1, 2).double()  # [T, 2]
+    for location, precision in (("mlp.hook_pre", 32), ("mlp.hook_post", 32), ("mlp.hook_pre", 8)):
+        cache = tmp_path / f"cache_{location}_{precision}"
+        if precision == 32:
+            run_activations(folder, "toy.32", location, neuron_subset=["1.3", "1.6"], save_precision=32,
+                            output_dir=cache, progress=False)
+        else:  # layer mode: {l}.all.none.all.pt, per-neuron uint8
+            run_activations(folder, "toy.32", location, aggregation="none", save_precision=8, output_dir=cache,
+                            progress=False)
+        explain.main(["--model", folder, "--dataset", "toy.32", "--layer", "1", "--neuron_df_path", str(csv),
+                      "--activation_path", str(cache)])
+        vr = read_vr_csv(layer_dir(folder, "toy.32", "token", 1) / VR_FILE)
+        assert list(vr.index) == ["1.3", "1.6"]
+        if precision == 32:
+            np.testing.assert_allclose(vr.to_numpy(), ref.to_numpy(), rtol=1e-5, atol=1e-5)
+        else:
+            # |d VR| <= 4 eps / std(a) for an activation error |d a| <= eps (VR = r^2, |d r| <= 2 eps / std);
+            # eps = 1.13 (GELU's Lipschitz bound) x scale / 2 of the pre-activation codes
+            scale = torch.load(next(cache.rglob("1.all.none.all.pt")), weights_only=True)["scale"][[3, 6]].double()
+            bound = (4 * 1.13 * scale / 2 / post.std(0, unbiased=False)).numpy()[:, None]
+            diff = np.abs(vr.to_numpy() - ref.to_numpy())
+            assert (np.nan_to_num(diff) <= bound).all() and np.nanmax(diff) > 0
+            assert load_activations(next(cache.rglob("1.all.none.all.pt"))).shape == (tokens.numel(), 8)
 
 
 def test_explain_cli_user_errors(explain_setup, monkeypatch, capsys):

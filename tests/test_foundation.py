@@ -170,17 +170,41 @@ def test_zoo_models_load_by_name_and_share_tokenizer(tiny_zoo):
     assert meta["heldout_loss"] < meta["unigram_entropy"], "the model must beat the unigram baseline"
     # different seeds, different weights
     assert not torch.allclose(a.W_in, b.W_in)
-    toks = a.to_tokens(["def f(x):\n    return x\n"])
-    mask = token_mask(toks, a.tokenizer)
-    assert not mask[0, 0] and mask.sum() < mask.numel()
-    newline_ids = [i for i in toks[0].tolist() if "\n" in a.tokenizer.decode([i]) and not a.tokenizer.decode([i]).strip()]
-    assert all(not m for t, m in zip(toks[0].tolist(), mask[0].tolist()) if t in newline_ids)
-    # the one definition behind every stage's mask: newlines kept unless asked, last position on request
-    keep_nl = position_mask(toks, a.tokenizer)
-    assert newline_ids and not keep_nl[0, 0] and keep_nl[0, 1:].all()
-    assert torch.equal(mask, position_mask(toks, a.tokenizer, newlines=False))
-    no_last = position_mask(toks, a.tokenizer, last=False)
-    assert not no_last[0, -1] and torch.equal(no_last[0, :-1], keep_nl[0, :-1])
+    check_position_masks(a.tokenizer)
+
+
+def check_position_masks(tok):
+    """position_mask / token_mask against token ids found independently, on any tokenizer."""
+    text = "def f(x):\n    return x\n\n\nclass A:\n\n    pass\n"
+    toks = torch.tensor([[tok.bos_token_id] + tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]])
+    ids = toks[0].tolist()
+    strings = [tok.decode([i]) for i in ids]
+    special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id} - {None}
+    single = [i for i, s_ in zip(ids, strings) if s_ == "\n"]
+    other_nl = [i for i, s_ in zip(ids, strings) if "\n" in s_ and not s_.strip() and s_ != "\n"]
+    assert single and other_nl, "the text must hold the one-token newline and other newline tokens"
+    # correlations (the original's): no BOS/EOS/PAD, no single '\n'; the other newline tokens stay
+    expect = torch.tensor([[i not in special and i not in single for i in ids]])
+    assert torch.equal(token_mask(toks, tok), expect)
+    # --drop_newlines all: every whitespace-only token with a newline goes too
+    expect_all = expect & torch.tensor([[i not in other_nl for i in ids]])
+    assert torch.equal(token_mask(toks, tok, "all"), expect_all) and not torch.equal(expect_all, expect)
+    # summaries / explanations: every position by default; without specials on request; last on request
+    assert position_mask(toks, tok).all()
+    assert torch.equal(position_mask(toks, tok, special=False), torch.tensor([[i not in special for i in ids]]))
+    no_last = position_mask(toks, tok, last=False)
+    assert not no_last[0, -1] and no_last[0, :-1].all()
+
+
+def test_position_masks_on_the_gpt2_tokenizer():
+    """GPT-2: the original drops exactly 50256 and 198, keeps 628 ('\\n\\n') and its kin."""
+    from universal_neurons.tokenizer import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    check_position_masks(tok)
+    toks = torch.tensor([[50256, 198, 628, 262, 198, 50256]])
+    assert token_mask(toks, tok).tolist() == [[False, False, True, True, False, False]]
+    assert token_mask(toks, tok, "all").tolist() == [[False, False, False, True, False, False]]
 
 
 def test_mismatched_tokenizers_are_refused(tiny_zoo, gpt2_folder):

@@ -268,6 +268,11 @@ def test_next_token_metrics_on_adversarial_logits():
 def test_intervention_artifacts_match_a_direct_computation(crafted):
     folder, model = crafted
     name, tokens = save_tokens(folder)
+    import intervention
+
+    # the default location is the pre-activation, as the original's intervention.py
+    assert intervention.parse_args(["--model", "m", "--token_dataset", "d", "--neuron", "1.2"]).activation_location \
+        == "mlp.hook_pre"
     written = iv.run_intervention(folder, name, f"{LAST}.{LOGIT}", "fixed_activation", 3.0, batch_size=4,
                                   progress=False)
     run_folder, clean_folder = written
@@ -283,7 +288,7 @@ def test_intervention_artifacts_match_a_direct_computation(crafted):
         act[:, :, LOGIT] = 3.0
         return act
 
-    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{LAST}.mlp.hook_post", fix)])
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{LAST}.mlp.hook_pre", fix)])
     loss, ent, rank = reference_metrics(logits, tokens)
     assert torch.allclose(got["loss"][:, :-1].double(), loss, rtol=2e-3, atol=2e-3)
     assert torch.allclose(got["entropy"].double(), ent, rtol=2e-3, atol=2e-3)
@@ -312,8 +317,9 @@ def test_entropy_experiment_summary_and_layout(crafted):
     target = df[df.group == "target"].sort_values("value")
     assert np.all(np.diff(target.mean_entropy) > 0) and np.all(np.diff(target.mean_scale) > 0)
     # means over the documented mask, recomputed from the saved tensors
-    mask = position_mask(tokens, model.tokenizer, last=False)
-    assert mask[:, -1].sum() == 0 and mask[:, 0].sum() == 0  # last position and BOS left out
+    mask = tokens != model.tokenizer.bos_token_id  # BOS/EOS/padding left out (one id here) ...
+    mask[:, -1] = False  # ... and the last position, which has no next token
+    assert torch.equal(mask, position_mask(tokens, model.tokenizer, special=False, last=False))
     run = iv.load_run(root / f"{LAST}.{ENTROPY}" / "fixed_activation_4.0")
     clean = iv.load_run(out["clean"])
     row = target[target.value == 4.0].iloc[0]
@@ -401,9 +407,10 @@ def test_rerun_skips_and_a_new_n_seq_recomputes(crafted, capsys):
     intervention.main(argv)
     assert capsys.readouterr().out.count("skip") == 2  # the run and the clean reference
     assert os.stat(run_folder + "/loss.pt").st_mtime_ns == stamp
-    intervention.main(argv + ["--activation_location", "mlp.hook_pre"])
+    assert json.loads(open(run_folder + "/meta.json").read())["location"] == "mlp.hook_pre"  # the default
+    intervention.main(argv + ["--activation_location", "mlp.hook_post"])
     assert capsys.readouterr().out.count("skip") == 1  # only the clean run
-    assert json.loads(open(run_folder + "/meta.json").read())["location"] == "mlp.hook_pre"
+    assert json.loads(open(run_folder + "/meta.json").read())["location"] == "mlp.hook_post"
     intervention.main(argv + ["--n_seq", "2"])
     assert "skip" not in capsys.readouterr().out
     assert torch.load(run_folder + "/loss.pt").shape == (2, CTX)

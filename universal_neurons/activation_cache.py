@@ -14,11 +14,20 @@ Neuron mode (a neuron subset is given):
 
 Layer mode (no subset):
     {l}.all.{agg}.all.pt  per layer: agg 'none' keeps every position [n_seq * ctx, D]; 'mean' and
-                 'max' aggregate over the counted positions of each sequence (all but BOS /
-                 padding, as in activation_summary) and 'last' takes the last position: [n_seq, D].
+                 'max' aggregate over the positions of each sequence (all of them, as the original;
+                 with --exclude_special_tokens all but BOS/EOS/padding) and 'last' takes the last
+                 position: [n_seq, D].
                  --save_precision 16 / 32: a fp16 / fp32 tensor; 8: per-neuron affine uint8 codes,
                  a dict {codes uint8 [rows, D], scale fp32 [D], zero_point fp32 [D], shape}, read
                  back with `dequantize` (x ~ codes * scale + zero_point, error <= scale / 2).
+
+Both modes:
+    activation_config.json  {"location": hook under blocks.{l}., "model", "dataset",
+                 "exclude_special_tokens"}: what the folder's activations are. One folder holds one
+                 location: a run asking for another one is refused (pass another --output_dir).
+                 explain.py --activation_path reads it to know whether to apply the activation
+                 function (pre-activation caches) or not; a folder without it is taken to hold
+                 mlp.hook_pre, activations.py's default and the original's assumption.
 
 Rows are buffered in memory-mapped files under the output folder while streaming (nothing of size
 [tokens, neurons] is held in RAM), then saved one file at a time, atomically.
@@ -42,6 +51,7 @@ LOCATIONS = {"mlp.hook_pre": "d_mlp", "mlp.hook_post": "d_mlp", "hook_resid_pre"
              "hook_attn_out": "d_model"}
 AGGREGATIONS = ("none", "mean", "max", "last")
 PRECISIONS = (8, 16, 32)
+CONFIG_FILE = "activation_config.json"
 
 
 # 8-bit per-channel quantisation -------------------------------------------------------------------
@@ -75,6 +85,38 @@ def load_activations(path: str | Path) -> torch.Tensor:
     """A cached activation file as float32 (fp16 / fp32 tensors, or quantised dicts)."""
     obj = torch.load(path, weights_only=True)
     return dequantize(obj) if isinstance(obj, dict) else obj.float()
+
+
+def read_cache_config(folder: str | Path) -> dict | None:
+    """A cache folder's activation_config.json (None when the folder has none)."""
+    import json
+
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(cfg, dict) or cfg.get("location") not in LOCATIONS:
+        raise UserError(f"{path} does not name an activation location ({', '.join(LOCATIONS)})")
+    return cfg
+
+
+def _claim_folder(folder: Path, config: dict) -> None:
+    """Write the folder's config, or refuse a run whose location / positions differ from it."""
+    import json
+
+    old = read_cache_config(folder)
+    if old is None and any(folder.glob("*.pt")):  # files of unknown provenance: activations.py's default
+        old = {"location": "mlp.hook_pre", "exclude_special_tokens": False}
+    for key in ("location", "exclude_special_tokens"):
+        if old is not None and old.get(key, False) != config[key]:
+            raise UserError(f"{folder} holds activations cached with {key} = {old.get(key, False)}, not "
+                            f"{config[key]}: pass another --output_dir (or remove the folder)")
+    if not (folder / CONFIG_FILE).is_file():
+        with paths.atomic_path(folder / CONFIG_FILE) as tmp:
+            tmp.write_text(json.dumps(config, indent=1) + "\n")
 
 
 # Next-token statistics -----------------------------------------------------------------------------
@@ -204,7 +246,8 @@ def cache_neurons(model, tokens: torch.Tensor, neurons: list[tuple[int, int]], f
 @torch.no_grad()
 def cache_layers(model, tokens: torch.Tensor, folder: Path, location: str = "mlp.hook_pre",
                  aggregation: str = "mean", batch_size: int = 32, precision: int = 8,
-                 layers: list[int] | None = None, progress: bool = True) -> list[Path]:
+                 layers: list[int] | None = None, exclude_special: bool = False,
+                 progress: bool = True) -> list[Path]:
     """Layer mode on tokens [n_seq, ctx]: write {l}.all.{agg}.all.pt for each layer."""
     from tqdm.auto import tqdm
 
@@ -243,7 +286,8 @@ def cache_layers(model, tokens: torch.Tensor, folder: Path, location: str = "mlp
         stop = max(layers) + 1 if max(layers) + 1 < model.cfg.n_layers else None
         for lo in tqdm(range(0, n_seq, batch_size), desc="activations", disable=not progress):
             toks = tokens[lo:lo + batch_size].to(dev)
-            span.update(lo=lo * ctx if aggregation == "none" else lo, mask=position_mask(toks, model.tokenizer))
+            span.update(lo=lo * ctx if aggregation == "none" else lo,
+                        mask=position_mask(toks, model.tokenizer, special=not exclude_special))
             model.run_with_hooks(toks, fwd_hooks=hooks, return_type=None, stop_at_layer=stop)
         for l in layers:
             x = torch.from_numpy(np.array(out[l]))
@@ -265,7 +309,7 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
                     aggregation: str = "none", neuron_subset: list[str] | None = None,
                     neuron_subset_file: str | Path | None = None, save_precision: int = 8,
                     output_dir: str | Path | None = None, device: str | None = None, n_seq: int = -1,
-                    progress: bool = True) -> list[Path]:
+                    exclude_special: bool = False, progress: bool = True) -> list[Path]:
     """activations.py: neuron mode when a subset is given, else layer mode. Returns the files written."""
     from .device import resolve_device
     from .models import load_model, model_family
@@ -293,6 +337,8 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
     tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None)
     if len(tokens) and int(tokens.max()) >= model.cfg.d_vocab:
         raise UserError(f"the token dataset holds token id {int(tokens.max())}, outside the model's vocabulary")
+    config = {"location": location, "model": model_name, "dataset": dataset,
+              "exclude_special_tokens": bool(exclude_special and aggregation in ("mean", "max"))}
     if neuron_mode:
         neurons = parse_neuron_subset(neuron_subset, neuron_subset_file, model.cfg.n_layers, width)
         if not neurons:
@@ -301,8 +347,11 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
         next_token = not all((folder / f"{s}.pt").is_file() for s in ("loss", "entropy", "rank"))
         if not todo and not next_token:
             return []
+        _claim_folder(folder, config)
         return cache_neurons(model, tokens, todo, folder, location, batch_size, save_precision, next_token, progress)
     todo = [l for l in range(model.cfg.n_layers) if not (folder / f"{l}.all.{aggregation}.all.pt").is_file()]
     if not todo:
         return []
-    return cache_layers(model, tokens, folder, location, aggregation, batch_size, save_precision, todo, progress)
+    _claim_folder(folder, config)
+    return cache_layers(model, tokens, folder, location, aggregation, batch_size, save_precision, todo,
+                        exclude_special, progress)

@@ -25,9 +25,11 @@ For one model and token dataset, written to `paths.activation_summary_path(model
     summary_config.json             the settings and token count (a rerun with other settings
                                     recomputes instead of skipping)
 
-Counted positions: every position whose token is neither the tokenizer's BOS nor its padding id.
-Dataset rows start with BOS, so position 0 is never counted; with GPT-2's tokenizer BOS = EOS,
-so the end-of-text separators between documents are left out too. Nothing else is excluded.
+Counted positions: every position, BOS/EOS/padding included, as the original summary.py counted
+them. With --exclude_special_tokens (exclude_special=True) the tokenizer's BOS, EOS and padding ids
+are left out (dataset rows start with BOS, so position 0 is then never counted; with GPT-2's
+tokenizer BOS = EOS, so the end-of-text separators between documents are left out too).
+summary_config.json records which was used.
 
 Memory: the histogram and top-k buffers are small ([L, D, n_bins] and [L, D, k]); the per-token
 max and sum are [layer, neuron, vocab] float32 each (2 x 7.4 GB for GPT2-small). Those are held
@@ -57,6 +59,8 @@ VOCAB_MEAN, VOCAB_MEAN_IX = "neuron_vocab_mean", "neuron_vocab_mean_ix"
 VOCAB_COUNTS = "vocab_counts"
 CONFIG_FILE = "summary_config.json"
 GB = 1024 ** 3
+COUNTED = {False: "every position (BOS/EOS/padding included, as the original)",
+           True: "all except the tokenizer's BOS, EOS and padding ids (--exclude_special_tokens)"}
 FINISH_BYTES = 2 ** 27  # size of the per-chunk temporaries when finishing the per-token statistics
 
 
@@ -146,10 +150,12 @@ def top_vocab(stat: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tens
 @torch.no_grad()
 def summarize_tokens(model, tokens: torch.Tensor, *, n_bins: int = 256, bin_min: float = -10.0,
                      bin_max: float = 15.0, top_k: int = 50, vocab_k: int = 100, batch_size: int = 32,
-                     max_memory_gb: float = 4.0, progress: bool = True) -> dict[str, torch.Tensor]:
+                     max_memory_gb: float = 4.0, exclude_special: bool = False,
+                     progress: bool = True) -> dict[str, torch.Tensor]:
     """All summary tensors (CPU, artifact dtypes, keyed by file stem) of `model` on tokens [n_seq, ctx].
 
     vocab_k: top tokens kept per neuron (0 = no vocab statistics, -1 = full [L, D, V] tensors).
+    exclude_special: leave BOS/EOS/padding positions out (default: every position counts).
     """
     from tqdm.auto import tqdm
 
@@ -209,7 +215,7 @@ def summarize_tokens(model, tokens: torch.Tensor, *, n_bins: int = 256, bin_min:
         stop = layers[-1] + 1 if layers[-1] + 1 < L else None
         for lo in range(0, n_seq, batch_size):
             toks = tokens[lo:lo + batch_size].to(dev)
-            mask = position_mask(toks, model.tokenizer)
+            mask = position_mask(toks, model.tokenizer, special=not exclude_special)
             flat = lo * ctx + torch.arange(toks.numel(), device=dev).view(toks.shape)
             batch.update(mask=mask, tok=toks[mask], flat=flat[mask])
             if g == 0:
@@ -334,7 +340,7 @@ def summary_path(model_name: str, dataset: str, output_dir: str | Path | None = 
 def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Path | None = None, *,
                 batch_size: int = 32, n_bins: int = 256, bin_min: float = -10.0, bin_max: float = 15.0,
                 top_k: int = 50, vocab_k: int = 100, max_memory_gb: float = 4.0, device: str | None = None,
-                n_seq: int = -1, progress: bool = True) -> list[Path]:
+                n_seq: int = -1, exclude_special: bool = False, progress: bool = True) -> list[Path]:
     """summary.py: summarise `model_name` on each token dataset; returns the folders (written or skipped).
 
     A dataset whose folder exists with the same settings is skipped; every folder is written
@@ -350,7 +356,8 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
     bin_edges(n_bins, bin_min, bin_max)  # validate before loading anything
     if top_k < 1 or vocab_k < -1:
         raise UserError(f"need --top_k_dataset_examples >= 1 and --top_vocab_k_truncate >= -1 (got {top_k}, {vocab_k})")
-    settings = dict(n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k, vocab_k=vocab_k, n_seq=n_seq)
+    settings = dict(n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k, vocab_k=vocab_k, n_seq=n_seq,
+                    exclude_special_tokens=exclude_special)
     todo = []
     for ds in datasets:
         folder = summary_path(model_name, ds, output_dir)
@@ -372,10 +379,10 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
         tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None)
         result = summarize_tokens(model, tokens, n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k,
                                   vocab_k=vocab_k, batch_size=batch_size, max_memory_gb=max_memory_gb,
-                                  progress=progress)
+                                  exclude_special=exclude_special, progress=progress)
         meta = {"model": model_name, "dataset": ds, "settings": settings, "n_seq": int(tokens.shape[0]),
                 "ctx": int(tokens.shape[1]), "n_tokens_counted": int(result[VOCAB_COUNTS].sum()),
-                "counted_positions": "all except the tokenizer's BOS, EOS and padding ids"}
+                "counted_positions": COUNTED[exclude_special]}
         with paths.atomic_path(folder) as tmp:
             tmp.mkdir()
             for name, tensor in result.items():

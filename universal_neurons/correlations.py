@@ -969,6 +969,9 @@ def build_parser(defaults: dict | None = None, description: str | None = None):
     p.add_argument("--save_precision", type=int, choices=[8, 16, 32], default=16,
                    help="full matrix: 16 = float16, 32 = float32, 8 = int8 per model-1 neuron (see quantize_rows_int8)")
     p.add_argument("--activation_location", default="mlp.hook_post", choices=["mlp.hook_post", "mlp.hook_pre"])
+    p.add_argument("--drop_newlines", choices=["single", "all"], default="single",
+                   help="newline tokens left out besides BOS/EOS/padding: single = the one-token '\\n' (the "
+                        "original's), all = every whitespace-only token with a newline ('\\n\\n', ...)")
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     p.add_argument("--n_rotations", type=int, default=1,
                    help="rotation samples; with K > 1 max_corr / min_corr average the K per-sample maxima")
@@ -1111,7 +1114,8 @@ def run_correlations(args) -> list[Path]:
         from .token_datasets import shard_rows
         b_start, b_stop = shard_rows(n_batches, args.num_shards, args.shard_index) if sharded else (0, n_batches)
         progress_key = {"dataset": args.token_dataset, "batches": [b_start, b_stop], "n_seq": n_seq,
-                        "batch_size": args.batch_size}
+                        "batch_size": args.batch_size, "drop_newlines": args.drop_newlines,
+                        "activation_location": args.activation_location}
         shard = args.shard_index if sharded else None
         save_tiles = sharded or nt > 1 or args.checkpoint_every > 0
         fins = {m2: None for m2 in pending}
@@ -1136,7 +1140,7 @@ def run_correlations(args) -> list[Path]:
             t0 = time.time()
             for b in _progress(range(first, b_stop), f"tile {t + 1}/{nt}" if nt > 1 else "batches"):
                 tokens = token_tensor(ds, b * args.batch_size, min((b + 1) * args.batch_size, n_seq))
-                mask = token_mask(tokens, model_1.tokenizer).flatten()
+                mask = token_mask(tokens, model_1.tokenizer, args.drop_newlines).flatten()
                 acts = mlp_activations(model_1, tokens, args.activation_location, layers=list(range(l0, l1)))
                 x = acts.reshape(-1, (l1 - l0) * D1)[mask.to(acts.device)][:, r0 - l0 * D1:r1 - l0 * D1]
                 x = x.to(job.devc)
@@ -1213,6 +1217,10 @@ def _merge_shards(job, args, m2, tile, n_tiles, stats_path) -> CorrelationStats:
         prog = saved.get("progress", {})
         if prog.get("next_batch") != prog.get("batches", [None, None])[1]:
             raise UserError(f"--merge: shard {i} has not finished ({stats_path(m2, tile, i, n)})")
+        for key in ("drop_newlines", "activation_location"):
+            if prog.get(key, getattr(args, key)) != getattr(args, key):
+                raise UserError(f"--merge: shard {i} was run with --{key} {prog[key]}, not {getattr(args, key)} "
+                                f"({stats_path(m2, tile, i, n)})")
         merged = st if merged is None else merged.merge(st)
         del st
     return merged

@@ -22,12 +22,20 @@ neuron with a large mean keeps its precision.
 Degenerate cases give NaN: a constant (or dead) neuron (Var(a) = 0), a feature true on no token
 or on every token (p_F in {0, 1}), no tokens at all, or NaN activations.
 
-`prev_token` VR uses the feature of the previous token in the same sequence: pairs
-(position t-1, position t) where both positions are kept by the token mask; the first kept
-position of a sequence has no previous token and is left out.
+`prev_token` VR counts the same positions as the current-token VR, each with the features of
+the previous token in its sequence; position 0 has no previous token, so every feature is false
+there (the original's convention: its prev_token column holds -1 at position 0).
+
+Counted positions: every position (BOS/EOS/padding included, as the original); with
+--exclude_special_tokens the BOS, EOS and padding ids are left out.
+
+From a cache (--activation_path): a cache of pre-activations (activation_config.json says
+mlp.hook_pre, or a folder without it) is passed through the model's own activation function
+(`capture.activation_function`) first, so both paths explain the same post-activations.
 
 Artifacts: `$RESULTS_DIR/explanations/<model>/<dataset>/<type>_feature/layer_<l>/`
-variance_reduction.csv and prev_token_variance_reduction.csv, rows 'l.n', columns features.
+variance_reduction.csv and prev_token_variance_reduction.csv, rows 'l.n', columns features, and
+explain_config.json, {"exclude_special_tokens": bool}, the positions they counted.
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ from .paths import atomic_path, explanation_dir, model_dirname
 
 VR_FILE = "variance_reduction.csv"
 PREV_VR_FILE = "prev_token_variance_reduction.csv"
+CONFIG_FILE = "explain_config.json"  # {"exclude_special_tokens": bool}
 
 
 class VarianceReduction:
@@ -129,8 +138,8 @@ class SequenceExplainer:
     """Current- and previous-token VR accumulated over batches of sequences.
 
     update(acts [B, P, N], features [B, P, F] bool, mask [B, P] bool): positions with mask False
-    (BOS, padding) are left out; the previous-token statistics pair position t with t-1 when both
-    are kept.
+    are left out of both; the previous-token statistics take position t's activation with position
+    t-1's features (none at position 0).
     """
 
     def __init__(self, n_neurons: int, n_features: int, device: str | torch.device = "cpu"):
@@ -148,8 +157,9 @@ class SequenceExplainer:
         mask = mask.to(acts.device)
         features = features.to(acts.device)
         self.current.update(acts[mask], features[mask])
-        pair = mask[:, 1:] & mask[:, :-1]  # [B, P-1]
-        self.previous.update(acts[:, 1:][pair], features[:, :-1][pair])
+        prev = torch.zeros_like(features)  # [B, P, F] the previous token's features, false at position 0
+        prev[:, 1:] = features[:, :-1]
+        self.previous.update(acts[mask], prev[mask])
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.current.result(), self.previous.result()
@@ -200,13 +210,28 @@ def layer_dir(model: str, dataset: str, feature_type: str, layer: int) -> Path:
 
 
 def write_layer(vr: pd.DataFrame, prev_vr: pd.DataFrame, model: str, dataset: str, feature_type: str,
-                layer: int) -> Path:
-    """Write one layer's two CSVs atomically; returns the folder."""
+                layer: int, config: dict | None = None) -> Path:
+    """Write one layer's two CSVs (and its settings, explain_config.json) atomically; returns the folder."""
+    import json
+
     out = layer_dir(model, dataset, feature_type, layer)
     for frame, name in ((vr, VR_FILE), (prev_vr, PREV_VR_FILE)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp)
+    with atomic_path(out / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(config or {}, indent=1) + "\n")
     return out
+
+
+def read_explain_config(model: str, dataset: str, feature_type: str, layer: int) -> dict | None:
+    """The settings a layer's explanations were written with (None if unknown)."""
+    import json
+
+    path = layer_dir(model, dataset, feature_type, layer) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_vr_csv(path: str | Path) -> pd.DataFrame:
@@ -300,45 +325,83 @@ def explain_batches(batches, neurons: dict[int, np.ndarray], feature_type: str =
 
 
 def cached_activation_batches(activation_path: str | Path, model: str, dataset: str, neurons: dict[int, np.ndarray],
-                              n_rows: int, ctx: int, batch_size: int):
-    """Yield {layer: [B, ctx, n_chosen] float32} from activations.py's neuron files.
+                              n_rows: int, ctx: int, batch_size: int, act_fn=None):
+    """Yield {layer: [B, ctx, n_chosen] float32} post-activations from activations.py's cache.
 
-    Looks for `{l}.{n}.pt` (fp16 [n_seq * ctx], flat index seq * ctx + pos) in
-    `<activation_path>/<model>/<dataset>/`, else in `<activation_path>/` itself; files are
-    memory-mapped, so only each batch's rows are read.
+    Looks in `<activation_path>/<model>/<dataset>/`, else in `<activation_path>/` itself, for the
+    neuron files `{l}.{n}.pt` (fp16/fp32 [n_seq * ctx], flat index seq * ctx + pos; memory-mapped,
+    so only each batch's rows are read), else the layer file `{l}.all.none.all.pt` ([n_seq * ctx, D],
+    8-bit quantised or float). A cache of pre-activations is passed through `act_fn` (the model's
+    activation function, `capture.activation_function`), which must then be given.
     """
+    from .activation_cache import load_activations, read_cache_config
     from .errors import UserError
 
     folder = Path(activation_path) / model_dirname(model) / dataset
     if not folder.is_dir():
         folder = Path(activation_path)
-    files = {(l, n): folder / f"{l}.{n}.pt" for l, ns in neurons.items() for n in ns.tolist()}
-    missing = [f"{l}.{n}" for (l, n), p in files.items() if not p.is_file()]
+    cfg = read_cache_config(folder)
+    location = cfg["location"] if cfg else "mlp.hook_pre"
+    if location not in ("mlp.hook_pre", "mlp.hook_post"):
+        raise UserError(f"{folder} caches {location}, not neuron activations (mlp.hook_pre or mlp.hook_post)")
+    if cfg is None:
+        print(f"note: {folder} has no activation_config.json; taking it to hold mlp.hook_pre (activations.py's "
+              f"default) and applying the activation function")
+    if location == "mlp.hook_pre" and act_fn is None:
+        raise UserError(f"{folder} caches mlp.hook_pre, and this model's post-activation is not an elementwise "
+                        f"function of it (gated MLP or unknown act_fn): cache mlp.hook_post instead")
+    post = (lambda x: x) if location == "mlp.hook_post" else act_fn
+    flat, missing = {}, []
+    for l, ns in neurons.items():
+        layer_file = folder / f"{l}.all.none.all.pt"
+        for n in ns.tolist():
+            path = folder / f"{l}.{n}.pt"
+            if path.is_file():
+                t = torch.load(path, mmap=True, weights_only=True).reshape(-1)
+            elif layer_file.is_file():
+                if l not in flat:  # the whole layer, dequantised once
+                    flat[l] = load_activations(layer_file)
+                t = flat[l][:, n]
+            else:
+                missing.append(f"{l}.{n}")
+                continue
+            if t.numel() < n_rows * ctx:
+                raise UserError(f"the cache in {folder} holds {t.numel()} activations of neuron {l}.{n}, fewer than "
+                                f"the {n_rows} x {ctx} tokens of {dataset}: it was cached for another dataset")
+            flat[l, n] = t[: n_rows * ctx].view(n_rows, ctx)
     if missing:
         raise UserError(f"no cached activations for {len(missing)} neuron(s) ({', '.join(missing[:5])}, ...) in "
                         f"{folder}: run activations.py --model {model} --token_dataset {dataset} "
                         f"--neuron_subset_file <csv> first, or leave out --activation_path to compute them")
-    flat = {}
-    for key, path in files.items():
-        t = torch.load(path, mmap=True, weights_only=True)
-        if t.numel() < n_rows * ctx:
-            raise UserError(f"{path} holds {t.numel()} activations, fewer than the {n_rows} x {ctx} tokens "
-                            f"of {dataset}: it was cached for another dataset")
-        flat[key] = t.reshape(-1)[: n_rows * ctx].view(n_rows, ctx)
     for lo in range(0, n_rows, batch_size):
         hi = min(lo + batch_size, n_rows)
-        yield {l: torch.stack([flat[l, n][lo:hi].float() for n in ns.tolist()], dim=-1) for l, ns in neurons.items()}
+        yield {l: post(torch.stack([flat[l, n][lo:hi].float() for n in ns.tolist()], dim=-1))
+               for l, ns in neurons.items()}
+
+
+def _act_fn_or_none(model):
+    """The model's activation function, or None where post is not a function of pre (gated MLPs):
+    a post-activation cache still works there, a pre-activation one is refused when it is read."""
+    from .capture import activation_function
+    from .errors import UserError
+
+    try:
+        return activation_function(model)
+    except UserError:
+        return None
 
 
 def run_explanations(model_name: str, dataset: str, feature_type: str = "token", layer: int = -1,
                      neuron_df_path: str | None = None, activation_path: str | None = None, batch_size: int = 32,
                      device: str | None = None, n_seq: int = -1, location: str = "mlp.hook_post",
-                     min_count: int = 3000, min_forms: int = 3, progress: bool = True) -> list[Path]:
+                     min_count: int = 3000, min_forms: int = 3, exclude_special: bool = False,
+                     progress: bool = True) -> list[Path]:
     """explain.py: explain a model's neurons on a token dataset; returns the layer folders written.
 
-    Activations are `blocks.{l}.<location>` computed by the model (or read from
-    `activation_path`); BOS/EOS/padding positions are left out (`capture.position_mask`; newlines are
-    kept, since "is a newline" is one of the features tested). Token features come from
+    Activations are `blocks.{l}.<location>` computed by the model (or read from `activation_path`,
+    pre-activation caches passed through the model's activation function); every position counts
+    (newlines too, since "is a newline" is one of the features tested), BOS/EOS/padding as well
+    unless exclude_special (`capture.position_mask`). Token features come from
     `analysis.vocab_df.make_vocab_df` with unigram counts taken from the same tokens.
     """
     from tqdm.auto import tqdm
@@ -360,7 +423,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     neurons = select_neurons(model.cfg.n_layers, model.cfg.d_mlp, layer, neuron_df_path)
     ds = load_token_dataset(dataset, model.family, model.tokenizer)
     tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
-    mask = position_mask(tokens, model.tokenizer)
+    mask = position_mask(tokens, model.tokenizer, special=not exclude_special)
     if feature_type == "token":
         counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0])
         vocab_df, vocab = make_vocab_df(model.tokenizer, model.W_E, model.W_U, counts.numpy(), min_count, min_forms), None
@@ -369,7 +432,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
 
     starts = range(0, len(tokens), batch_size)
     cached = (cached_activation_batches(activation_path, model_name, dataset, neurons, len(tokens), tokens.shape[1],
-                                        batch_size) if activation_path else None)
+                                        batch_size, act_fn=_act_fn_or_none(model)) if activation_path else None)
 
     def batches():
         for lo in tqdm(starts, desc=f"explain {dataset}", disable=not progress):
@@ -383,4 +446,5 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
             yield batch, acts, mask[lo:lo + batch_size]
 
     results = explain_batches(batches(), neurons, feature_type, vocab_df=vocab_df, vocab=vocab, nlp=nlp, device=dev)
-    return [write_layer(cur, prev, model_name, dataset, feature_type, l) for l, (cur, prev) in results.items()]
+    config = {"exclude_special_tokens": bool(exclude_special)}
+    return [write_layer(cur, prev, model_name, dataset, feature_type, l, config) for l, (cur, prev) in results.items()]

@@ -16,7 +16,8 @@ The original wrote [n_seq, ctx - 1] loss/rank in intervention.py and zero-padded
 entropy_intervention.py; NaN / -1 padding keeps a naive mean from counting a fake zero loss.
 
 Intervention types, applied to the neuron's activation `a` at the hook `blocks.{l}.<location>`
-(location mlp.hook_post, post-GELU, by default; or mlp.hook_pre) at every position:
+at every position; intervention.py's default location is mlp.hook_pre (the pre-activation, as the
+original's), entropy_intervention.py's mlp.hook_post (as the original's):
     zero_ablation        a -> 0
     threshold_ablation   a -> min(a, param)   (values above the threshold are clipped to it, as
                                                the original did; param 0 keeps only negative values)
@@ -271,7 +272,7 @@ def run_clean(model, model_name: str, dataset: str, tokens: torch.Tensor, output
 
 
 def run_intervention(model_name: str, dataset: str, neuron: str, intervention_type: str = "zero_ablation",
-                     intervention_param: float = 0.0, location: str = "mlp.hook_post", output_dir=None,
+                     intervention_param: float = 0.0, location: str = "mlp.hook_pre", output_dir=None,
                      batch_size: int = 32, device=None, n_seq: int = -1, progress: bool = True) -> list[Path]:
     """intervention.py: one neuron ('l.n'), one intervention, plus the clean run.
 
@@ -372,7 +373,7 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
             rows.append({"group": group, "label": label, "neurons": neuron_label(ns),
                          "intervention_type": intervention_type, "value": float(v), "folder": runs[-1]})
 
-    mask = position_mask(tokens, model.tokenizer, last=False)
+    mask = position_mask(tokens, model.tokenizer, special=False, last=False)
     base = run_means(clean, mask)
     records = [{"group": CLEAN, "label": CLEAN, "neurons": "", "intervention_type": "", "value": float("nan"),
                 **base, **{f"delta_{m}": 0.0 for m in SUMMARY_METRICS}}]

@@ -45,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx_len", type=int, default=None, help="context of the token datasets (default: the zoo's, or 512)")
     p.add_argument("--mix_tokens", default=None, help="size of the correlation mix (default 1m; --quick 32k)")
     p.add_argument("--skip", nargs="*", default=[], help="stages to skip (explanations intervention attention ...)")
+    p.add_argument("--exclude_special_tokens", action="store_true",
+                   help="leave BOS/EOS/padding positions out of the summaries and explanations (default: count "
+                        "every position, as the original)")
+    p.add_argument("--drop_newlines", choices=["single", "all"], default="single",
+                   help="correlations: leave out the one-token newline (single, the original's) or every "
+                        "newline-only token (all)")
 
 
 def settings(args) -> SimpleNamespace:
@@ -101,7 +107,7 @@ def stage_correlations(args, s) -> None:
     correlations.main(["--model_1_name", s.a, "--model_2_name", *s.others, "--token_dataset", s.mix_name,
                        "--baseline", "none", "rotation", "--batch_size", str(args.batch_size),
                        "--model_1_device", args.device, "--model_2_device", args.device,
-                       "--correlation_device", args.device])
+                       "--correlation_device", args.device, "--drop_newlines", args.drop_newlines])
 
 
 def stage_weights(args, s) -> None:
@@ -114,7 +120,7 @@ def stage_weights(args, s) -> None:
 def stage_summaries(args, s, subsets) -> None:
     from .activation_summary import run_summary
 
-    run_summary(s.a, subsets, batch_size=args.batch_size, device=args.device)
+    run_summary(s.a, subsets, batch_size=args.batch_size, device=args.device, exclude_special=args.exclude_special_tokens)
 
 
 def stage_neuron_df(args, s, subsets) -> pd.DataFrame:
@@ -141,12 +147,15 @@ def stage_explanations(args, s, df) -> pd.DataFrame | None:
     sel.parent.mkdir(parents=True, exist_ok=True)
     chosen[["layer", "neuron"]].to_csv(sel, index=False)
     layers = sorted(chosen["layer"].unique())
-    from .explanations import VR_FILE, layer_dir
+    from .explanations import VR_FILE, layer_dir, read_explain_config
 
     done = all((layer_dir(s.a, s.mix_name, "token", int(l)) / VR_FILE).exists() for l in layers)
+    done = done and read_explain_config(s.a, s.mix_name, "token", int(layers[0])) == {
+        "exclude_special_tokens": args.exclude_special_tokens}
     if not done:
         run_explanations(s.a, s.mix_name, "token", -1, neuron_df_path=str(sel), batch_size=args.batch_size,
-                         device=args.device, min_count=30 if args.quick else 300)
+                         device=args.device, min_count=30 if args.quick else 300,
+                         exclude_special=args.exclude_special_tokens)
     best = load_best_features(s.a, s.mix_name, "token", [int(l) for l in layers]).reset_index()
     lay_neu = best["neuron"].str.split(".", expand=True).astype(int)
     best["layer"], best["neuron"] = lay_neu[0], lay_neu[1]
@@ -225,6 +234,15 @@ def correlation_partners(s, df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def conventions(args) -> list[str]:
+    """The report's line on which positions each statistic counted."""
+    special = "without" if args.exclude_special_tokens else "with"
+    newline = "the one-token newline" if args.drop_newlines == "single" else "every newline-only token"
+    return [f"correlations leave out BOS/EOS/padding and {newline} (--drop_newlines {args.drop_newlines})",
+            f"summaries and explanations count every position {special} BOS/EOS/padding"
+            + (" (--exclude_special_tokens)" if args.exclude_special_tokens else " (the original's)")]
+
+
 def run(args) -> Path:
     from .report import write_report
 
@@ -248,7 +266,8 @@ def run(args) -> Path:
     st.timings["total"] = round(time.time() - t0, 1)
     report = st("report", write_report, s.a, df, others=s.others, dataset=s.mix_name, toy=s.toy,
                 zoo_table=zoo_table, partners=correlation_partners(s, df), explanations=explanations,
-                intervention=intervention, attention=attention, timings=st.timings, threshold=args.threshold)
+                intervention=intervention, attention=attention, timings=st.timings, threshold=args.threshold,
+                conventions=conventions(args))
     print(Path(report).read_text().split("## How universal")[0])
     print(f"report: {report}")
     return Path(report)

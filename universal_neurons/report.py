@@ -52,8 +52,11 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
                  zoo_table: str | None = None, partners: pd.DataFrame | None = None,
                  explanations: pd.DataFrame | None = None, intervention: pd.DataFrame | None = None,
                  attention: dict | None = None, timings: dict | None = None,
-                 threshold: float = UNIVERSAL_THRESHOLD, out_dir: Path | None = None) -> Path:
-    """Write reports/<model>/report.md with its figures; returns the Markdown path."""
+                 threshold: float = UNIVERSAL_THRESHOLD, out_dir: Path | None = None,
+                 conventions: list[str] | None = None) -> Path:
+    """Write reports/<model>/report.md with its figures; returns the Markdown path.
+
+    conventions: lines saying which positions each statistic counted (`pipeline.conventions`)."""
     out_dir = out_dir or paths.report_dir() / paths.model_dirname(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     is_u = df["excess_corr"] > threshold
@@ -79,6 +82,8 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
                "on a CPU), not from the paper's GPT-2 models. They show the method working end to end; their "
                "values are not comparable to the paper's.", ""]
     md += [f"Compared against {len(others)} other seed(s): {', '.join(others)}; correlations on `{dataset}`.", ""]
+    if conventions:
+        md += ["Conventions of this run: " + "; ".join(conventions) + ".", ""]
     if zoo_table:
         md += ["## The zoo", "", "```", zoo_table, "```", ""]
     md += ["## Headline", "",
