@@ -26,7 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--activation_aggregation", default="none", choices=AGGREGATIONS,
                    help="layer mode: how positions of a sequence are aggregated")
-    p.add_argument("--neuron_subset", nargs="*", default=None, help="neurons as LAYER.NEURON, e.g. 3.1024 11.3030")
+    p.add_argument("--neuron_subset", nargs="+", default=None, help="neurons as LAYER.NEURON, e.g. 3.1024 11.3030")
     p.add_argument("--neuron_subset_file", default=None, help="CSV with 'layer' and 'neuron' columns")
     p.add_argument("--save_precision", type=int, default=8, choices=[8, 16, 32],
                    help="layer mode: 8 = per-neuron uint8 quantisation, 16 / 32 = float; neuron mode: fp16 unless 32")

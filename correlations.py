@@ -1,8 +1,7 @@
 """Neuron-to-neuron correlations, as the original's fuller correlations.py.
 
-The same engine and flags as correlations_fast.py (see its help); the one difference is this
-script's default of also writing the full matrix correlation.pt [L1, D1, L2, D2], as the older
-script did.
+The same engine, flags and defaults as correlations_fast.py (see its help); as in the original,
+the full matrix correlation.pt [L1, D1, L2, D2] is written with --save_full_correlation_matrix.
 """
 from universal_neurons.correlations import FULL_DEFAULTS, main
 

@@ -24,7 +24,8 @@ def parse_args(argv=None):
     p.add_argument("--intervention_type", default="zero_ablation", choices=INTERVENTION_TYPES,
                    help="zero_ablation: a->0; threshold_ablation: a->min(a, param); relu_ablation: a->max(a, 0); "
                         "fixed_activation: a->param")
-    p.add_argument("--intervention_param", type=float, default=0.0, help="threshold or fixed value")
+    p.add_argument("--intervention_param", type=float, default=0,  # the int 0: folder <type>_0, as the original
+                   help="threshold or fixed value")
     add_run_arguments(p)
     return p.parse_args(argv)
 

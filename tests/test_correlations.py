@@ -457,10 +457,11 @@ def test_cli_similarities_and_errors(tiny_models, token_data, tmp_path, monkeypa
         "--baseline", "gaussian")
     summ, _ = summaries(m1, m2, sim="jaccard-0.50", baseline="gaussian")
     assert summ["meta"]["similarity"] == "jaccard" and summ["bin_counts"].shape == (80, 101)
-    # correlations.py = the same engine, writing the full matrix by default (here as int8)
-    corr_mod.main(["--token_dataset", "tiny", "--model_1_name", m1, "--model_2_name", m2, "--save_precision", "8",
-                   "--model_1_device", "cpu", "--model_2_device", "cpu", "--correlation_device", "cpu"],
-                  defaults=corr_mod.FULL_DEFAULTS)
+    # correlations.py = the same engine and defaults (the original's: no full matrix unless asked)
+    argv = ["--token_dataset", "tiny", "--model_1_name", m1, "--model_2_name", m2, "--model_1_device", "cpu",
+            "--model_2_device", "cpu", "--correlation_device", "cpu"]
+    assert not corr_mod.build_parser(corr_mod.FULL_DEFAULTS).parse_args(argv).save_full_correlation_matrix
+    corr_mod.main(argv + ["--save_full_correlation_matrix", "--save_precision", "8"], defaults=corr_mod.FULL_DEFAULTS)
     full = load_correlation_matrix(correlation_path(m1, m2, "tiny", "pearson", "none") / "correlation.pt")
     summ, _ = summaries(m1, m2)
     assert full.shape == (2, 40, 2, 40)

@@ -125,7 +125,7 @@ def test_local_folder_dataset_mix_and_fingerprint(tmp_path):
     names = sorted(p.name for p in written)
     assert names == ["corpus.all-2k.32", "corpus.alpha.32", "corpus.beta.32"]
     mix = token_datasets.load_token_dataset("corpus.all-2k.32", "gpt2", tok)
-    assert len(mix) == 2000 // 32 and set(mix["subset"]) == {"alpha", "beta"}
+    assert len(mix) == -(-2000 // 32) and set(mix["subset"]) == {"alpha", "beta"}  # ceil: >= 2000 tokens
     again, labels = token_datasets.make_mix({"alpha": np.asarray(token_datasets.load_token_dataset("corpus.alpha.32", "gpt2")["tokens"]),
                                              "beta": np.asarray(token_datasets.load_token_dataset("corpus.beta.32", "gpt2")["tokens"])}, 2000, 3)
     assert np.array_equal(again, np.asarray(mix["tokens"])), "mixes are seeded"
@@ -306,3 +306,48 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert not target.exists() and list((tmp_path / "out").iterdir()) == []
     paths.torch_save_atomic({"x": 1}, target)
     assert torch.load(target)["x"] == 1
+
+
+# The original's Pile names (ORIGINAL_SPEC.md), from the Pile's meta.pile_set_name values
+PILE_SET_NAMES = {
+    "ArXiv": "arxiv", "BookCorpus2": "bookcorpus2", "Books3": "books3", "DM Mathematics": "dm_mathematics",
+    "Enron Emails": "enron_emails", "EuroParl": "europarl", "FreeLaw": "freelaw", "Github": "github",
+    "Gutenberg (PG-19)": "gutenberg", "HackerNews": "hackernews", "NIH ExPorter": "nih_exporter",
+    "OpenSubtitles": "opensubtitles", "OpenWebText2": "openwebtext2", "PhilPapers": "philpapers",
+    "Pile-CC": "pile_cc", "PubMed Abstracts": "pubmed_abstracts", "PubMed Central": "pubmed_central",
+    "StackExchange": "stackexchange", "Ubuntu IRC": "ubuntu_irc", "USPTO Backgrounds": "uspto_backgrounds",
+    "Wikipedia (en)": "wikipedia", "YoutubeSubtitles": "youtubesubtitles"}
+
+
+def test_pile_subset_names_are_the_originals():
+    assert {k: token_datasets.pile_subset_key(k) for k in PILE_SET_NAMES} == PILE_SET_NAMES
+
+
+def test_hub_path_pile_filter_and_alias_split(monkeypatch):
+    """The Pile path (offline: load_dataset replaced): the original's subset names, documents of <= 50
+    characters dropped, mixes; an alias (10k sample sets: train split only) is read from 'train'."""
+    import datasets
+
+    docs = [("Gutenberg (PG-19)", "short"),  # <= 50 characters: dropped on the Pile path
+            ("Gutenberg (PG-19)", "It was the best of times, it was the worst of times. " * 20),
+            ("Wikipedia (en)", "x" * 50),  # exactly 50: dropped too (the original kept > 50)
+            ("Wikipedia (en)", "Anarchism is a political philosophy and movement. " * 20)]
+    asked = []
+
+    def fake_load_dataset(repo, split):
+        asked.append((repo, split))
+        return datasets.Dataset.from_dict({"text": [t for _, t in docs],
+                                           "meta": [{"pile_set_name": n} for n, _ in docs]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    tok = gpt2_tokenizer()
+    written = token_datasets.build_hub(token_datasets.PILE, "test", tok, "gpt2", 32, [320], seed=0)
+    assert sorted(p.name for p in written) == ["pile.test.all-320.32", "pile.test.gutenberg.32", "pile.test.wikipedia.32"]
+    for name, text in (("gutenberg", docs[1][1]), ("wikipedia", docs[3][1])):
+        rows = np.asarray(token_datasets.load_token_dataset(f"pile.test.{name}.32", "gpt2", tok)["tokens"])
+        expected = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        n = len(expected) // 31  # the short document came first: kept, it would open the first row
+        assert rows.shape == (n, 32) and rows[:, 1:].reshape(-1).tolist() == expected[: n * 31]
+    assert asked == [(token_datasets.PILE, "test")]
+    token_datasets.build_hub("owt", "test", tok, "gpt2", 32, [], seed=0)
+    assert asked[-1] == ("stas/openwebtext-10k", "train")

@@ -414,3 +414,17 @@ def test_rerun_skips_and_a_new_n_seq_recomputes(crafted, capsys):
     intervention.main(argv + ["--n_seq", "2"])
     assert "skip" not in capsys.readouterr().out
     assert torch.load(run_folder + "/loss.pt").shape == (2, CTX)
+
+
+def test_folder_names_follow_the_original():
+    """str(param) as the original: its default (the int 0) gives zero_ablation_0, a value typed on the
+    command line (a float) zero_ablation_0.0 / fixed_activation_-0.17."""
+    import intervention
+
+    args = intervention.parse_args(["--model", "m", "--token_dataset", "d", "--neuron", "1.2"])
+    assert iv.intervention_name(args.intervention_type, args.intervention_param) == "zero_ablation_0"
+    args = intervention.parse_args(["--model", "m", "--token_dataset", "d", "--neuron", "1.2",
+                                    "--intervention_param", "0"])
+    assert iv.intervention_name(args.intervention_type, args.intervention_param) == "zero_ablation_0.0"
+    assert iv.intervention_name("fixed_activation", -0.17) == "fixed_activation_-0.17"
+    assert iv.intervention_name("fixed_activation", 3) == "fixed_activation_3"

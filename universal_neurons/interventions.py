@@ -71,9 +71,10 @@ def neuron_label(neurons: list[Neuron]) -> str:
     return "_".join(f"{l}.{n}" for l, n in neurons)
 
 
-def intervention_name(intervention_type: str, param: float) -> str:
-    """'<type>_<param>' as the original wrote it: str(float), e.g. fixed_activation_-0.17, zero_ablation_0.0."""
-    return f"{intervention_type}_{float(param)}"
+def intervention_name(intervention_type: str, param: float | int) -> str:
+    """'<type>_<param>' as the original wrote it, str(param): fixed_activation_-0.17, zero_ablation_0.0 for a
+    value given on the command line (a float), zero_ablation_0 for intervention.py's default (the int 0)."""
+    return f"{intervention_type}_{param if isinstance(param, int) and not isinstance(param, bool) else float(param)}"
 
 
 def check_intervention(intervention_type: str, param: float | None, allowed=INTERVENTION_TYPES) -> None:
@@ -272,7 +273,7 @@ def run_clean(model, model_name: str, dataset: str, tokens: torch.Tensor, output
 
 
 def run_intervention(model_name: str, dataset: str, neuron: str, intervention_type: str = "zero_ablation",
-                     intervention_param: float = 0.0, location: str = "mlp.hook_pre", output_dir=None,
+                     intervention_param: float | int = 0, location: str = "mlp.hook_pre", output_dir=None,
                      batch_size: int = 32, device=None, n_seq: int = -1, progress: bool = True) -> list[Path]:
     """intervention.py: one neuron ('l.n'), one intervention, plus the clean run.
 

@@ -9,7 +9,8 @@ moved with an environment variable (the original used DATASET_DIR and RESULTS_DI
     ACTIVATION_DIR     cached_activations    <model>/<dataset>/
     INTERVENTION_DIR   intervention_results  <model>/<dataset>/...
     DATAFRAME_DIR      dataframes            neuron_dfs/<model>.csv, interpretable_neurons/...
-    EXPLANATION_DIR    $RESULTS_DIR/explanations
+    EXPLANATION_DIR    $RESULTS_DIR/explanations (results/explanations when RESULTS_DIR is unset, as the
+                       original explain.py)
     REPORT_DIR         reports
     UNIVERSAL_NEURONS_ZOO   ~/.cache/universal_neurons/zoo   trained toy models (HF folders)
 """
@@ -50,7 +51,8 @@ def dataframe_dir() -> Path:
 
 
 def explanation_dir() -> Path:
-    return _env_path("EXPLANATION_DIR", results_dir() / "explanations")
+    # the original explain.py: $RESULTS_DIR/explanations, with RESULTS_DIR defaulting to 'results' there
+    return _env_path("EXPLANATION_DIR", _env_path("RESULTS_DIR", "results") / "explanations")
 
 
 def report_dir() -> Path:

@@ -22,14 +22,20 @@ import torch
 from . import corpus, paths
 from .errors import UserError
 
-# The TransformerLens 10k-document sample sets (short aliases of the original make_dataset.py).
+# The 10k-document sample sets: the original make_dataset.py's short aliases (all have only a
+# train split, which is what the original loaded for them whatever --hf_dataset_split said).
 HF_ALIASES = {
     "pile": "NeelNanda/pile-10k",
-    "owt": "NeelNanda/openwebtext-10k",
+    "openwebtext": "stas/openwebtext-10k",
+    "owt": "stas/openwebtext-10k",
     "c4": "NeelNanda/c4-10k",
     "code": "NeelNanda/code-10k",
+    "python": "NeelNanda/code-10k",
+    "c4_code": "NeelNanda/c4-code-20k",
+    "c4-code": "NeelNanda/c4-code-20k",
     "wiki": "NeelNanda/wiki-10k",
 }
+PILE_MIN_CHARS = 50  # the original kept only Pile documents longer than this
 PILE = "EleutherAI/pile"
 BUILTIN = "python-stdlib"
 FINGERPRINT_FILE = "tokenizer_fingerprint.txt"
@@ -161,7 +167,7 @@ def shard_rows(n_rows: int, num_shards: int, shard_index: int) -> tuple[int, int
 def make_mix(parts: dict[str, np.ndarray], n_tokens: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """A seeded random mix of rows from several subsets totalling n_tokens (rows x ctx) tokens."""
     ctx = next(iter(parts.values())).shape[1]
-    n_rows = n_tokens // ctx
+    n_rows = -(-n_tokens // ctx)  # ceil, as the original: at least n_tokens tokens
     labels = np.concatenate([np.full(len(v), k, dtype=object) for k, v in parts.items()])
     rows = np.concatenate(list(parts.values()))
     if n_rows > len(rows):
@@ -210,12 +216,21 @@ def build_local_folder(folder: Path, tokenizer, family: str, ctx_len: int, mix_s
     return written
 
 
+def pile_subset_key(pile_set_name: str) -> str:
+    """'Gutenberg (PG-19)' -> 'gutenberg', 'Pile-CC' -> 'pile_cc': the original's subset names."""
+    base = re.sub(r"\s*\(.*?\)", "", pile_set_name).strip()
+    return base.lower().replace("-", "_").replace(" ", "_")
+
+
 def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int, mix_sizes: list[int],
               seed: int = 0, n_seq: int = -1) -> list[Path]:
     """A hub dataset (needs the network). The Pile is written per subset (meta.pile_set_name) plus mixes."""
     from datasets import load_dataset
 
     repo = HF_ALIASES.get(hf_dataset, hf_dataset)
+    if hf_dataset in HF_ALIASES and split != "train":
+        print(f"note: {hf_dataset} ({repo}) has only a train split; using it (as the original did)")
+        split = "train"
     try:
         ds = load_dataset(repo, split=split)
     except Exception as e:  # the hub client raises many types; all mean "could not get it"
@@ -226,9 +241,14 @@ def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int,
     written, parts = [], {}
     if "meta" in ds.column_names:
         names = [m["pile_set_name"] for m in ds["meta"]]
+        texts = ds["text"]
+        if repo == PILE:
+            keep = [len(t) > PILE_MIN_CHARS for t in texts]
+            texts = [t for t, k in zip(texts, keep) if k]
+            names = [n for n, k in zip(names, keep) if k]
         for sub in sorted(set(names)):
-            docs = [t for t, n in zip(ds["text"], names) if n == sub]
-            key = sub.lower().replace("-", "_").replace(" ", "_").replace("(", "").replace(")", "")
+            docs = [t for t, n in zip(texts, names) if n == sub]
+            key = pile_subset_key(sub)
             rows = tokenize_and_concatenate(docs, tokenizer, ctx_len, max_rows)
             parts[key] = rows
             written.append(save_token_dataset(rows, family, f"{short}.{split}.{key}.{ctx_len}", tokenizer))
