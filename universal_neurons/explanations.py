@@ -277,14 +277,15 @@ def select_neurons(n_layers: int, d_mlp: int, layer: int = -1, neuron_df_path: s
 
 
 def explain_batches(batches, neurons: dict[int, np.ndarray], feature_type: str = "token", vocab_df=None,
-                    vocab: list[str] | None = None, nlp=None, device="cpu"
+                    vocab: list[str] | None = None, nlp=None, device="cpu", special_ids=()
                     ) -> dict[int, tuple[pd.DataFrame, pd.DataFrame]]:
     """Current/previous-token VR of the chosen neurons over a stream of batches (no model needed).
 
     batches: iterable of (tokens [B, P] ids, acts [B, P, L, D] or {layer: [B, P, n_chosen]}, mask
     [B, P] bool); neurons: {layer: neuron indices} (`select_neurons`); feature_type 'token' uses the
     bool columns of `vocab_df` looked up by token id, 'sequence' tags the text with the spaCy
-    pipeline `nlp` (`analysis.sequence_features`), `vocab` being the decoded vocabulary.
+    pipeline `nlp` (`analysis.sequence_features`), `vocab` being the decoded vocabulary; tokens in
+    `special_ids` (BOS/EOS/padding) are kept out of that text.
     Returns {layer: (variance_reduction, prev_token_variance_reduction)} DataFrames indexed 'l.n'.
     """
     device = torch.device(device)
@@ -307,7 +308,9 @@ def explain_batches(batches, neurons: dict[int, np.ndarray], feature_type: str =
             feats = table[tokens.to(device)]
         else:
             before = len(seq_names)
-            feats, _ = sequence_features(tokens.numpy(), vocab, nlp, mask.cpu().numpy(), seq_names)
+            # BOS/EOS/padding never enter spaCy's text (their positions get no tag), counted or not
+            text_mask = mask.cpu().numpy() & ~np.isin(tokens.numpy(), list(special_ids))
+            feats, _ = sequence_features(tokens.numpy(), vocab, nlp, text_mask, seq_names)
             feats = torch.from_numpy(feats).to(device)
             for ex in explainers.values():
                 ex.add_features(len(seq_names) - before)
@@ -445,6 +448,8 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
                 acts = {l: full[:, :, i, torch.as_tensor(ns, device=full.device)] for i, (l, ns) in enumerate(neurons.items())}
             yield batch, acts, mask[lo:lo + batch_size]
 
-    results = explain_batches(batches(), neurons, feature_type, vocab_df=vocab_df, vocab=vocab, nlp=nlp, device=dev)
+    special = {model.tokenizer.bos_token_id, model.tokenizer.eos_token_id, model.tokenizer.pad_token_id} - {None}
+    results = explain_batches(batches(), neurons, feature_type, vocab_df=vocab_df, vocab=vocab, nlp=nlp, device=dev,
+                              special_ids=sorted(special))
     config = {"exclude_special_tokens": bool(exclude_special)}
     return [write_layer(cur, prev, model_name, dataset, feature_type, l, config) for l, (cur, prev) in results.items()]
