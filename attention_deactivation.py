@@ -24,6 +24,11 @@ def parse_args(argv=None):
     p.add_argument("--neurons", nargs="+", default=None, help="earlier-layer neurons LAYER.NEURON ...")
     p.add_argument("--top_k", type=int, default=None,
                    help="instead of --neurons: the top K neurons of the heuristic ranking (default 10)")
+    p.add_argument("--min_neuron", type=int, default=None,
+                   help="with --max_neuron: ranks [min, max) of the heuristic ranking (the original's flags)")
+    p.add_argument("--max_neuron", type=int, default=None)
+    p.add_argument("--context_length", type=int, default=None,
+                   help="use the first N positions of each row (default all; the original used 256)")
     p.add_argument("--after_pos", type=int, default=1,
                    help="first query position recorded (the original used 64 on 256-token rows)")
     p.add_argument("--batch_size", type=int, default=32)
@@ -38,10 +43,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from universal_neurons.attention_deactivation import run_attention_deactivation
+    from universal_neurons.errors import UserError
+
+    if (args.min_neuron is None) != (args.max_neuron is None):
+        raise UserError("--min_neuron and --max_neuron go together")
+    ranks = None if args.min_neuron is None else (args.min_neuron, args.max_neuron)
 
     print(run_attention_deactivation(args.model, args.token_dataset, args.layer, args.head, args.neurons, args.top_k,
                                      args.after_pos, args.batch_size, args.device, args.n_seq, args.neuron_chunk,
-                                     args.output_dir))
+                                     args.output_dir, context_length=args.context_length, ranks=ranks))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy-gpt2-a", help="model whose tokenizer to use (decides the family folder)")
     p.add_argument("--hf_dataset", default="EleutherAI/pile",
-                   help="hub dataset, alias (pile, owt, c4, code, wiki), 'python-stdlib' or a local folder")
+                   help="hub dataset, alias (pile, openwebtext/owt, c4, code/python, c4_code/c4-code, wiki: "
+                        "the original's 10k sample sets), 'python-stdlib' or a local folder")
     p.add_argument("--hf_dataset_split", default="test")
     p.add_argument("--ctx_len", type=int, default=512)
     p.add_argument("--n_seq", type=int, default=-1, help="rows per dataset (-1 = all)")

@@ -30,12 +30,19 @@ def parse_args(argv=None):
     parser.add_argument("--causal_only", action="store_true", help="accepted for the original's command lines (unused)")
     parser.add_argument("--save_precision", type=int, default=8, choices=[8, 16, 32],
                         help="accepted for the original's command lines (unused: fp16 summaries)")
+    parser.add_argument("--compute_full_stats", action="store_true",
+                        help="the original's untested full-statistics path (it crashed there): not supported")
     return parser.parse_args(argv)
 
 
 @cli_entry
 def main(argv=None):
     args = parse_args(argv)
+    if args.compute_full_stats:
+        from universal_neurons.errors import UserError
+
+        raise UserError("--compute_full_stats is not supported (the original's path behind it crashed); the default "
+                        "summaries hold the compositions' histograms, moments and top/bottom entries")
     from universal_neurons.device import resolve_device
     from universal_neurons.models import load_model
     from universal_neurons.weights import check_block_size, save_weight_summaries

@@ -175,11 +175,21 @@ def test_top_k_cli_and_rerun_skip(lm, capsys):
     assert list(torch.load(f"{out}/corr_dict.pt")) == expect
     attention_deactivation.main(argv)
     assert "skip" in capsys.readouterr().out
+    # the original's rank range and context length: ranks [1, 3) of the same ranking, first 8 positions
+    attention_deactivation.main(argv[:-6] + ["--min_neuron", "1", "--max_neuron", "3", "--context_length", "8",
+                                             "--batch_size", "4", "--device", "cpu"])
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert list(torch.load(f"{out}/corr_dict.pt")) == expect[1:3]
+    records = torch.load(f"{out}/records.pt")
+    assert records[expect[1]]["activation"].shape[1] == 8 - 1  # positions after_pos (1) .. 7
 
 
 @pytest.mark.parametrize("extra,msg", [(["--neurons", "1.3"], "not before attention layer 1"),
                                        (["--neurons", "0.x"], "malformed neuron spec"),
-                                       (["--neurons", "0.3", "--top_k", "2"], "either --neurons or --top_k"),
+                                       (["--neurons", "0.3", "--top_k", "2"], "one of --neurons, --top_k"),
+                                       (["--min_neuron", "2"], "go together"),
+                                       (["--min_neuron", "3", "--max_neuron", "3"], "--min_neuron < --max_neuron"),
+                                       (["--context_length", "1"], "--context_length"),
                                        (["--top_k", "0"], "--top_k must be"),
                                        (["--layer", "0"], "--layer 0 must be"),
                                        (["--head", "5"], "--head 5"),

@@ -110,3 +110,17 @@ def test_notebook_runs(name, executed):
     pngs = sorted((FIG_ROOT / name).glob("*.png"))
     assert pngs, f"{name} wrote no figure"
     assert all(p.stat().st_size > 5000 for p in pngs), [(p.name, p.stat().st_size) for p in pngs]
+
+
+def test_quick_run_reports_its_position_conventions(quick_artifacts):
+    """The report says which positions each statistic counted (the original's conventions by default),
+    and the stages' own records agree with it."""
+    import json
+
+    report = (quick_artifacts / "reports" / QUICK_MODELS[0] / "report.md").read_text()
+    line = next(l for l in report.splitlines() if l.startswith("Conventions of this run"))
+    assert "--drop_newlines single" in line and "with BOS/EOS/padding (the original's)" in line
+    summaries = list((quick_artifacts / "summary_data" / QUICK_MODELS[0] / "activations").glob("*/summary_config.json"))
+    assert summaries and all(json.loads(p.read_text())["settings"]["exclude_special_tokens"] is False for p in summaries)
+    explained = list((quick_artifacts / "results" / "explanations" / QUICK_MODELS[0]).rglob("explain_config.json"))
+    assert explained and all(json.loads(p.read_text()) == {"exclude_special_tokens": False} for p in explained)

@@ -209,9 +209,17 @@ def _correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"pearson": pearson(x, y), "spearman": pearson(rankdata(x), rankdata(y))}
 
 
-def select_neurons(ranking: pd.DataFrame, neurons: list[str] | None, top_k: int | None, model, layer: int) -> list[Neuron]:
-    if neurons and top_k:
-        raise UserError("give either --neurons or --top_k, not both")
+def select_neurons(ranking: pd.DataFrame, neurons: list[str] | None, top_k: int | None, model, layer: int,
+                   ranks: tuple[int, int] | None = None) -> list[Neuron]:
+    """--neurons as given; or ranks [lo, hi) of the heuristic ranking (the original's --min_neuron /
+    --max_neuron); or its top_k (default 10)."""
+    if sum(x is not None and x != [] for x in (neurons, top_k, ranks)) > 1:
+        raise UserError("give one of --neurons, --top_k or --min_neuron/--max_neuron")
+    if ranks is not None:
+        lo, hi = ranks
+        if not 0 <= lo < hi:
+            raise UserError(f"need 0 <= --min_neuron < --max_neuron, got {lo} and {hi}")
+        return [(int(l), int(n)) for l, n in ranking[["layer", "neuron"]].values[lo:min(hi, len(ranking))]]
     if neurons:
         chosen = [parse_neuron(s) for spec in neurons for s in str(spec).split(",") if s.strip()]
         for l, n in chosen:
@@ -231,10 +239,12 @@ def select_neurons(ranking: pd.DataFrame, neurons: list[str] | None, top_k: int 
 def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: int, neurons: list[str] | None = None,
                                top_k: int | None = None, after_pos: int = 1, batch_size: int = 32, device=None,
                                n_seq: int = -1, neuron_chunk: int = 8, results_root=None,
+                               context_length: int | None = None, ranks: tuple[int, int] | None = None,
                                progress: bool = True) -> Path:
     """attention_deactivation.py: the heuristic ranking, path ablation and correlations; returns the folder.
 
-    neurons: 'l.n' specs; else the `top_k` (default 10) neurons of the heuristic ranking.
+    neurons: 'l.n' specs; else ranks [lo, hi) of the heuristic ranking, or its `top_k` (default 10).
+    context_length: use only the first positions of each row (the original: 256 of its 512).
     after_pos: first query position recorded (position 0 attends only to itself: its change is 0).
     A folder already written for the same neurons, n_seq and after_pos is skipped.
     """
@@ -256,6 +266,10 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
     _check_head(model, layer, head)
     ds = load_token_dataset(dataset, model.family, model.tokenizer)
     tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
+    if context_length is not None:
+        if context_length < 2:
+            raise UserError(f"--context_length must be >= 2, got {context_length}")
+        tokens = tokens[:, :context_length]
     n, ctx = tokens.shape
     if n == 0:
         raise UserError(f"token dataset {dataset!r} is empty")
@@ -264,7 +278,7 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
 
     k_bos = bos_key(model, tokens[:batch_size], layer, head)
     ranking = ranking_frame(heuristic_scores(model, layer, head, k_bos))
-    chosen = select_neurons(ranking, neurons, top_k, model, layer)
+    chosen = select_neurons(ranking, neurons, top_k, model, layer, ranks)
     labels = [f"{l}.{nn}" for l, nn in chosen]
     folder = output_dir(model_name, dataset, layer, head, results_root)
     meta = {"model": model_name, "dataset": dataset, "layer": layer, "head": head, "neurons": labels,
@@ -273,7 +287,7 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
         old = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         old = None
-    if old is not None and all(old.get(key) == meta[key] for key in ("neurons", "n_seq", "after_pos")):
+    if old is not None and all(old.get(key) == meta[key] for key in ("neurons", "n_seq", "ctx", "after_pos")):
         if progress:
             print(f"skip {folder} (done)")
         return folder

@@ -942,6 +942,7 @@ FULL_FILE = "correlation.pt"
 GEMM_DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # correlations_fast.py: the script the paper used. correlations.py: the fuller older one, same engine,
 # which also wrote the full matrix by default.
+NEWLINE_SETS = {"single": "single", "all": "all", "none": "keep"}  # --drop_newlines -> capture.position_mask
 FAST_DEFAULTS = {}
 FULL_DEFAULTS = {}  # the original correlations.py wrote correlation.pt only with --save_full_correlation_matrix
 
@@ -969,9 +970,10 @@ def build_parser(defaults: dict | None = None, description: str | None = None):
     p.add_argument("--save_precision", type=int, choices=[8, 16, 32], default=16,
                    help="full matrix: 16 = float16, 32 = float32, 8 = int8 per model-1 neuron (see quantize_rows_int8)")
     p.add_argument("--activation_location", default="mlp.hook_post", choices=["mlp.hook_post", "mlp.hook_pre"])
-    p.add_argument("--drop_newlines", choices=["single", "all"], default="single",
+    p.add_argument("--drop_newlines", choices=["single", "all", "none"], default="single",
                    help="newline tokens left out besides BOS/EOS/padding: single = the one-token '\\n' (the "
-                        "original's), all = every whitespace-only token with a newline ('\\n\\n', ...)")
+                        "original correlations_fast.py), all = every whitespace-only token with a newline "
+                        "('\\n\\n', ...), none = no newline token (the older correlations.py)")
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     p.add_argument("--n_rotations", type=int, default=1,
                    help="rotation samples; with K > 1 max_corr / min_corr average the K per-sample maxima")
@@ -1140,7 +1142,7 @@ def run_correlations(args) -> list[Path]:
             t0 = time.time()
             for b in _progress(range(first, b_stop), f"tile {t + 1}/{nt}" if nt > 1 else "batches"):
                 tokens = token_tensor(ds, b * args.batch_size, min((b + 1) * args.batch_size, n_seq))
-                mask = token_mask(tokens, model_1.tokenizer, args.drop_newlines).flatten()
+                mask = token_mask(tokens, model_1.tokenizer, NEWLINE_SETS[args.drop_newlines]).flatten()
                 acts = mlp_activations(model_1, tokens, args.activation_location, layers=list(range(l0, l1)))
                 x = acts.reshape(-1, (l1 - l0) * D1)[mask.to(acts.device)][:, r0 - l0 * D1:r1 - l0 * D1]
                 x = x.to(job.devc)

@@ -397,5 +397,5 @@ def add_run_arguments(p) -> None:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
-    p.add_argument("--save_precision", type=int, default=16, choices=[16],
-                   help="kept for the original's command lines: tensors are always fp16 / int32")
+    p.add_argument("--save_precision", type=int, default=16,
+                   help="accepted for the original's command lines (unused there too): tensors are fp16 / int32")

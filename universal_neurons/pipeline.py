@@ -48,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude_special_tokens", action="store_true",
                    help="leave BOS/EOS/padding positions out of the summaries and explanations (default: count "
                         "every position, as the original)")
-    p.add_argument("--drop_newlines", choices=["single", "all"], default="single",
-                   help="correlations: leave out the one-token newline (single, the original's) or every "
-                        "newline-only token (all)")
+    p.add_argument("--drop_newlines", choices=["single", "all", "none"], default="single",
+                   help="correlations: leave out the one-token newline (single, the original's), every "
+                        "newline-only token (all) or none")
 
 
 def settings(args) -> SimpleNamespace:
@@ -237,7 +237,8 @@ def correlation_partners(s, df: pd.DataFrame) -> pd.DataFrame:
 def conventions(args) -> list[str]:
     """The report's line on which positions each statistic counted."""
     special = "without" if args.exclude_special_tokens else "with"
-    newline = "the one-token newline" if args.drop_newlines == "single" else "every newline-only token"
+    newline = {"single": "the one-token newline", "all": "every newline-only token",
+               "none": "no newline token"}[args.drop_newlines]
     return [f"correlations leave out BOS/EOS/padding and {newline} (--drop_newlines {args.drop_newlines})",
             f"summaries and explanations count every position {special} BOS/EOS/padding"
             + (" (--exclude_special_tokens)" if args.exclude_special_tokens else " (the original's)")]
