@@ -563,16 +563,17 @@ class CorrelationStats:
         if sample is not None:
             rot = self._rotation(sample, torch.float32)                        # cov(x, R y) = C R^T
             cross = rotate_layers(cross.float(), rot)
+        live_rows = row_inv[r0:r0 + cross.shape[0], None] > 0  # [rows, 1]
+        live_cols = col_inv[None, :] > 0                         # [1, N2]
         if self.similarity == "jaccard":
             s = self.streams[stream]
             union = (self.x_sum[r0:r0 + cross.shape[0], None] + s.sum[None, :]).to(cross.dtype) - cross
             out = cross / union.clamp_min(1)
-            out *= (row_inv[r0:r0 + cross.shape[0], None] > 0).to(out.dtype)
-            out *= (col_inv[None, :] > 0).to(out.dtype)
-            return out.float()
-        out = cross * row_inv[r0:r0 + cross.shape[0], None].to(cross.dtype)
-        out *= col_inv[None, :].to(cross.dtype)
-        return out.float()
+        else:
+            out = cross * row_inv[r0:r0 + cross.shape[0], None].to(cross.dtype)
+            out *= col_inv[None, :].to(cross.dtype)
+        # a fill, not a product: a NaN / inf neuron's cross products are NaN, and 0 * NaN is NaN
+        return out.float().masked_fill_(~(live_rows & live_cols), 0.0)
 
     @torch.no_grad()
     def correlation_matrix(self, baseline: str = "none", sample: int = 0) -> torch.Tensor:
