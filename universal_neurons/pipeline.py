@@ -164,9 +164,14 @@ def stage_explanations(args, s, df) -> pd.DataFrame | None:
 
 def entropy_candidate(df: pd.DataFrame) -> str:
     """The last-layer neuron most like an entropy neuron: large output norm, output nearly orthogonal to
-    the unembedding (low vocab_var); ranks summed within the last layer."""
-    last = df[df["layer"] == df["layer"].max()]
-    score = last["w_out_norm"].rank(pct=True) + (-last["vocab_var"]).rank(pct=True)
+    the unembedding (low vocab_var); percentile ranks summed within the last layer, ties to the lowest
+    neuron index."""
+    from .errors import UserError
+
+    last = df[df["layer"] == df["layer"].max()].sort_values("neuron")  # exact ties: the lowest neuron index
+    score = last["w_out_norm"].rank(pct=True) + (-last["vocab_var"]).rank(pct=True)  # NaN (dead) never wins
+    if not score.notna().any():
+        raise UserError("no last-layer neuron has both w_out_norm and vocab_var: no entropy candidate")
     row = last.loc[score.idxmax()]
     return f"{int(row['layer'])}.{int(row['neuron'])}"
 
