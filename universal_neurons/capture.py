@@ -5,7 +5,7 @@
     token_mask(tokens, tokenizer) -> [batch, pos] bool, the correlations' positions (the original's)
 
 Which positions count, by stage (defaults are the original's; flags in parentheses):
-    correlations           no BOS/EOS/padding, no single-token '\n'   (--drop_newlines all)
+    correlations           no BOS/EOS/padding, no single-token '\\n'   (--drop_newlines all | none)
     summaries, explanations, activation caches   every position       (--exclude_special_tokens)
     intervention summaries no BOS/EOS/padding, no last position
 """
@@ -102,9 +102,9 @@ def position_mask(tokens: torch.Tensor, tokenizer, *, special: bool = True, newl
     """[batch, pos] bool: True at the positions a statistic counts; the one definition every stage uses.
 
     special=False leaves out the BOS, EOS and padding ids (one id, 50256, for GPT-2; 0 for Pythia).
-    newlines: 'keep' counts every newline token; 'single' leaves out the one-token newline ('\n',
+    newlines: 'keep' counts every newline token; 'single' leaves out the one-token newline ('\\n',
     198 in GPT-2: the original's correlations); 'all' every token that is only whitespace with a
-    newline ('\n\n' = 628, 44320, ...). last=False leaves out the last position (metrics of the
+    newline ('\\n\\n' = 628, 44320, ...). last=False leaves out the last position (metrics of the
     next token, which it does not have).
     """
     mask = ~torch.isin(tokens, _excluded_ids(tokenizer, special, newlines).to(tokens.device))

@@ -943,7 +943,7 @@ FULL_FILE = "correlation.pt"
 GEMM_DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # correlations_fast.py: the script the paper used. correlations.py: the fuller older one, same engine,
 # which also wrote the full matrix by default.
-NEWLINE_SETS = {"single": "single", "all": "all", "none": "keep"}  # --drop_newlines -> capture.position_mask
+DROP_NEWLINES = {"single": "single", "all": "all", "none": "keep"}  # --drop_newlines -> position_mask newlines
 FAST_DEFAULTS = {}
 FULL_DEFAULTS = {}  # the original correlations.py wrote correlation.pt only with --save_full_correlation_matrix
 
@@ -1143,7 +1143,7 @@ def run_correlations(args) -> list[Path]:
             t0 = time.time()
             for b in _progress(range(first, b_stop), f"tile {t + 1}/{nt}" if nt > 1 else "batches"):
                 tokens = token_tensor(ds, b * args.batch_size, min((b + 1) * args.batch_size, n_seq))
-                mask = token_mask(tokens, model_1.tokenizer, NEWLINE_SETS[args.drop_newlines]).flatten()
+                mask = token_mask(tokens, model_1.tokenizer, DROP_NEWLINES[args.drop_newlines]).flatten()
                 acts = mlp_activations(model_1, tokens, args.activation_location, layers=list(range(l0, l1)))
                 x = acts.reshape(-1, (l1 - l0) * D1)[mask.to(acts.device)][:, r0 - l0 * D1:r1 - l0 * D1]
                 x = x.to(job.devc)
