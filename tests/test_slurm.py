@@ -175,7 +175,7 @@ def test_resubmission_skips_finished_work(tmp_path, tiny_zoo3):
     subset = [(1, 9)]     # auto: the largest w_out_norm of the last layer
     for v in (0, 3):
         touch(interventions.run_dir(None, a, corr_ds, interventions.neuron_label(subset),
-                                    interventions.intervention_name("fixed_activation", v)) / "meta.json")
+                                    interventions.intervention_name("fixed_activation", float(v))) / "meta.json")
     touch(interventions.summary_path(None, a, corr_ds, subset, "fixed_activation"))
 
     env = fake_sbatch_env(tmp_path)

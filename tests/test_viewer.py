@@ -17,7 +17,8 @@ MODEL, OTHER = "toy-gpt2-tiny-a", "toy-gpt2-tiny-b"
 L, D = 2, 128
 UNIVERSAL = [(0, 3), (1, 7)]
 ENV = {"DATASET_DIR": "token_datasets", "RESULTS_DIR": "correlation_results", "SUMMARY_DIR": "summary_data",
-       "INTERVENTION_DIR": "intervention_results", "DATAFRAME_DIR": "dataframes"}
+       "INTERVENTION_DIR": "intervention_results", "DATAFRAME_DIR": "dataframes",
+       "EXPLANATION_DIR": "results/explanations"}  # where explain.py writes with RESULTS_DIR unset
 
 
 def write_zoo_artifacts(root: Path, tokenizer_model: str = MODEL) -> Path:
