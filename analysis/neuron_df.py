@@ -83,7 +83,7 @@ def make_weight_df(model: str) -> pd.DataFrame:
 
 def load_activation_summaries(model: str, datasets: list[str] | None = None) -> dict[str, dict]:
     root = paths.summary_dir() / paths.model_dirname(model) / "activations"
-    names = datasets if datasets is not None else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    names = datasets if datasets is not None else paths.artifact_names(root)
     if not names:
         raise UserError(f"no activation summaries under {root} (run summary.py --model {model} --token_dataset ...)")
     out = {}

@@ -476,3 +476,47 @@ def test_cli_similarities_and_errors(tiny_models, token_data, tmp_path, monkeypa
         cli("--model_1_name", m1, "--model_2_name", m2, "--token_dataset", "missing", "--baseline", "rotation")
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: token dataset 'missing' not found")
+
+
+@pytest.mark.parametrize("changed,field", [(["--n_seq", "-1"], "n_seq"),
+                                           (["--activation_location", "mlp.hook_pre"], "activation_location"),
+                                           (["--seed", "7"], "seed"),
+                                           (["--drop_newlines", "all"], "drop_newlines")])
+def test_rerun_with_other_settings_is_never_served_stale(tiny_models, token_data, capsys, changed, field):
+    """A finished folder is skipped only for the same settings; other settings stop with one message
+    naming the difference (exit 2, the old result untouched) until --overwrite replaces it."""
+    import json
+
+    m1, m2, _ = tiny_models
+    first = ["--model_1_name", m1, "--model_2_name", m2, "--baseline", "rotation", "--n_seq", "4"]
+    cli(*first)
+    out = correlation_path(m1, m2, "tiny", "pearson", "rotation")
+    run = json.loads((out / "run.json").read_text())
+    assert run["n_seq"] == 4 and run["seed"] == 0 and run["model_2"] == m2
+    old, _ = summaries(m1, m2, baseline="rotation")
+    assert cli(*first) == [] and "nothing to do" in capsys.readouterr().out  # same settings: skipped
+    again = [a for a in first if a not in ("--n_seq", "4")] + (["--n_seq", "4"] if field != "n_seq" else []) + changed
+    with pytest.raises(SystemExit) as e:
+        cli(*again)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and field in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    same, _ = summaries(m1, m2, baseline="rotation")
+    assert torch.equal(same["max_corr"], old["max_corr"])  # not destroyed
+    cli(*again, "--overwrite")
+    new, _ = summaries(m1, m2, baseline="rotation")
+    assert json.loads((out / "run.json").read_text())[field] != run[field]
+    if field == "n_seq":
+        assert new["meta"]["n_tokens"] > old["meta"]["n_tokens"]
+    if field != "drop_newlines":  # these rows hold only the one-token newline: the same numbers there
+        assert not torch.equal(new["max_corr"], old["max_corr"])
+    assert cli(*again) == []  # the replaced folder now matches these settings
+
+
+def test_unrecorded_folder_is_not_trusted(tiny_models, token_data, capsys):
+    """A folder with summaries but no run.json (an earlier version, or files copied in) is not served."""
+    m1, m2, _ = tiny_models
+    cli("--model_1_name", m1, "--model_2_name", m2)
+    (correlation_path(m1, m2, "tiny", "pearson", "none") / "run.json").unlink()
+    with pytest.raises(SystemExit):
+        cli("--model_1_name", m1, "--model_2_name", m2)
+    assert "no record of its settings" in capsys.readouterr().err

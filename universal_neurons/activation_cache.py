@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from . import paths
-from .errors import UserError, check_neuron, parse_neuron
+from .errors import UserError, check_n_seq, check_neuron, parse_neuron
 
 # location -> the model config attribute giving its width
 LOCATIONS = {"mlp.hook_pre": "d_mlp", "mlp.hook_post": "d_mlp", "hook_resid_pre": "d_model",
@@ -323,6 +323,7 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
         raise UserError(f"--save_precision must be one of {PRECISIONS} (got {save_precision})")
     if batch_size < 1:
         raise UserError(f"--batch_size must be >= 1 (got {batch_size})")
+    check_n_seq(n_seq)
     neuron_mode = bool(neuron_subset) or neuron_subset_file is not None
     if neuron_mode and aggregation != "none":
         raise UserError("--activation_aggregation applies to layer mode only: neuron mode keeps every position")

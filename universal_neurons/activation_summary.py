@@ -48,7 +48,7 @@ import torch
 
 from . import paths
 from .capture import position_mask
-from .errors import UserError
+from .errors import UserError, check_n_seq
 
 BIN_EDGES = "neuron_bin_edges"
 BIN_COUNTS = "neuron_bin_counts"
@@ -354,6 +354,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
     if batch_size < 1:
         raise UserError(f"--batch_size must be >= 1 (got {batch_size})")
     bin_edges(n_bins, bin_min, bin_max)  # validate before loading anything
+    check_n_seq(n_seq)
     if top_k < 1 or vocab_k < -1:
         raise UserError(f"need --top_k_dataset_examples >= 1 and --top_vocab_k_truncate >= -1 (got {top_k}, {vocab_k})")
     settings = dict(n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k, vocab_k=vocab_k, n_seq=n_seq,

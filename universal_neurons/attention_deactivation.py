@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from . import paths
-from .errors import UserError, check_neuron, parse_neuron
+from .errors import UserError, check_n_seq, check_neuron, parse_neuron
 
 Neuron = tuple[int, int]
 
@@ -259,8 +259,7 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
             for s in str(spec).split(","):
                 if s.strip():
                     parse_neuron(s)
-    if n_seq == 0 or n_seq < -1:
-        raise UserError(f"--n_seq must be -1 (all) or a positive number, got {n_seq}")
+    check_n_seq(n_seq)
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     _check_head(model, layer, head)

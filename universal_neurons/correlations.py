@@ -47,9 +47,16 @@ Summary conventions (per row neuron i, over all valid similarities c_ij of the o
   the K samples; every other key comes from sample 0; the per-sample values are kept as
   max_corr_per_rotation / min_corr_per_rotation [K, N] (float16).
 - `meta`: similarity, baseline, n_tokens, seed, n_rotations, n_dead_other (dead columns).
+
+Runs keyed by their settings: each <sim>.<baseline>/ folder gets run.json last (model names,
+dataset, n_seq, activation location, newline mask, similarity, baseline, and seed / n_rotations
+where they apply). A rerun with the same settings skips the folder; a folder
+made with other or unrecorded settings stops the run with one message naming the differences,
+unless --overwrite replaces it.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, check_n_seq
 
 SIMILARITIES = ("pearson", "cosine", "jaccard")
 BASELINES = ("none", "gaussian", "permutation", "rotation")
@@ -940,6 +947,7 @@ def load_correlation_matrix(path) -> torch.Tensor:
 
 SUMMARY_FILES = ("correlation_summary.pt", "correlation_summary_T.pt")
 FULL_FILE = "correlation.pt"
+RUN_FILE = "run.json"  # the settings that made a <sim>.<baseline>/ folder (written last: it marks it done)
 GEMM_DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # correlations_fast.py: the script the paper used. correlations.py: the fuller older one, same engine,
 # which also wrote the full matrix by default.
@@ -990,6 +998,8 @@ def build_parser(defaults: dict | None = None, description: str | None = None):
     p.add_argument("--gemm_dtype", choices=list(GEMM_DTYPES), default="float32",
                    help="precision of the cross-product GEMM (tf32 / bfloat16 / float16: CUDA)")
     p.add_argument("--tf32", action="store_true", help="same as --gemm_dtype tf32")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace finished artifacts that were made with other settings (default: stop and say which)")
     p.set_defaults(**(defaults or {}))
     return p
 
@@ -1026,6 +1036,7 @@ class _Job:
             args.gemm_dtype = "tf32"
         if args.batch_size < 1 or args.n_rotations < 1 or args.num_shards < 1:
             raise UserError("--batch_size, --n_rotations and --num_shards must be >= 1")
+        check_n_seq(args.n_seq)
         if not 0 <= args.shard_index < args.num_shards:
             raise UserError(f"--shard_index {args.shard_index} must be in [0, {args.num_shards})")
         self.sim = similarity_name(args.similarity_type, args.jaccard_threshold)
@@ -1044,9 +1055,42 @@ class _Job:
     def stats_dir(self, m2: str) -> Path:
         return self.out_dir(m2, "none").parent / f"{self.sim}.stats"
 
+    def settings(self, m2: str, baseline: str) -> dict:
+        """Everything that changes a folder's numbers (batching and devices do not, beyond float rounding)."""
+        a = self.args
+        out = {"model_1": a.model_1_name, "model_2": m2, "token_dataset": a.token_dataset, "n_seq": a.n_seq,
+               "activation_location": a.activation_location, "drop_newlines": a.drop_newlines,
+               "similarity": self.sim, "baseline": baseline}
+        if baseline != "none":
+            out["seed"] = a.seed
+        if baseline == "rotation":
+            out["n_rotations"] = a.n_rotations
+        return out
+
     def done(self, m2: str, baseline: str) -> bool:
-        files = SUMMARY_FILES + ((FULL_FILE,) if self.args.save_full_correlation_matrix else ())
-        return all((self.out_dir(m2, baseline) / f).exists() for f in files)
+        """True when the folder holds this run's finished artifacts. A folder finished with other (or
+        unrecorded) settings is never served as this run's: without --overwrite that is an error."""
+        folder = self.out_dir(m2, baseline)
+        run = folder / RUN_FILE
+        if not any((folder / f).exists() for f in SUMMARY_FILES + (RUN_FILE,)):
+            return False
+        want = self.settings(m2, baseline)
+        try:
+            have = json.loads(run.read_text())
+        except (OSError, ValueError):
+            have = None
+        if have == want:  # the same run; asked for the full matrix too and it is missing: compute it
+            files = SUMMARY_FILES + ((FULL_FILE,) if self.args.save_full_correlation_matrix else ())
+            return all((folder / f).exists() for f in files)
+        if self.args.overwrite:
+            return False
+        if have is None:
+            why = f"has no record of its settings ({RUN_FILE}: an interrupted run or an earlier version)"
+        else:
+            diff = [f"{k} {have.get(k)!r} -> {want.get(k)!r}" for k in sorted(set(have) | set(want))
+                    if have.get(k) != want.get(k)]
+            why = "was made with other settings: " + ", ".join(diff)
+        raise UserError(f"{folder} {why}; pass --overwrite to replace it")
 
     def pending(self) -> dict[str, list[str]]:
         """model 2 -> baselines still to compute (finished artifacts are skipped)."""
@@ -1184,6 +1228,8 @@ def run_correlations(args) -> list[Path]:
                 paths.torch_save_atomic(res["correlation"], out / FULL_FILE)
             paths.torch_save_atomic(res["summary_T"], out / SUMMARY_FILES[1])
             paths.torch_save_atomic(res["summary"], out / SUMMARY_FILES[0])
+            with paths.atomic_path(out / RUN_FILE) as tmp:
+                tmp.write_text(json.dumps(job.settings(m2, b), indent=1) + "\n")
             written.append(out)
             print(f"wrote {out}")
         if stats_source != "merge":

@@ -41,3 +41,10 @@ def check_neuron(layer: int, neuron: int, n_layers: int, d_mlp: int, spec: str |
     if not (0 <= layer < n_layers and 0 <= neuron < d_mlp):
         shown = spec if spec is not None else f"{layer}.{neuron}"
         raise UserError(f"neuron {shown} is out of range for a model with {n_layers} layers x {d_mlp} neurons")
+
+
+def check_n_seq(n_seq: int) -> int:
+    """--n_seq: -1 = every sequence, N > 0 = the first N; anything else is one clear error."""
+    if n_seq != -1 and n_seq < 1:
+        raise UserError(f"--n_seq must be -1 (every sequence) or a positive number of sequences, got {n_seq}")
+    return n_seq

@@ -414,12 +414,13 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
 
     from .capture import mlp_activations, position_mask
     from .device import resolve_device
-    from .errors import UserError
+    from .errors import UserError, check_n_seq
     from .models import load_model
     from .token_datasets import load_token_dataset, token_tensor
 
     if feature_type not in ("token", "sequence"):
         raise UserError(f"unknown --feature_type {feature_type!r}: choose token or sequence")
+    check_n_seq(n_seq)
     nlp = load_spacy() if feature_type == "sequence" else None  # fail before loading anything big
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))

@@ -37,7 +37,7 @@ import torch
 
 from . import paths
 from .capture import LOCATIONS, hook_name, position_mask
-from .errors import UserError, check_neuron, parse_neuron
+from .errors import UserError, check_n_seq, check_neuron, parse_neuron
 
 INTERVENTION_TYPES = ("zero_ablation", "threshold_ablation", "relu_ablation", "fixed_activation")
 ENTROPY_INTERVENTION_TYPES = INTERVENTION_TYPES + ("multiply_activation",)
@@ -249,8 +249,7 @@ def _load(model_name: str, dataset: str, device, n_seq: int):
     from .models import load_model
     from .token_datasets import load_token_dataset, token_tensor
 
-    if n_seq == 0 or n_seq < -1:
-        raise UserError(f"--n_seq must be -1 (all) or a positive number, got {n_seq}")
+    check_n_seq(n_seq)
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     ds = load_token_dataset(dataset, model.family, model.tokenizer)

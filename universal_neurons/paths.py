@@ -17,6 +17,7 @@ moved with an environment variable (the original used DATASET_DIR and RESULTS_DI
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,25 +98,69 @@ def interpretable_neurons_path(model: str) -> Path:
 
 # Atomic writes ----------------------------------------------------------------------------------
 
+def artifact_names(root: str | Path) -> list[str]:
+    """Sorted names of the finished artifact folders under `root`: never a temporary or dot folder
+    (a killed writer's `.<name>.<host>-<pid>.XXXX.tmp`). Every reader that lists folders uses this."""
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def _tmp_prefix(name: str) -> str:
+    return f".{name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _owner_alive(tmp_name: str, name: str) -> bool:
+    """Whether the process that made temporary `tmp_name` for `name` may still be writing it: a live
+    pid on this host; for another host (a shared cluster filesystem) or an unknown name, assume so."""
+    rest = tmp_name[len(name) + 2:]
+    owner = rest.split(".", 1)[0]
+    host, _, pid = owner.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries that killed writers of `path` left beside it; returns what was removed."""
+    import shutil
+
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            if tmp.is_dir() and not _owner_alive(tmp.name, path.name):
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
 
-    A killed or failing writer therefore never leaves a half-written artifact at `path`.
+    A killed or failing writer therefore never leaves a half-written artifact at `path`; the
+    temporaries of killed earlier writers of the same artifact are removed first.
     Works for files and for folders (e.g. datasets.save_to_disk).
     """
+    import shutil
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
         if path.is_dir() and not path.is_symlink():
-            import shutil
             shutil.rmtree(path)
         os.replace(target, path)
     finally:
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
 
 

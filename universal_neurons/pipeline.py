@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude_special_tokens", action="store_true",
                    help="leave BOS/EOS/padding positions out of the summaries and explanations (default: count "
                         "every position, as the original)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace correlation artifacts made with other settings (default: stop and say which)")
     p.add_argument("--drop_newlines", choices=["single", "all", "none"], default="single",
                    help="correlations: leave out the one-token newline (single, the original's), every "
                         "newline-only token (all) or none")
@@ -107,7 +109,8 @@ def stage_correlations(args, s) -> None:
     correlations.main(["--model_1_name", s.a, "--model_2_name", *s.others, "--token_dataset", s.mix_name,
                        "--baseline", "none", "rotation", "--batch_size", str(args.batch_size),
                        "--model_1_device", args.device, "--model_2_device", args.device,
-                       "--correlation_device", args.device, "--drop_newlines", args.drop_newlines])
+                       "--correlation_device", args.device, "--drop_newlines", args.drop_newlines,
+                       *(["--overwrite"] if args.overwrite else [])])
 
 
 def stage_weights(args, s) -> None:
@@ -197,7 +200,7 @@ def stage_intervention(args, s, df) -> pd.DataFrame:
 
 def stage_summary_first(s) -> str:
     root = paths.summary_dir() / paths.model_dirname(s.a) / "activations"
-    return sorted(p.name for p in root.iterdir() if p.is_dir())[0]
+    return paths.artifact_names(root)[0]
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import corpus, paths
-from .errors import UserError
+from .errors import UserError, check_n_seq
 
 # The 10k-document sample sets: the original make_dataset.py's short aliases (all have only a
 # train split, which is what the original loaded for them whatever --hf_dataset_split said).
@@ -120,7 +120,7 @@ def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, su
 
 def available_datasets(family: str) -> list[str]:
     root = paths.dataset_dir() / family
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    return paths.artifact_names(root)
 
 
 def load_token_dataset(name: str, family: str, tokenizer=None):
@@ -268,6 +268,7 @@ def main_make_dataset(args) -> list[Path]:
 
     from .models import load_tokenizer, model_family
 
+    check_n_seq(args.n_seq)
     if args.output_dir:
         os.environ["DATASET_DIR"] = str(args.output_dir)
     tokenizer = load_tokenizer(args.model)

@@ -198,7 +198,7 @@ class ModelArtifacts:
                 first, sep, other = pair.name.partition("+")
                 if not sep or first != self.dirname or not pair.is_dir():
                     continue
-                for ds in sorted(p for p in pair.iterdir() if p.is_dir()):
+                for ds in map(pair.joinpath, paths.artifact_names(pair)):
                     f = ds / "pearson.none" / "correlation_summary.pt"
                     if f.is_file():
                         out.append((other, ds.name, torch.load(f, mmap=True, weights_only=True)))
@@ -208,7 +208,7 @@ class ModelArtifacts:
     def explanation_datasets(self) -> list[str]:
         root = paths.explanation_dir() / self.dirname
         return self._once("explanation_datasets", lambda: sorted(
-            p.name for p in root.iterdir() if (p / "token_feature").is_dir()) if root.is_dir() else [])
+            name for name in paths.artifact_names(root) if (root / name / "token_feature").is_dir()))
 
 
 def _vr_row(path: Path, label: str):
@@ -399,7 +399,7 @@ def _interventions_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
 
     root = paths.intervention_dir() / art.dirname
     parts = []
-    for ds in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+    for ds in map(root.joinpath, paths.artifact_names(root)):
         for f in sorted((ds / f"{layer}.{neuron}").glob("summary_*.csv")):
             df = read_summary(f)
             parts.append(f"<p>{html.escape(ds.name)}: {html.escape(f.stem)}</p>"
@@ -518,7 +518,7 @@ class ViewerApp:
         """The default model plus every model folder with summaries or a neuron dataframe."""
         found = {self.model}
         if paths.summary_dir().is_dir():
-            found |= {p.name for p in paths.summary_dir().iterdir() if p.is_dir() and not p.name.startswith(".")}
+            found |= set(paths.artifact_names(paths.summary_dir()))
         df_dir = paths.dataframe_dir() / "neuron_dfs"
         if df_dir.is_dir():
             found |= {p.stem for p in df_dir.glob("*.csv")}

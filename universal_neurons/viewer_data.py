@@ -55,8 +55,7 @@ def load_dataset_summary(model: str, dataset: str, summary_dir: str | Path | Non
 def summary_datasets(model: str, summary_dir: str | Path | None = None) -> list[str]:
     """Dataset names that have a finished summary folder for `model`."""
     root = _activations_root(model, summary_dir)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and any(p.glob("*.pt"))) if root.is_dir() else []
+    return [name for name in paths.artifact_names(root) if any((root / name).glob("*.pt"))]
 
 
 def short_names(names: list[str]) -> dict[str, str]:
