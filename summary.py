@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--exclude_special_tokens", action="store_true",
                    help="leave BOS/EOS/padding positions out of every statistic (default: count every "
                         "position, as the original)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace summaries made with other settings (default: stop and say which)")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
@@ -46,7 +48,8 @@ def main(argv=None):
     run_summary(args.model, args.token_dataset, args.output_dir, batch_size=args.batch_size, n_bins=args.n_bins,
                 bin_min=args.bin_min, bin_max=args.bin_max, top_k=args.top_k_dataset_examples,
                 vocab_k=args.top_vocab_k_truncate, max_memory_gb=args.max_memory_gb, device=args.device,
-                n_seq=args.n_seq, exclude_special=args.exclude_special_tokens)
+                n_seq=args.n_seq, exclude_special=args.exclude_special_tokens,
+                overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -218,7 +218,8 @@ def test_cli_writes_skips_and_reports_errors(tiny_zoo, reference, exclude, capsy
     folder = su.summary_path(model_name, "rand.test.x.32")
     names = {p.name for p in folder.iterdir()}
     assert names == {f"{n}.pt" for n in (su.BIN_EDGES, su.BIN_COUNTS, su.TOP_INDEX, su.TOP_VALUE, su.VOCAB_MAX,
-                                         su.VOCAB_MAX_IX, su.VOCAB_MEAN, su.VOCAB_MEAN_IX, su.VOCAB_COUNTS)} | {su.CONFIG_FILE}
+                                         su.VOCAB_MAX_IX, su.VOCAB_MEAN, su.VOCAB_MEAN_IX, su.VOCAB_COUNTS)} | {su.CONFIG_FILE,
+                                                                                                  su.RUN_FILE}
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
     meta = json.loads((folder / su.CONFIG_FILE).read_text())
     assert meta["n_tokens_counted"] == int(reference[3].sum())
@@ -227,7 +228,14 @@ def test_cli_writes_skips_and_reports_errors(tiny_zoo, reference, exclude, capsy
     cli.main(args)  # same settings: skipped
     assert (folder / "neuron_bin_counts.pt").stat().st_mtime_ns == stamp
     assert "skipped" in capsys.readouterr().out
-    cli.main(args[:-2] + ["--top_k_dataset_examples", "7"])  # other settings: recomputed
+    run = json.loads((folder / su.RUN_FILE).read_text())
+    assert run["top_k"] == 20 and run["model_fingerprint"] and run["dataset_fingerprint"] and run["code_version"]
+    with pytest.raises(SystemExit) as e:  # other settings: one message, the finished folder untouched
+        cli.main(args[:-2] + ["--top_k_dataset_examples", "7"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "top_k 20 -> 7" in err and "--overwrite" in err
+    assert (folder / "neuron_bin_counts.pt").stat().st_mtime_ns == stamp
+    cli.main(args[:-2] + ["--top_k_dataset_examples", "7", "--overwrite"])  # replaced on request
     assert torch.load(folder / "neuron_max_activating_index.pt", weights_only=True).shape[-1] == 7
     for bad in (["--token_dataset", "no.such.set"], ["--n_bins", "1"], ["--top_vocab_k_truncate", "-2"]):
         with pytest.raises(SystemExit) as e:

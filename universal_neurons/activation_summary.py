@@ -22,8 +22,10 @@ For one model and token dataset, written to `paths.activation_summary_path(model
                                     for tokens never seen) and there are no _ix files; with 0 there
                                     are no vocab files at all.
     vocab_counts.pt                 fp32  [V]  occurrences of each token among the counted positions
-    summary_config.json             the settings and token count (a rerun with other settings
-                                    recomputes instead of skipping)
+    summary_config.json             the settings and token count
+    run.json                        the run record (runs.py): settings, model and dataset
+                                    fingerprints, code version; a rerun with the same record skips
+                                    the folder, with another one stops unless --overwrite
 
 Counted positions: every position, BOS/EOS/padding included, as the original summary.py counted
 them. With --exclude_special_tokens (exclude_special=True) the tokenizer's BOS, EOS and padding ids
@@ -46,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from . import paths
+from . import paths, runs
 from .capture import position_mask
 from .errors import UserError, check_n_seq
 
@@ -58,6 +60,7 @@ VOCAB_MAX, VOCAB_MAX_IX = "neuron_vocab_max", "neuron_vocab_max_ix"
 VOCAB_MEAN, VOCAB_MEAN_IX = "neuron_vocab_mean", "neuron_vocab_mean_ix"
 VOCAB_COUNTS = "vocab_counts"
 CONFIG_FILE = "summary_config.json"
+RUN_FILE = "run.json"  # runs.py: what made the folder
 GB = 1024 ** 3
 COUNTED = {False: "every position (BOS/EOS/padding included, as the original)",
            True: "all except the tokenizer's BOS, EOS and padding ids (--exclude_special_tokens)"}
@@ -340,11 +343,14 @@ def summary_path(model_name: str, dataset: str, output_dir: str | Path | None = 
 def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Path | None = None, *,
                 batch_size: int = 32, n_bins: int = 256, bin_min: float = -10.0, bin_max: float = 15.0,
                 top_k: int = 50, vocab_k: int = 100, max_memory_gb: float = 4.0, device: str | None = None,
-                n_seq: int = -1, exclude_special: bool = False, progress: bool = True) -> list[Path]:
+                n_seq: int = -1, exclude_special: bool = False, overwrite: bool = False,
+                progress: bool = True) -> list[Path]:
     """summary.py: summarise `model_name` on each token dataset; returns the folders (written or skipped).
 
-    A dataset whose folder exists with the same settings is skipped; every folder is written
-    whole into a temporary sibling and renamed, so an interrupted run leaves nothing half-written.
+    A dataset whose folder holds the same run record (run.json: settings, model and dataset
+    fingerprints, code version) is skipped; one made otherwise stops the run with a message unless
+    `overwrite`. Every folder is written whole into a temporary sibling and renamed, so an
+    interrupted run leaves nothing half-written.
     """
     from .device import resolve_device
     from .models import load_model, model_family
@@ -359,23 +365,24 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
         raise UserError(f"need --top_k_dataset_examples >= 1 and --top_vocab_k_truncate >= -1 (got {top_k}, {vocab_k})")
     settings = dict(n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k, vocab_k=vocab_k, n_seq=n_seq,
                     exclude_special_tokens=exclude_special)
+    family = model_family(model_name)
     todo = []
     for ds in datasets:
+        load_token_dataset(ds, family)  # fail on a missing dataset before anything else
         folder = summary_path(model_name, ds, output_dir)
-        cfg_file = folder / CONFIG_FILE
-        if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("settings") == settings:
+        record = {"model": model_name, "token_dataset": ds, **settings,
+                  "model_fingerprint": runs.model_fingerprint(model_name),
+                  "dataset_fingerprint": runs.dataset_fingerprint(ds, family), "code_version": runs.code_version()}
+        if runs.finished(folder, RUN_FILE, record, overwrite, (f"{BIN_COUNTS}.pt",)):
             if progress:
-                print(f"{folder} exists: skipped")
+                print(f"{folder} exists with these settings: skipped")
             continue
-        todo.append((ds, folder))
+        todo.append((ds, folder, record))
     if not todo:
         return [summary_path(model_name, ds, output_dir) for ds in datasets]
-    family = model_family(model_name)
-    for ds, _ in todo:  # fail on a missing dataset before the model is loaded
-        load_token_dataset(ds, family)
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
-    for ds, folder in todo:
+    for ds, folder, record in todo:
         data = load_token_dataset(ds, model.family, model.tokenizer)
         tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None)
         result = summarize_tokens(model, tokens, n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k,
@@ -389,6 +396,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
             for name, tensor in result.items():
                 torch.save(tensor.contiguous(), tmp / f"{name}.pt")
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+            (tmp / RUN_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         if progress:
             print(folder)
     return [summary_path(model_name, ds, output_dir) for ds in datasets]

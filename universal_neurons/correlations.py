@@ -48,15 +48,14 @@ Summary conventions (per row neuron i, over all valid similarities c_ij of the o
   max_corr_per_rotation / min_corr_per_rotation [K, N] (float16).
 - `meta`: similarity, baseline, n_tokens, seed, n_rotations, n_dead_other (dead columns).
 
-Runs keyed by their settings: each <sim>.<baseline>/ folder gets run.json last (model names,
-dataset, n_seq, activation location, newline mask, similarity, baseline, and seed / n_rotations
-where they apply). A rerun with the same settings skips the folder; a folder
+Runs keyed by their settings: each <sim>.<baseline>/ folder gets run.json last (model names and
+weight fingerprints, dataset and its fingerprint, n_seq, activation location, newline mask,
+similarity, baseline, seed / n_rotations where they apply, code version: runs.py). A rerun with the same settings skips the folder; a folder
 made with other or unrecorded settings stops the run with one message naming the differences,
 unless --overwrite replaces it.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -65,6 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import runs
 from .errors import UserError, check_n_seq
 
 SIMILARITIES = ("pearson", "cosine", "jaccard")
@@ -1056,11 +1056,18 @@ class _Job:
         return self.out_dir(m2, "none").parent / f"{self.sim}.stats"
 
     def settings(self, m2: str, baseline: str) -> dict:
-        """Everything that changes a folder's numbers (batching and devices do not, beyond float rounding)."""
+        """The run record: everything that changes a folder's numbers (batching and devices do not,
+        beyond float rounding), the inputs' fingerprints and the code version (runs.py)."""
+        from .models import model_family
+
         a = self.args
         out = {"model_1": a.model_1_name, "model_2": m2, "token_dataset": a.token_dataset, "n_seq": a.n_seq,
                "activation_location": a.activation_location, "drop_newlines": a.drop_newlines,
-               "similarity": self.sim, "baseline": baseline}
+               "similarity": self.sim, "baseline": baseline,
+               "model_1_fingerprint": runs.model_fingerprint(a.model_1_name),
+               "model_2_fingerprint": runs.model_fingerprint(m2),
+               "dataset_fingerprint": runs.dataset_fingerprint(a.token_dataset, model_family(a.model_1_name)),
+               "code_version": runs.code_version()}
         if baseline != "none":
             out["seed"] = a.seed
         if baseline == "rotation":
@@ -1068,29 +1075,11 @@ class _Job:
         return out
 
     def done(self, m2: str, baseline: str) -> bool:
-        """True when the folder holds this run's finished artifacts. A folder finished with other (or
-        unrecorded) settings is never served as this run's: without --overwrite that is an error."""
-        folder = self.out_dir(m2, baseline)
-        run = folder / RUN_FILE
-        if not any((folder / f).exists() for f in SUMMARY_FILES + (RUN_FILE,)):
-            return False
-        want = self.settings(m2, baseline)
-        try:
-            have = json.loads(run.read_text())
-        except (OSError, ValueError):
-            have = None
-        if have == want:  # the same run; asked for the full matrix too and it is missing: compute it
-            files = SUMMARY_FILES + ((FULL_FILE,) if self.args.save_full_correlation_matrix else ())
-            return all((folder / f).exists() for f in files)
-        if self.args.overwrite:
-            return False
-        if have is None:
-            why = f"has no record of its settings ({RUN_FILE}: an interrupted run or an earlier version)"
-        else:
-            diff = [f"{k} {have.get(k)!r} -> {want.get(k)!r}" for k in sorted(set(have) | set(want))
-                    if have.get(k) != want.get(k)]
-            why = "was made with other settings: " + ", ".join(diff)
-        raise UserError(f"{folder} {why}; pass --overwrite to replace it")
+        """True when the folder holds this run's finished artifacts; a folder finished with other (or
+        unrecorded) settings is never served as this run's (runs.finished)."""
+        files = SUMMARY_FILES + ((FULL_FILE,) if self.args.save_full_correlation_matrix else ())
+        return runs.finished(self.out_dir(m2, baseline), RUN_FILE, self.settings(m2, baseline),
+                             self.args.overwrite, files)
 
     def pending(self) -> dict[str, list[str]]:
         """model 2 -> baselines still to compute (finished artifacts are skipped)."""
@@ -1228,8 +1217,7 @@ def run_correlations(args) -> list[Path]:
                 paths.torch_save_atomic(res["correlation"], out / FULL_FILE)
             paths.torch_save_atomic(res["summary_T"], out / SUMMARY_FILES[1])
             paths.torch_save_atomic(res["summary"], out / SUMMARY_FILES[0])
-            with paths.atomic_path(out / RUN_FILE) as tmp:
-                tmp.write_text(json.dumps(job.settings(m2, b), indent=1) + "\n")
+            runs.write_record(out / RUN_FILE, job.settings(m2, b))
             written.append(out)
             print(f"wrote {out}")
         if stats_source != "merge":

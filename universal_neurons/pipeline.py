@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="leave BOS/EOS/padding positions out of the summaries and explanations (default: count "
                         "every position, as the original)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace correlation artifacts made with other settings (default: stop and say which)")
+                   help="replace finished artifacts made with other settings (default: stop and say which)")
     p.add_argument("--drop_newlines", choices=["single", "all", "none"], default="single",
                    help="correlations: leave out the one-token newline (single, the original's), every "
                         "newline-only token (all) or none")
@@ -123,7 +123,8 @@ def stage_weights(args, s) -> None:
 def stage_summaries(args, s, subsets) -> None:
     from .activation_summary import run_summary
 
-    run_summary(s.a, subsets, batch_size=args.batch_size, device=args.device, exclude_special=args.exclude_special_tokens)
+    run_summary(s.a, subsets, batch_size=args.batch_size, device=args.device, exclude_special=args.exclude_special_tokens,
+                overwrite=args.overwrite)
 
 
 def stage_neuron_df(args, s, subsets) -> pd.DataFrame:

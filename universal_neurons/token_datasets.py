@@ -6,7 +6,8 @@ Layout: $DATASET_DIR/<family>/<name>, a `datasets.Dataset` with an int column `t
     python-stdlib.<subset>.128, python-stdlib.all-1m.128   (the built-in offline corpus)
     <folder>.<file stem>.<ctx>                             (a local folder of .txt / .jsonl files)
 Next to the data, `tokenizer_fingerprint.txt` records which vocabulary made it, so a dataset is
-never silently read with another tokenizer.
+never silently read with another tokenizer, and `content_fingerprint.txt` a hash of its rows, which
+every later stage's run record holds (runs.dataset_fingerprint).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ PILE_MIN_CHARS = 50  # the original kept only Pile documents longer than this
 PILE = "EleutherAI/pile"
 BUILTIN = "python-stdlib"
 FINGERPRINT_FILE = "tokenizer_fingerprint.txt"
+CONTENT_FILE = "content_fingerprint.txt"  # sha1 of the rows (and subset labels): runs.dataset_fingerprint
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -112,9 +114,12 @@ def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, su
     if subset is not None:
         columns["subset"] = list(subset)
     out = paths.token_dataset_path(family, name)
+    content = hashlib.sha1(np.ascontiguousarray(tokens, dtype=np.int64).tobytes())
+    content.update(json.dumps(list(subset) if subset is not None else None).encode())
     with paths.atomic_path(out) as tmp:
         Dataset.from_dict(columns).save_to_disk(str(tmp))
         (tmp / FINGERPRINT_FILE).write_text(tokenizer_fingerprint(tokenizer) + "\n")
+        (tmp / CONTENT_FILE).write_text(content.hexdigest()[:16] + "\n")
     return out
 
 
