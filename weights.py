@@ -25,7 +25,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
     parser.add_argument("--block_size", "--batch_size", dest="block_size", type=int, default=512,
                         help="neuron rows per block; peak memory ~ 10 x block_size x max(d_vocab, n_neurons) x 4 bytes")
-    parser.add_argument("--force", action="store_true", help="recompute files that already exist")
+    parser.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                        help="recompute files that already exist (also when they were made from other weights)")
     # accepted so the original's command lines run; the original ignored both on its default path
     parser.add_argument("--causal_only", action="store_true", help="accepted for the original's command lines (unused)")
     parser.add_argument("--save_precision", type=int, default=8, choices=[8, 16, 32],

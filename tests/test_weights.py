@@ -3,6 +3,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -115,7 +117,8 @@ def check_row_summaries(got, ref_cos, k, what):
 def test_artifacts_schema_and_rerun(adversarial, tmp_path):
     out = W.save_weight_summaries(adversarial, tmp_path / "m" / "weights", block_size=40)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["neuron_stats.csv", "k_comps.pt", "q_comps.pt", "v_comps.pt", "o_comps.pt", "vocab_comps.pt", "neuron_comps.pt"])
+        ["neuron_stats.csv", "k_comps.pt", "q_comps.pt", "v_comps.pt", "o_comps.pt", "vocab_comps.pt", "neuron_comps.pt",
+         "run.json"])
     df = pd.read_csv(out / "neuron_stats.csv")
     assert list(df.columns) == ["layer", "neuron_ix", "input_weight_norm", "input_bias", "output_weight_norm", "in_out_sim"]
     assert len(df) == N and df.layer.tolist() == [0] * D_MLP + [1] * D_MLP and df.neuron_ix.tolist() == list(range(D_MLP)) * 2
@@ -157,8 +160,18 @@ def test_out_dir_from_model_name(adversarial, tmp_path, monkeypatch):
     out = tmp_path / "org_tiny" / "weights"
     out.mkdir(parents=True)
     for f in ("k_comps.pt", "q_comps.pt", "v_comps.pt", "o_comps.pt", "vocab_comps.pt", "neuron_comps.pt"):
-        (out / f).write_text("done before")  # only neuron_stats is left to compute
+        (out / f).write_text("done before")  # only neuron_stats is left to compute ...
+    with pytest.raises(W.UserError, match="no record of its settings"):  # ... once we know what made them
+        W.save_weight_summaries(adversarial)
+    W.runs.write_record(out / W.RUN_FILE, W.weights_record("org/tiny"))
+    assert not W.weights_done("org/tiny")
     assert W.save_weight_summaries(adversarial) == out
+    assert W.weights_done("org/tiny")
+    (out / W.RUN_FILE).write_text('{"model": "org/tiny", "model_fingerprint": "other weights"}')
+    assert not W.weights_done("org/tiny")
+    with pytest.raises(W.UserError, match="model_fingerprint 'other weights'"):
+        W.save_weight_summaries(adversarial)
+    W.runs.write_record(out / W.RUN_FILE, W.weights_record("org/tiny"))
     assert len(pd.read_csv(out / "neuron_stats.csv")) == N and (out / "vocab_comps.pt").read_text() == "done before"
     monkeypatch.setattr(adversarial, "model_name", None)
     with pytest.raises(W.UserError):
@@ -356,7 +369,11 @@ def test_cli_end_to_end(tmp_path, capsys):
 
     cli.main(["--model", str(folder), "--save_path", str(tmp_path / "out"), "--device", "cpu", "--batch_size", "50"])
     out = tmp_path / "out" / paths.model_dirname(str(folder)) / "weights"
-    assert sorted(p.name for p in out.iterdir()) == sorted(f for files in W.ARTIFACT_GROUPS.values() for f in files)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f for files in W.ARTIFACT_GROUPS.values() for f in files] +
+                                                           [W.RUN_FILE])
+    # the record holds the content hash of the folder's weights: another checkpoint is told apart
+    record = json.loads((out / W.RUN_FILE).read_text())
+    assert record["model"] == str(folder) and len(record["model_fingerprint"]) == 16
     want = W.compute_weight_summaries(load_model(str(folder)), block_size=128)
     got = torch.load(out / "neuron_comps.pt", weights_only=True)
     for key, t in want["neuron_comps"]["out_in"].items():

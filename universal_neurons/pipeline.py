@@ -114,10 +114,10 @@ def stage_correlations(args, s) -> None:
 
 
 def stage_weights(args, s) -> None:
-    from .weights import save_weight_summaries
+    from .weights import save_weight_summaries, weights_done
 
-    if not (paths.weights_summary_path(s.a) / "neuron_comps.pt").exists():
-        save_weight_summaries(load_model(s.a, device=args.device), progress=True)
+    if not weights_done(s.a):  # else: stops on files made from other weights, unless --overwrite
+        save_weight_summaries(load_model(s.a, device=args.device), force=args.overwrite, progress=True)
 
 
 def stage_summaries(args, s, subsets) -> None:

@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import paths
+from . import paths, runs
 from .errors import UserError
 
 VOCAB_TOP_K = 100
@@ -62,6 +62,7 @@ DEFAULT_BLOCK_SIZE = 512
 
 # Files written, grouped by the computation that produces them (a group is skipped on rerun
 # only if all of its files exist).
+RUN_FILE = "run.json"  # runs.py: the model, its weights' fingerprint, the code version
 ARTIFACT_GROUPS = {
     "neuron_stats": ("neuron_stats.csv",),
     "attention": tuple(f"{k}_comps.pt" for k in ATTN_KINDS),
@@ -428,12 +429,27 @@ def compute_weight_summaries(model, block_size: int = DEFAULT_BLOCK_SIZE, device
         }
 
 
+def weights_record(model_name: str) -> dict:
+    """What makes a weights/ folder (runs.py): the model, its weights' fingerprint, the code version."""
+    return {"model": model_name, "model_fingerprint": runs.model_fingerprint(model_name),
+            "code_version": runs.code_version()}
+
+
+def weights_done(model_name: str, out_dir: str | Path | None = None) -> bool:
+    """Every file present and made from these weights by this code (no model load needed)."""
+    out_dir = Path(out_dir) if out_dir is not None else paths.weights_summary_path(model_name)
+    return all((out_dir / f).exists() for files in ARTIFACT_GROUPS.values() for f in files) and \
+        runs.read_record(out_dir / RUN_FILE) == weights_record(model_name)
+
+
 def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                           device=None, force: bool = False, progress: bool = False) -> Path:
     """Compute and write the artifacts to `out_dir` (default paths.weights_summary_path(model.model_name)).
 
     Each group of files (neuron_stats / attention / vocab / neuron) is written atomically as soon
-    as it is computed; a group whose files all exist is skipped unless `force`. Returns out_dir.
+    as it is computed; a group whose files all exist is skipped unless `force`. run.json records the
+    model, its weights' fingerprint and the code version: files made otherwise (another checkpoint
+    under the same name, an earlier version) stop the run unless `force` (--overwrite). Returns out_dir.
     """
     check_block_size(block_size)
     if out_dir is None:
@@ -442,10 +458,19 @@ def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: 
             raise UserError("the model has no model_name: pass out_dir explicitly")
         out_dir = paths.weights_summary_path(name)
     out_dir = Path(out_dir)
-    todo = [g for g, files in ARTIFACT_GROUPS.items() if force or not all((out_dir / f).exists() for f in files)]
+    name = getattr(model, "model_name", None) or out_dir.parent.name
+    record = weights_record(name)
+    have = runs.read_record(out_dir / RUN_FILE)
+    present = [g for g, files in ARTIFACT_GROUPS.items() if all((out_dir / f).exists() for f in files)]
+    if present and have != record and not force:
+        why = (f"has no record of its settings ({RUN_FILE})" if have is None else
+               "was made from other weights or code: " + ", ".join(runs.differences(have, record)))
+        raise UserError(f"{out_dir} {why}; pass --overwrite to replace it")
+    todo = [g for g in ARTIFACT_GROUPS if force or g not in present]
     if not todo:
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_record(out_dir / RUN_FILE, record)  # groups present later belong to this record
     w = extract_weights(model, device)
     with torch.no_grad():
         if "neuron_stats" in todo:
