@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     p.add_argument("--exclude_special_tokens", action="store_true",
                    help="layer mode, mean / max: leave BOS/EOS/padding positions out (default: every position)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace cached activations made with other settings (default: stop and say which)")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
@@ -46,7 +48,7 @@ def main(argv=None):
     written = run_activations(args.model, args.token_dataset, args.activation_location, args.batch_size,
                               args.activation_aggregation, args.neuron_subset, args.neuron_subset_file,
                               args.save_precision, args.output_dir, args.device, args.n_seq,
-                              exclude_special=args.exclude_special_tokens)
+                              exclude_special=args.exclude_special_tokens, overwrite=args.overwrite)
     print(f"{len(written)} file(s) written" + (f" under {written[0].parent}" if written else " (all cached already)"))
 
 

@@ -182,3 +182,31 @@ def test_cli_user_errors_exit_2(dataset, extra, capsys):
     assert capsys.readouterr().err.strip()
     assert not ac.activation_folder(dataset[0], DATASET).exists() or not any(
         ac.activation_folder(dataset[0], DATASET).iterdir())
+
+
+def test_rerun_with_other_settings_is_never_served_stale(dataset, capsys):
+    """Cached files are reused only for the same folder-wide settings (model, dataset, n_seq, location)
+    and the same per-file settings (precision); otherwise one message until --overwrite."""
+    name, _, tokens, pre, *_ = dataset
+    folder = ac.activation_folder(name, DATASET)
+    ac.run_activations(name, DATASET, neuron_subset=["0.5"], n_seq=4, progress=False)
+    rec = ac.read_cache_config(folder)
+    assert rec["n_seq"] == 4 and rec["files"]["0.5.pt"] == {"save_precision": 16} and rec["dataset_fingerprint"]
+    assert ac.run_activations(name, DATASET, neuron_subset=["0.5"], n_seq=4, progress=False) == []  # same: reused
+    with pytest.raises(UserError, match="n_seq 4 -> -1.*--overwrite"):  # all rows now: the 4-row file is stale
+        ac.run_activations(name, DATASET, neuron_subset=["0.5"], progress=False)
+    assert torch.load(folder / "0.5.pt", weights_only=True).numel() == 4 * tokens.shape[1]  # untouched
+    ac.run_activations(name, DATASET, neuron_subset=["0.5"], overwrite=True, progress=False)
+    assert torch.load(folder / "0.5.pt", weights_only=True).numel() == tokens.numel()
+    with pytest.raises(UserError, match="save_precision 16 -> 32"):  # the fp16 file is not the fp32 asked for
+        ac.run_activations(name, DATASET, neuron_subset=["0.5"], save_precision=32, progress=False)
+    ac.run_activations(name, DATASET, neuron_subset=["0.5"], save_precision=32, overwrite=True, progress=False)
+    got = torch.load(folder / "0.5.pt", weights_only=True)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), pre[:, :, 0, 5].reshape(-1), rtol=1e-5, atol=1e-5)
+    # a file written by an interrupted run (on disk, not recorded) is recomputed, not trusted
+    rec = ac.read_cache_config(folder)
+    del rec["files"]["0.5.pt"]
+    ac.runs.write_record(folder / ac.CONFIG_FILE, rec)
+    assert [p.name for p in ac.run_activations(name, DATASET, neuron_subset=["0.5"], save_precision=32,
+                                               progress=False)] == ["0.5.pt"]

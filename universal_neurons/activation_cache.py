@@ -22,12 +22,15 @@ Layer mode (no subset):
                  back with `dequantize` (x ~ codes * scale + zero_point, error <= scale / 2).
 
 Both modes:
-    activation_config.json  {"location": hook under blocks.{l}., "model", "dataset",
-                 "exclude_special_tokens"}: what the folder's activations are. One folder holds one
-                 location: a run asking for another one is refused (pass another --output_dir).
-                 explain.py --activation_path reads it to know whether to apply the activation
-                 function (pre-activation caches) or not; a folder without it is taken to hold
-                 mlp.hook_pre, activations.py's default and the original's assumption.
+    activation_config.json  the folder's run record (runs.py): {"location": hook under blocks.{l}.,
+                 "model", "dataset", "n_seq", "model_fingerprint", "dataset_fingerprint",
+                 "code_version", "files": {file name: {"save_precision", ("exclude_special_tokens")}}}.
+                 A rerun reuses a file only when the folder-wide settings and the file's own match;
+                 other settings stop the run with the differences unless --overwrite (one folder
+                 holds one location, model, dataset and n_seq). explain.py --activation_path reads
+                 the location to know whether to apply the activation function (pre-activation
+                 caches) or not; a folder without the file is taken to hold mlp.hook_pre,
+                 activations.py's default and the original's assumption.
 
 Rows are buffered in memory-mapped files under the output folder while streaming (nothing of size
 [tokens, neurons] is held in RAM), then saved one file at a time, atomically.
@@ -42,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import paths
+from . import paths, runs
 from .errors import UserError, check_n_seq, check_neuron, parse_neuron
 
 # location -> the model config attribute giving its width
@@ -103,20 +106,41 @@ def read_cache_config(folder: str | Path) -> dict | None:
     return cfg
 
 
-def _claim_folder(folder: Path, config: dict) -> None:
-    """Write the folder's config, or refuse a run whose location / positions differ from it."""
-    import json
-
+def _folder_record(folder: Path, want: dict, overwrite: bool) -> dict:
+    """The folder's record for this run: the existing one when its folder-wide settings match (its
+    per-file entries kept), a fresh one for a new folder or with `overwrite` (old files removed);
+    otherwise UserError naming the differences."""
     old = read_cache_config(folder)
-    if old is None and any(folder.glob("*.pt")):  # files of unknown provenance: activations.py's default
-        old = {"location": "mlp.hook_pre", "exclude_special_tokens": False}
-    for key in ("location", "exclude_special_tokens"):
-        if old is not None and old.get(key, False) != config[key]:
-            raise UserError(f"{folder} holds activations cached with {key} = {old.get(key, False)}, not "
-                            f"{config[key]}: pass another --output_dir (or remove the folder)")
-    if not (folder / CONFIG_FILE).is_file():
-        with paths.atomic_path(folder / CONFIG_FILE) as tmp:
-            tmp.write_text(json.dumps(config, indent=1) + "\n")
+    have = None if old is None else {k: old.get(k) for k in want}
+    unrecorded = old is None and folder.is_dir() and any(folder.glob("*.pt"))
+    if have == want or (old is None and not unrecorded):
+        return {**want, "files": dict(old.get("files", {})) if old else {}}
+    if not overwrite:
+        why = (f"holds activations with no record of their settings ({CONFIG_FILE})" if unrecorded else
+               "holds activations cached with other settings: " + ", ".join(runs.differences(have, want)))
+        raise UserError(f"{folder} {why}; pass --overwrite to replace them (or another --output_dir)")
+    for f in folder.glob("*.pt"):
+        f.unlink()
+    return {**want, "files": {}}
+
+
+def _plan_files(record: dict, folder: Path, wanted: dict[str, dict], overwrite: bool) -> list[str]:
+    """Files of `wanted` ({name: per-file settings}) to compute: missing, or present but not recorded
+    as finished (an interrupted run); present with other per-file settings: UserError unless overwrite."""
+    todo = []
+    for name, settings in wanted.items():
+        have = record["files"].get(name)
+        if (folder / name).is_file() and have == settings:
+            continue
+        if (folder / name).is_file() and have is not None and not overwrite:
+            raise UserError(f"{folder / name} was cached with other settings: "
+                            f"{', '.join(runs.differences(have, settings))}; pass --overwrite to replace it")
+        todo.append(name)
+    return todo
+
+
+def _write_record(folder: Path, record: dict) -> None:
+    runs.write_record(folder / CONFIG_FILE, record)
 
 
 # Next-token statistics -----------------------------------------------------------------------------
@@ -309,7 +333,7 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
                     aggregation: str = "none", neuron_subset: list[str] | None = None,
                     neuron_subset_file: str | Path | None = None, save_precision: int = 8,
                     output_dir: str | Path | None = None, device: str | None = None, n_seq: int = -1,
-                    exclude_special: bool = False, progress: bool = True) -> list[Path]:
+                    exclude_special: bool = False, overwrite: bool = False, progress: bool = True) -> list[Path]:
     """activations.py: neuron mode when a subset is given, else layer mode. Returns the files written."""
     from .device import resolve_device
     from .models import load_model, model_family
@@ -338,21 +362,37 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
     tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None)
     if len(tokens) and int(tokens.max()) >= model.cfg.d_vocab:
         raise UserError(f"the token dataset holds token id {int(tokens.max())}, outside the model's vocabulary")
-    config = {"location": location, "model": model_name, "dataset": dataset,
-              "exclude_special_tokens": bool(exclude_special and aggregation in ("mean", "max"))}
+    want = {"location": location, "model": model_name, "dataset": dataset, "n_seq": n_seq,
+            "model_fingerprint": runs.model_fingerprint(model_name),
+            "dataset_fingerprint": runs.dataset_fingerprint(dataset, model.family), "code_version": runs.code_version()}
+    record = _folder_record(folder, want, overwrite)
     if neuron_mode:
         neurons = parse_neuron_subset(neuron_subset, neuron_subset_file, model.cfg.n_layers, width)
         if not neurons:
             raise UserError("the neuron subset is empty")
-        todo = [(l, n) for l, n in neurons if not (folder / f"{l}.{n}.pt").is_file()]
-        next_token = not all((folder / f"{s}.pt").is_file() for s in ("loss", "entropy", "rank"))
-        if not todo and not next_token:
+        per_file = {"save_precision": 32 if save_precision == 32 else 16}
+        wanted = {f"{l}.{n}.pt": per_file for l, n in neurons}
+        wanted.update({f"{s}.pt": {} for s in ("loss", "entropy", "rank")})
+        todo_files = _plan_files(record, folder, wanted, overwrite)
+        if not todo_files:
             return []
-        _claim_folder(folder, config)
-        return cache_neurons(model, tokens, todo, folder, location, batch_size, save_precision, next_token, progress)
-    todo = [l for l in range(model.cfg.n_layers) if not (folder / f"{l}.all.{aggregation}.all.pt").is_file()]
-    if not todo:
-        return []
-    _claim_folder(folder, config)
-    return cache_layers(model, tokens, folder, location, aggregation, batch_size, save_precision, todo,
-                        exclude_special, progress)
+        todo = [(l, n) for l, n in neurons if f"{l}.{n}.pt" in todo_files]
+        next_token = any(f"{s}.pt" in todo_files for s in ("loss", "entropy", "rank"))
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_record(folder, record)  # explain.py reads the location from it, even mid-run
+        written = cache_neurons(model, tokens, todo, folder, location, batch_size, save_precision, next_token, progress)
+    else:
+        per_file = {"save_precision": save_precision,
+                    "exclude_special_tokens": bool(exclude_special and aggregation in ("mean", "max"))}
+        wanted = {f"{l}.all.{aggregation}.all.pt": per_file for l in range(model.cfg.n_layers)}
+        todo_files = _plan_files(record, folder, wanted, overwrite)
+        if not todo_files:
+            return []
+        todo = [l for l in range(model.cfg.n_layers) if f"{l}.all.{aggregation}.all.pt" in todo_files]
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_record(folder, record)
+        written = cache_layers(model, tokens, folder, location, aggregation, batch_size, save_precision, todo,
+                               exclude_special, progress)
+    record["files"].update({p.name: wanted[p.name] for p in written})
+    _write_record(folder, record)
+    return written
