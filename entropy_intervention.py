@@ -46,7 +46,8 @@ def main(argv=None):
 
     out = run_entropy_intervention(args.model, args.token_dataset, args.neuron_subset, args.values,
                                    args.intervention_type, args.activation_location, args.n_random_baselines,
-                                   args.seed, args.output_dir, args.batch_size, args.device, args.n_seq)
+                                   args.seed, args.output_dir, args.batch_size, args.device, args.n_seq,
+                                   overwrite=args.overwrite)
     for folder in out["runs"] + [out["clean"], out["summary"]]:
         print(folder)
 

@@ -37,7 +37,7 @@ def main(argv=None):
 
     for folder in run_intervention(args.model, args.token_dataset, args.neuron, args.intervention_type,
                                    args.intervention_param, args.activation_location, args.output_dir,
-                                   args.batch_size, args.device, args.n_seq):
+                                   args.batch_size, args.device, args.n_seq, overwrite=args.overwrite):
         print(folder)
 
 

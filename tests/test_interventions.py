@@ -408,10 +408,19 @@ def test_rerun_skips_and_a_new_n_seq_recomputes(crafted, capsys):
     assert capsys.readouterr().out.count("skip") == 2  # the run and the clean reference
     assert os.stat(run_folder + "/loss.pt").st_mtime_ns == stamp
     assert json.loads(open(run_folder + "/meta.json").read())["location"] == "mlp.hook_pre"  # the default
-    intervention.main(argv + ["--activation_location", "mlp.hook_post"])
+    # another location or n_seq: one message naming the difference, nothing replaced ...
+    for extra, diff in ((["--activation_location", "mlp.hook_post"], "location 'mlp.hook_pre' -> 'mlp.hook_post'"),
+                        (["--n_seq", "2"], "n_seq")):
+        with pytest.raises(SystemExit) as e:
+            intervention.main(argv + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and diff in err and "--overwrite" in err
+        assert os.stat(run_folder + "/loss.pt").st_mtime_ns == stamp
+    # ... until --overwrite replaces it
+    intervention.main(argv + ["--activation_location", "mlp.hook_post", "--overwrite"])
     assert capsys.readouterr().out.count("skip") == 1  # only the clean run
     assert json.loads(open(run_folder + "/meta.json").read())["location"] == "mlp.hook_post"
-    intervention.main(argv + ["--n_seq", "2"])
+    intervention.main(argv + ["--n_seq", "2", "--overwrite"])
     assert "skip" not in capsys.readouterr().out
     assert torch.load(run_folder + "/loss.pt").shape == (2, CTX)
 

@@ -10,8 +10,9 @@ Every run folder holds (n_seq rows of the token dataset, ctx positions each):
     rank.pt     int32 [n_seq, ctx]  rank of the true next token (0 = top: how many tokens have a
                                     strictly larger logit); -1 at the last position
     scale.pt    fp16  [n_seq, ctx]  final LayerNorm scale ln_final.hook_scale (entropy runs and clean)
-    meta.json   what was run (model, dataset, neurons, type, param, location, n_seq); a rerun of
-                the same run skips the folder, another n_seq or location recomputes it.
+    meta.json   what was run (model, dataset, neurons, type, param, location, n_seq, weights and
+                dataset fingerprints, code version: runs.py); a rerun of the same run skips the
+                folder, another one stops with the differences unless --overwrite.
 The original wrote [n_seq, ctx - 1] loss/rank in intervention.py and zero-padded them in
 entropy_intervention.py; NaN / -1 padding keeps a naive mean from counting a fake zero loss.
 
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import paths
+from . import paths, runs
 from .capture import LOCATIONS, hook_name, position_mask
 from .errors import UserError, check_n_seq, check_neuron, parse_neuron
 
@@ -207,15 +208,26 @@ def read_meta(folder: Path) -> dict | None:
         return None
 
 
-_SAME_RUN = ("n_seq", "ctx", "neurons", "intervention_type", "intervention_param", "location")
+_SAME_RUN = ("n_seq", "ctx", "neurons", "intervention_type", "intervention_param", "location",
+             "model_fingerprint", "dataset_fingerprint", "code_version")
 
 
-def is_done(folder: Path, meta: dict) -> bool:
-    """A finished run folder (written atomically) of the same run: same rows, neurons, intervention
-    and hook location. The location is not part of the folder name (as in the original): a rerun
-    with another one recomputes the folder."""
+def is_done(folder: Path, meta: dict, overwrite: bool = False) -> bool:
+    """A finished run folder (written atomically) of the same run: same rows, neurons, intervention,
+    hook location, weights, data and code. The location is not part of the folder name (as in the
+    original): a folder made otherwise stops the run with the differences unless `overwrite`."""
     old = read_meta(folder)
-    return old is not None and all(old.get(k) == meta.get(k) for k in _SAME_RUN)
+    if old is None:
+        if Path(folder).is_dir() and any(Path(folder).glob("*.pt")) and not overwrite:
+            raise UserError(f"{folder} has no record of its settings ({META_FILE}); pass --overwrite to replace it")
+        return False
+    have, want = ({k: m.get(k) for k in _SAME_RUN} for m in (old, meta))
+    if have == want:
+        return True
+    if overwrite:
+        return False
+    raise UserError(f"{folder} was made with other settings: {', '.join(runs.differences(have, want))}; "
+                    f"pass --overwrite to replace it")
 
 
 def write_run(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -235,8 +247,8 @@ def load_run(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _run_once(model, tokens, folder: Path, hooks, meta: dict, batch_size: int, record_scale: bool,
-              progress: bool, desc: str) -> Path:
-    if is_done(folder, meta):
+              progress: bool, desc: str, overwrite: bool = False) -> Path:
+    if is_done(folder, meta, overwrite):
         if progress:
             print(f"skip {folder} (done)")
         return folder
@@ -259,24 +271,30 @@ def _load(model_name: str, dataset: str, device, n_seq: int):
     return model, tokens
 
 
-def _meta(model_name, dataset, tokens, **kw) -> dict:
-    return {"model": model_name, "dataset": dataset, "n_seq": int(tokens.shape[0]), "ctx": int(tokens.shape[1]), **kw}
+def _meta(model, model_name, dataset, tokens, **kw) -> dict:
+    """A run folder's meta.json: what was run, on which weights and rows, by which code (runs.py)."""
+    return {"model": model_name, "dataset": dataset, "n_seq": int(tokens.shape[0]), "ctx": int(tokens.shape[1]),
+            "model_fingerprint": runs.model_fingerprint(model_name),
+            "dataset_fingerprint": runs.dataset_fingerprint(dataset, model.family), "code_version": runs.code_version(),
+            **kw}
 
 
 def run_clean(model, model_name: str, dataset: str, tokens: torch.Tensor, output_dir=None, batch_size: int = 32,
-              progress: bool = True) -> Path:
+              progress: bool = True, overwrite: bool = False) -> Path:
     """The no-intervention reference: <out>/<model>/<dataset>/clean/ (loss, entropy, rank, scale)."""
     folder = run_dir(output_dir, model_name, dataset, CLEAN)
-    return _run_once(model, tokens, folder, [], _meta(model_name, dataset, tokens, intervention_type=None),
-                     batch_size, True, progress, "clean")
+    return _run_once(model, tokens, folder, [], _meta(model, model_name, dataset, tokens, intervention_type=None),
+                     batch_size, True, progress, "clean", overwrite)
 
 
 def run_intervention(model_name: str, dataset: str, neuron: str, intervention_type: str = "zero_ablation",
                      intervention_param: float | int = 0, location: str = "mlp.hook_pre", output_dir=None,
-                     batch_size: int = 32, device=None, n_seq: int = -1, progress: bool = True) -> list[Path]:
+                     batch_size: int = 32, device=None, n_seq: int = -1, overwrite: bool = False,
+                     progress: bool = True) -> list[Path]:
     """intervention.py: one neuron ('l.n'), one intervention, plus the clean run.
 
-    Returns [intervention folder, clean folder]; each is skipped when already written.
+    Returns [intervention folder, clean folder]; each is skipped when already written by the same
+    run (is_done); one made otherwise stops the run unless `overwrite`.
     """
     layer, n = parse_neuron(neuron)
     check_intervention(intervention_type, intervention_param)
@@ -285,11 +303,11 @@ def run_intervention(model_name: str, dataset: str, neuron: str, intervention_ty
     hooks = neuron_hooks([(layer, n)], intervention_type, intervention_param, location)
     folder = run_dir(output_dir, model_name, dataset, intervention_name(intervention_type, intervention_param),
                      f"{layer}.{n}")
-    meta = _meta(model_name, dataset, tokens, neurons=[f"{layer}.{n}"], intervention_type=intervention_type,
+    meta = _meta(model, model_name, dataset, tokens, neurons=[f"{layer}.{n}"], intervention_type=intervention_type,
                  intervention_param=float(intervention_param), location=location)
     done = _run_once(model, tokens, folder, hooks, meta, batch_size, False, progress,
-                     f"{intervention_type} {layer}.{n}")
-    return [done, run_clean(model, model_name, dataset, tokens, output_dir, batch_size, progress)]
+                     f"{intervention_type} {layer}.{n}", overwrite)
+    return [done, run_clean(model, model_name, dataset, tokens, output_dir, batch_size, progress, overwrite)]
 
 
 # The entropy-neuron experiment -------------------------------------------------------------------
@@ -331,7 +349,7 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
                              values: list[float] | None, intervention_type: str = "fixed_activation",
                              location: str = "mlp.hook_post", n_random_baselines: int = 0, seed: int = 0,
                              output_dir=None, batch_size: int = 32, device=None, n_seq: int = -1,
-                             progress: bool = True) -> dict:
+                             overwrite: bool = False, progress: bool = True) -> dict:
     """entropy_intervention.py and the paper's entropy-neuron experiment.
 
     The neurons of `neuron_subset` are intervened on together, once per value in `values`; then
@@ -359,19 +377,19 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
     groups += [("random", f"random_{i}", b)
                for i, b in enumerate(random_baselines(model, neurons, n_random_baselines, len(neurons), seed))]
 
-    clean = run_clean(model, model_name, dataset, tokens, output_dir, batch_size, progress)
-    runs, rows = [], []
+    clean = run_clean(model, model_name, dataset, tokens, output_dir, batch_size, progress, overwrite)
+    folders, rows = [], []
     for group, label, ns in groups:
         for v in values:
             folder = run_dir(output_dir, model_name, dataset, neuron_label(ns), intervention_name(intervention_type, v))
-            meta = _meta(model_name, dataset, tokens, neurons=[f"{l}.{n}" for l, n in ns],
+            meta = _meta(model, model_name, dataset, tokens, neurons=[f"{l}.{n}" for l, n in ns],
                          intervention_type=intervention_type, intervention_param=float(v), location=location,
                          group=group, label=label, seed=seed)
             hooks = neuron_hooks(ns, intervention_type, v, location)
-            runs.append(_run_once(model, tokens, folder, hooks, meta, batch_size, True, progress,
-                                  f"{label} {intervention_type} {v}"))
+            folders.append(_run_once(model, tokens, folder, hooks, meta, batch_size, True, progress,
+                                     f"{label} {intervention_type} {v}", overwrite))
             rows.append({"group": group, "label": label, "neurons": neuron_label(ns),
-                         "intervention_type": intervention_type, "value": float(v), "folder": runs[-1]})
+                         "intervention_type": intervention_type, "value": float(v), "folder": folders[-1]})
 
     mask = position_mask(tokens, model.tokenizer, special=False, last=False)
     base = run_means(clean, mask)
@@ -387,7 +405,7 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
     out = summary_path(output_dir, model_name, dataset, neurons, intervention_type)
     with paths.atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
-    return {"runs": runs, "clean": clean, "summary": out}
+    return {"runs": folders, "clean": clean, "summary": out}
 
 
 def add_run_arguments(p) -> None:
@@ -396,5 +414,7 @@ def add_run_arguments(p) -> None:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace run folders made with other settings (default: stop and say which)")
     p.add_argument("--save_precision", type=int, default=16,
                    help="accepted for the original's command lines (unused there too): tensors are fp16 / int32")

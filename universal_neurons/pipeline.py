@@ -193,7 +193,8 @@ def stage_intervention(args, s, df) -> pd.DataFrame:
     else:
         values = PAPER_VALUES
     out = run_entropy_intervention(s.a, s.mix_name, neuron, values, n_random_baselines=s.n_baselines,
-                                   batch_size=args.batch_size, device=args.device, n_seq=s.intervention_rows)
+                                   batch_size=args.batch_size, device=args.device, n_seq=s.intervention_rows,
+                                   overwrite=args.overwrite)
     from analysis.entropy_neurons import read_summary
 
     return read_summary(out["summary"])
