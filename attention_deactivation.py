@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     p.add_argument("--output_dir", default=None, help="default $RESULTS_DIR/attention_deactivation")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a folder made with other settings (default: stop and say which)")
     return p.parse_args(argv)
 
 
@@ -51,7 +53,8 @@ def main(argv=None):
 
     print(run_attention_deactivation(args.model, args.token_dataset, args.layer, args.head, args.neurons, args.top_k,
                                      args.after_pos, args.batch_size, args.device, args.n_seq, args.neuron_chunk,
-                                     args.output_dir, context_length=args.context_length, ranks=ranks))
+                                     args.output_dir, context_length=args.context_length, ranks=ranks,
+                                     overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -176,8 +176,13 @@ def test_top_k_cli_and_rerun_skip(lm, capsys):
     attention_deactivation.main(argv)
     assert "skip" in capsys.readouterr().out
     # the original's rank range and context length: ranks [1, 3) of the same ranking, first 8 positions
-    attention_deactivation.main(argv[:-6] + ["--min_neuron", "1", "--max_neuron", "3", "--context_length", "8",
-                                             "--batch_size", "4", "--device", "cpu"])
+    other = argv[:-6] + ["--min_neuron", "1", "--max_neuron", "3", "--context_length", "8", "--batch_size", "4",
+                         "--device", "cpu"]
+    with pytest.raises(SystemExit) as e:  # the same folder, other neurons and positions: never served stale
+        attention_deactivation.main(other)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "ctx 12 -> 8" in err and "--overwrite" in err
+    attention_deactivation.main(other + ["--overwrite"])
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert list(torch.load(f"{out}/corr_dict.pt")) == expect[1:3]
     records = torch.load(f"{out}/records.pt")

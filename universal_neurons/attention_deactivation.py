@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import paths
+from . import paths, runs
 from .errors import UserError, check_n_seq, check_neuron, parse_neuron
 
 Neuron = tuple[int, int]
@@ -240,13 +240,14 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
                                top_k: int | None = None, after_pos: int = 1, batch_size: int = 32, device=None,
                                n_seq: int = -1, neuron_chunk: int = 8, results_root=None,
                                context_length: int | None = None, ranks: tuple[int, int] | None = None,
-                               progress: bool = True) -> Path:
+                               overwrite: bool = False, progress: bool = True) -> Path:
     """attention_deactivation.py: the heuristic ranking, path ablation and correlations; returns the folder.
 
     neurons: 'l.n' specs; else ranks [lo, hi) of the heuristic ranking, or its `top_k` (default 10).
     context_length: use only the first positions of each row (the original: 256 of its 512).
     after_pos: first query position recorded (position 0 attends only to itself: its change is 0).
-    A folder already written for the same neurons, n_seq and after_pos is skipped.
+    A folder already written for the same neurons, rows, positions, weights, data and code is
+    skipped; one written otherwise stops the run with the differences unless `overwrite`.
     """
     from tqdm.auto import tqdm
 
@@ -281,12 +282,12 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
     labels = [f"{l}.{nn}" for l, nn in chosen]
     folder = output_dir(model_name, dataset, layer, head, results_root)
     meta = {"model": model_name, "dataset": dataset, "layer": layer, "head": head, "neurons": labels,
-            "n_seq": int(n), "ctx": int(ctx), "after_pos": after_pos, "k_bos": k_bos.tolist()}
-    try:
-        old = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        old = None
-    if old is not None and all(old.get(key) == meta[key] for key in ("neurons", "n_seq", "ctx", "after_pos")):
+            "n_seq": int(n), "ctx": int(ctx), "after_pos": after_pos, "k_bos": k_bos.tolist(),
+            "model_fingerprint": runs.model_fingerprint(model_name),
+            "dataset_fingerprint": runs.dataset_fingerprint(dataset, model.family), "code_version": runs.code_version()}
+    same = ("neurons", "n_seq", "ctx", "after_pos", "model_fingerprint", "dataset_fingerprint", "code_version")
+    if runs.finished(folder, "meta.json", {k: meta[k] for k in same}, overwrite, ("corr_dict.pt",),
+                     project=same):
         if progress:
             print(f"skip {folder} (done)")
         return folder

@@ -216,18 +216,7 @@ def is_done(folder: Path, meta: dict, overwrite: bool = False) -> bool:
     """A finished run folder (written atomically) of the same run: same rows, neurons, intervention,
     hook location, weights, data and code. The location is not part of the folder name (as in the
     original): a folder made otherwise stops the run with the differences unless `overwrite`."""
-    old = read_meta(folder)
-    if old is None:
-        if Path(folder).is_dir() and any(Path(folder).glob("*.pt")) and not overwrite:
-            raise UserError(f"{folder} has no record of its settings ({META_FILE}); pass --overwrite to replace it")
-        return False
-    have, want = ({k: m.get(k) for k in _SAME_RUN} for m in (old, meta))
-    if have == want:
-        return True
-    if overwrite:
-        return False
-    raise UserError(f"{folder} was made with other settings: {', '.join(runs.differences(have, want))}; "
-                    f"pass --overwrite to replace it")
+    return runs.finished(folder, META_FILE, {k: meta.get(k) for k in _SAME_RUN}, overwrite, project=_SAME_RUN)
 
 
 def write_run(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:

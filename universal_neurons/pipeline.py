@@ -227,8 +227,9 @@ def stage_attention(args, s) -> dict | None:
     ds = token_datasets.load_token_dataset(s.mix_name, s.family, model.tokenizer)
     layer, head = bos_head(model, token_datasets.token_tensor(ds, 0, 16))
     folder = run_attention_deactivation(s.a, s.mix_name, layer, head, top_k=5, batch_size=args.batch_size,
+                                        overwrite=args.overwrite,
                                         device=args.device, n_seq=s.attention_rows)
-    corr = torch.load(Path(folder) / "corr_dict.pt", weights_only=False)
+    corr = torch.load(Path(folder) / "corr_dict.pt", weights_only=True)
     return {"layer": layer, "head": head, "correlations": corr}
 
 

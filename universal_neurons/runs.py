@@ -113,15 +113,18 @@ def differences(have: dict, want: dict) -> list[str]:
 
 
 def finished(folder: Path, record_file: str, want: dict, overwrite: bool, files: tuple[str, ...] = (),
-             what: str | None = None) -> bool:
+             what: str | None = None, project: tuple[str, ...] | None = None) -> bool:
     """True: `folder` holds this run's finished artifact (skip). False: compute (nothing there, or
     overwrite). Another or no record where an artifact exists: UserError (see the module docstring).
-    files: artifact files that must exist for a skip (beyond the record)."""
+    files: artifact files that must exist for a skip (beyond the record); project: compare only
+    these keys of the stored record (for records that also hold results, such as meta.json)."""
     folder = Path(folder)
     record = folder / record_file
     if not folder.exists() or (not record.exists() and not any(folder.iterdir())):
         return False
     have = read_record(record)
+    if have is not None and project is not None:
+        have = {k: have.get(k) for k in project}
     if have == want and all((folder / f).exists() for f in files):
         return True
     if overwrite or have == want:  # the same run with a file missing: recompute it
