@@ -27,6 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--exclude_special_tokens", action="store_true",
                    help="leave BOS/EOS/padding positions out of the variance reduction (default: count every "
                         "position, as the original)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace explanations made with other settings (default: stop and say which)")
     p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     return p.parse_args(argv)
 
@@ -39,7 +41,7 @@ def main(argv=None):
     written = run_explanations(args.model, args.dataset, feature_type=args.feature_type, layer=args.layer,
                                neuron_df_path=args.neuron_df_path, activation_path=args.activation_path,
                                batch_size=args.batch_size, device=args.device, n_seq=args.n_seq,
-                               exclude_special=args.exclude_special_tokens)
+                               exclude_special=args.exclude_special_tokens, overwrite=args.overwrite)
     for path in written:
         print(path)
 

@@ -511,8 +511,14 @@ def test_explain_cli_end_to_end(explain_setup, tmp_path):
     assert (tokens == bos).any()  # documents separated by BOS/EOS: the two conventions differ
     refs = {}
     for exclude in (False, True):
-        explain.main(["--model", folder, "--dataset", "toy.32", "--batch_size", "4",
-                      *(["--exclude_special_tokens"] if exclude else [])])
+        argv = ["--model", folder, "--dataset", "toy.32", "--batch_size", "4",
+                *(["--exclude_special_tokens"] if exclude else [])]
+        if exclude:  # the folders hold the default run's numbers: never replaced without --overwrite
+            with pytest.raises(SystemExit) as e:
+                explain.main(argv)
+            assert e.value.code == 2
+            argv.append("--overwrite")
+        explain.main(argv)
         # every position by default (the original's); without BOS/EOS/padding with the flag
         mask = tokens != bos if exclude else torch.ones_like(tokens, dtype=torch.bool)
         counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0]).numpy()
@@ -520,7 +526,8 @@ def test_explain_cli_end_to_end(explain_setup, tmp_path):
         for layer in (0, 1):
             out = layer_dir(folder, "toy.32", "token", layer)
             vr, prev = read_vr_csv(out / VR_FILE), read_vr_csv(out / PREV_VR_FILE)
-            assert json.loads((out / "explain_config.json").read_text()) == {"exclude_special_tokens": exclude}
+            record = json.loads((out / "explain_config.json").read_text())
+            assert record["exclude_special_tokens"] == exclude and record["neurons"] == list(range(8))
             assert list(vr.index) == [f"{layer}.{n}" for n in range(8)] and vr.shape == prev.shape
             acts = mlp_activations(model, tokens)[:, :, layer]
             ref, ref_prev = explain_layer(acts, tokens, vdf, mask=mask, layer=layer)
@@ -534,6 +541,9 @@ def test_explain_cli_end_to_end(explain_setup, tmp_path):
                                                                  feat[mask.numpy()]), rtol=1e-6)
             refs[exclude, layer] = vr
     assert not np.allclose(refs[False, 1].fillna(0), refs[True, 1].fillna(0))  # the flag matters here
+    stamp = (layer_dir(folder, "toy.32", "token", 0) / VR_FILE).stat().st_mtime_ns
+    explain.main(argv)  # the same settings again: skipped, nothing rewritten
+    assert (layer_dir(folder, "toy.32", "token", 0) / VR_FILE).stat().st_mtime_ns == stamp
 
     # From caches written by activations.py: pre-activation caches go through the model's GELU, so
     # every cache gives the model's numbers (fp32 caches to 1e-5; 8-bit within the quantisation bound).
@@ -552,7 +562,7 @@ def test_explain_cli_end_to_end(explain_setup, tmp_path):
             run_activations(folder, "toy.32", location, aggregation="none", save_precision=8, output_dir=cache,
                             progress=False)
         explain.main(["--model", folder, "--dataset", "toy.32", "--layer", "1", "--neuron_df_path", str(csv),
-                      "--activation_path", str(cache)])
+                      "--activation_path", str(cache), "--overwrite"])
         vr = read_vr_csv(layer_dir(folder, "toy.32", "token", 1) / VR_FILE)
         assert list(vr.index) == ["1.3", "1.6"]
         if precision == 32:

@@ -35,7 +35,9 @@ mlp.hook_pre, or a folder without it) is passed through the model's own activati
 
 Artifacts: `$RESULTS_DIR/explanations/<model>/<dataset>/<type>_feature/layer_<l>/`
 variance_reduction.csv and prev_token_variance_reduction.csv, rows 'l.n', columns features, and
-explain_config.json, {"exclude_special_tokens": bool}, the positions they counted.
+explain_config.json, the run record (runs.py): model, dataset, feature type, n_seq, the activations'
+source (hook location, or the cache folder and its record), exclude_special_tokens, min_count,
+min_forms, the layer and its neurons, the weights' and dataset's fingerprints, the code version.
 """
 from __future__ import annotations
 
@@ -45,11 +47,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import runs
 from .paths import atomic_path, explanation_dir, model_dirname
 
 VR_FILE = "variance_reduction.csv"
 PREV_VR_FILE = "prev_token_variance_reduction.csv"
-CONFIG_FILE = "explain_config.json"  # {"exclude_special_tokens": bool}
+CONFIG_FILE = "explain_config.json"  # the layer folder's run record (runs.py), written last
 
 
 class VarianceReduction:
@@ -211,27 +214,13 @@ def layer_dir(model: str, dataset: str, feature_type: str, layer: int) -> Path:
 
 def write_layer(vr: pd.DataFrame, prev_vr: pd.DataFrame, model: str, dataset: str, feature_type: str,
                 layer: int, config: dict | None = None) -> Path:
-    """Write one layer's two CSVs (and its settings, explain_config.json) atomically; returns the folder."""
-    import json
-
+    """Write one layer's two CSVs (and its run record, explain_config.json) atomically; returns the folder."""
     out = layer_dir(model, dataset, feature_type, layer)
     for frame, name in ((vr, VR_FILE), (prev_vr, PREV_VR_FILE)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp)
-    with atomic_path(out / CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps(config or {}, indent=1) + "\n")
+    runs.write_record(out / CONFIG_FILE, config or {})  # last: marks the folder finished
     return out
-
-
-def read_explain_config(model: str, dataset: str, feature_type: str, layer: int) -> dict | None:
-    """The settings a layer's explanations were written with (None if unknown)."""
-    import json
-
-    path = layer_dir(model, dataset, feature_type, layer) / CONFIG_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def read_vr_csv(path: str | Path) -> pd.DataFrame:
@@ -398,8 +387,10 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
                      neuron_df_path: str | None = None, activation_path: str | None = None, batch_size: int = 32,
                      device: str | None = None, n_seq: int = -1, location: str = "mlp.hook_post",
                      min_count: int = 3000, min_forms: int = 3, exclude_special: bool = False,
-                     progress: bool = True) -> list[Path]:
-    """explain.py: explain a model's neurons on a token dataset; returns the layer folders written.
+                     overwrite: bool = False, progress: bool = True) -> list[Path]:
+    """explain.py: explain a model's neurons on a token dataset; returns the layer folders (written or
+    skipped: a layer folder whose explain_config.json holds this run's record is reused; one made
+    otherwise stops the run with the differences unless `overwrite`).
 
     Activations are `blocks.{l}.<location>` computed by the model (or read from `activation_path`,
     pre-activation caches passed through the model's activation function); every position counts
@@ -425,6 +416,25 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     neurons = select_neurons(model.cfg.n_layers, model.cfg.d_mlp, layer, neuron_df_path)
+    source = {"activations": location}
+    if activation_path:
+        from .activation_cache import read_cache_config
+
+        folder = Path(activation_path) / model_dirname(model_name) / dataset
+        cache = read_cache_config(folder if folder.is_dir() else Path(activation_path)) or {"location": "mlp.hook_pre"}
+        source = {"activation_path": str(activation_path), **{k: v for k, v in cache.items() if k != "files"}}
+    base = {"model": model_name, "dataset": dataset, "feature_type": feature_type, "n_seq": n_seq, **source,
+            "exclude_special_tokens": bool(exclude_special), "min_count": min_count, "min_forms": min_forms,
+            "model_fingerprint": runs.model_fingerprint(model_name),
+            "dataset_fingerprint": runs.dataset_fingerprint(dataset, model.family), "code_version": runs.code_version()}
+    records = {l: {**base, "layer": int(l), "neurons": [int(n) for n in ns]} for l, ns in neurons.items()}
+    folders = {l: layer_dir(model_name, dataset, feature_type, l) for l in neurons}
+    neurons = {l: ns for l, ns in neurons.items()
+               if not runs.finished(folders[l], CONFIG_FILE, records[l], overwrite, (VR_FILE, PREV_VR_FILE))}
+    if not neurons:
+        if progress:
+            print(f"explanations of {model_name} on {dataset} exist with these settings: skipped")
+        return list(folders.values())
     ds = load_token_dataset(dataset, model.family, model.tokenizer)
     tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
     mask = position_mask(tokens, model.tokenizer, special=not exclude_special)
@@ -452,5 +462,6 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     special = {model.tokenizer.bos_token_id, model.tokenizer.eos_token_id, model.tokenizer.pad_token_id} - {None}
     results = explain_batches(batches(), neurons, feature_type, vocab_df=vocab_df, vocab=vocab, nlp=nlp, device=dev,
                               special_ids=sorted(special))
-    config = {"exclude_special_tokens": bool(exclude_special)}
-    return [write_layer(cur, prev, model_name, dataset, feature_type, l, config) for l, (cur, prev) in results.items()]
+    for l, (cur, prev) in results.items():
+        write_layer(cur, prev, model_name, dataset, feature_type, l, records[l])
+    return list(folders.values())

@@ -151,15 +151,9 @@ def stage_explanations(args, s, df) -> pd.DataFrame | None:
     sel.parent.mkdir(parents=True, exist_ok=True)
     chosen[["layer", "neuron"]].to_csv(sel, index=False)
     layers = sorted(chosen["layer"].unique())
-    from .explanations import VR_FILE, layer_dir, read_explain_config
-
-    done = all((layer_dir(s.a, s.mix_name, "token", int(l)) / VR_FILE).exists() for l in layers)
-    done = done and read_explain_config(s.a, s.mix_name, "token", int(layers[0])) == {
-        "exclude_special_tokens": args.exclude_special_tokens}
-    if not done:
-        run_explanations(s.a, s.mix_name, "token", -1, neuron_df_path=str(sel), batch_size=args.batch_size,
-                         device=args.device, min_count=30 if args.quick else 300,
-                         exclude_special=args.exclude_special_tokens)
+    run_explanations(s.a, s.mix_name, "token", -1, neuron_df_path=str(sel), batch_size=args.batch_size,
+                     device=args.device, min_count=30 if args.quick else 300, exclude_special=args.exclude_special_tokens,
+                     overwrite=args.overwrite)  # skips layers explained with these settings
     best = load_best_features(s.a, s.mix_name, "token", [int(l) for l in layers]).reset_index()
     lay_neu = best["neuron"].str.split(".", expand=True).astype(int)
     best["layer"], best["neuron"] = lay_neu[0], lay_neu[1]
