@@ -23,6 +23,8 @@ def parse_args(argv=None):
     p.add_argument("--mix_tokens", nargs="*", default=None,
                    help="sizes of the seeded all-<N> mixes, e.g. 100k 1m (default: 1m for python-stdlib, none otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mixes' row sampling")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace datasets made with other settings (default: stop and say which)")
     return p.parse_args(argv)
 
 

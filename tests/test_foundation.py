@@ -351,3 +351,28 @@ def test_hub_path_pile_filter_and_alias_split(monkeypatch):
     assert asked == [(token_datasets.PILE, "test")]
     token_datasets.build_hub("owt", "test", tok, "gpt2", 32, [], seed=0)
     assert asked[-1] == ("stas/openwebtext-10k", "train")
+
+
+def test_make_dataset_never_replaces_a_dataset_made_otherwise(tmp_path, capsys):
+    """make_dataset.py records its settings (dataset_config.json): the same settings leave the dataset
+    as it is, others stop with the differences until --overwrite."""
+    import make_dataset
+
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "alpha.txt").write_text("alpha beta gamma. " * 400)
+    argv = ["--model", "gpt2", "--hf_dataset", str(src), "--ctx_len", "32", "--mix_tokens"]
+    make_dataset.main(argv)
+    folder = token_datasets.paths.token_dataset_path("gpt2", "corpus.alpha.32")
+    record = json.loads((folder / token_datasets.RECORD_FILE).read_text())
+    assert record["ctx_len"] == 32 and record["n_seq"] == -1 and record["name"] == "corpus.alpha.32"
+    stamp = (folder / token_datasets.CONTENT_FILE).stat().st_mtime_ns
+    make_dataset.main(argv)  # the same settings: the same rows, left in place
+    assert (folder / token_datasets.CONTENT_FILE).stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit) as e:
+        make_dataset.main(argv + ["--n_seq", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "n_seq -1 -> 3" in err and "--overwrite" in err
+    assert len(token_datasets.load_token_dataset("corpus.alpha.32", "gpt2")) > 3  # untouched
+    make_dataset.main(argv + ["--n_seq", "3", "--overwrite"])
+    assert len(token_datasets.load_token_dataset("corpus.alpha.32", "gpt2")) == 3

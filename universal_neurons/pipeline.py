@@ -93,7 +93,7 @@ def stage_datasets(args, s) -> list[str]:
     if args.corr_dataset is None and (s.mix_name not in have):
         token_datasets.main_make_dataset(SimpleNamespace(
             model=s.a, hf_dataset=args.dataset, hf_dataset_split="test", ctx_len=s.ctx_len, n_seq=s.n_seq,
-            output_dir=None, mix_tokens=[str(s.mix_tokens)], seed=0))
+            output_dir=None, mix_tokens=[str(s.mix_tokens)], seed=0, overwrite=args.overwrite))
         have = token_datasets.available_datasets(s.family)
     if subsets is None:  # every single-subset dataset of this corpus and context
         subsets = [n for n in have if n.startswith(args.dataset + ".") and n.endswith(f".{s.ctx_len}")

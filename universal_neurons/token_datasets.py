@@ -40,7 +40,8 @@ PILE_MIN_CHARS = 50  # the original kept only Pile documents longer than this
 PILE = "EleutherAI/pile"
 BUILTIN = "python-stdlib"
 FINGERPRINT_FILE = "tokenizer_fingerprint.txt"
-CONTENT_FILE = "content_fingerprint.txt"  # sha1 of the rows (and subset labels): runs.dataset_fingerprint
+CONTENT_FILE = "content_fingerprint.txt"
+RECORD_FILE = "dataset_config.json"  # make_dataset.py's settings (runs.py): source, split, ctx, n_seq, seed, ...  # sha1 of the rows (and subset labels): runs.dataset_fingerprint
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -103,8 +104,18 @@ def tokenize_and_concatenate(texts: Iterable[str], tokenizer, ctx_len: int, max_
     return out.astype(np.int32)
 
 
-def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, subset: list[str] | None = None) -> Path:
-    """Atomically write a token dataset (and its tokenizer fingerprint) to $DATASET_DIR/<family>/<name>."""
+def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, subset: list[str] | None = None,
+                       record: dict | None = None, overwrite: bool = False) -> Path:
+    """Atomically write a token dataset (and its tokenizer and content fingerprints) to
+    $DATASET_DIR/<family>/<name>. record: make_dataset.py's settings (dataset_config.json); an existing
+    dataset made with other settings is never replaced silently: UserError unless `overwrite`."""
+    from . import runs
+
+    out = paths.token_dataset_path(family, name)
+    if record is not None:
+        record = {**record, "name": name, "tokenizer": tokenizer_fingerprint(tokenizer)}
+        if runs.finished(out, RECORD_FILE, record, overwrite, (FINGERPRINT_FILE,), what=f"token dataset {name!r}"):
+            return out  # the same settings made it: the same rows
     from datasets import Dataset
 
     from . import quiet_hf
@@ -113,13 +124,14 @@ def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, su
     columns = {"tokens": tokens.tolist()}
     if subset is not None:
         columns["subset"] = list(subset)
-    out = paths.token_dataset_path(family, name)
     content = hashlib.sha1(np.ascontiguousarray(tokens, dtype=np.int64).tobytes())
     content.update(json.dumps(list(subset) if subset is not None else None).encode())
     with paths.atomic_path(out) as tmp:
         Dataset.from_dict(columns).save_to_disk(str(tmp))
         (tmp / FINGERPRINT_FILE).write_text(tokenizer_fingerprint(tokenizer) + "\n")
         (tmp / CONTENT_FILE).write_text(content.hexdigest()[:16] + "\n")
+        if record is not None:
+            (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return out
 
 
@@ -182,8 +194,14 @@ def make_mix(parts: dict[str, np.ndarray], n_tokens: int, seed: int) -> tuple[np
     return rows[pick], list(labels[pick])
 
 
+def _mix_record(record: dict | None, seed: int) -> dict | None:
+    """A mix's record: the subsets' settings and the seed of its row sampling."""
+    return None if record is None else {**record, "seed": seed}
+
+
 def build_builtin(tokenizer, family: str, ctx_len: int, mix_sizes: list[int], seed: int = 0,
-                  split: str = "heldout", max_docs: int | None = None, n_seq: int = -1) -> list[Path]:
+                  split: str = "heldout", max_docs: int | None = None, n_seq: int = -1, record: dict | None = None,
+                  overwrite: bool = False) -> list[Path]:
     """python-stdlib.<subset>.<ctx> per subset and python-stdlib.all-<N>.<ctx> mixes."""
     from tqdm.auto import tqdm
 
@@ -193,15 +211,17 @@ def build_builtin(tokenizer, family: str, ctx_len: int, mix_sizes: list[int], se
         rows = tokenize_and_concatenate(corpus.iter_documents(subset, split, max_docs), tokenizer, ctx_len,
                                         max_rows=None if n_seq < 0 else n_seq)
         parts[subset] = rows
-        written.append(save_token_dataset(rows, family, f"{BUILTIN}.{subset}.{ctx_len}", tokenizer))
+        written.append(save_token_dataset(rows, family, f"{BUILTIN}.{subset}.{ctx_len}", tokenizer,
+                                          record=record, overwrite=overwrite))
     for n in mix_sizes:
         rows, labels = make_mix(parts, n, seed)
-        written.append(save_token_dataset(rows, family, f"{BUILTIN}.all-{format_count(n)}.{ctx_len}", tokenizer, labels))
+        written.append(save_token_dataset(rows, family, f"{BUILTIN}.all-{format_count(n)}.{ctx_len}", tokenizer, labels,
+                                          record=_mix_record(record, seed), overwrite=overwrite))
     return written
 
 
 def build_local_folder(folder: Path, tokenizer, family: str, ctx_len: int, mix_sizes: list[int], seed: int = 0,
-                       n_seq: int = -1) -> list[Path]:
+                       n_seq: int = -1, record: dict | None = None, overwrite: bool = False) -> list[Path]:
     """<folder>.<stem>.<ctx> for every .txt / .jsonl file (jsonl: the 'text' field of each line)."""
     files = sorted(p for p in folder.iterdir() if p.suffix in (".txt", ".jsonl"))
     if not files:
@@ -214,10 +234,12 @@ def build_local_folder(folder: Path, tokenizer, family: str, ctx_len: int, mix_s
             docs = [json.loads(line)["text"] for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
         rows = tokenize_and_concatenate(docs, tokenizer, ctx_len, max_rows=None if n_seq < 0 else n_seq)
         parts[f.stem] = rows
-        written.append(save_token_dataset(rows, family, f"{folder.name}.{f.stem}.{ctx_len}", tokenizer))
+        written.append(save_token_dataset(rows, family, f"{folder.name}.{f.stem}.{ctx_len}", tokenizer,
+                                          record=record, overwrite=overwrite))
     for n in mix_sizes:
         rows, labels = make_mix(parts, n, seed)
-        written.append(save_token_dataset(rows, family, f"{folder.name}.all-{format_count(n)}.{ctx_len}", tokenizer, labels))
+        written.append(save_token_dataset(rows, family, f"{folder.name}.all-{format_count(n)}.{ctx_len}", tokenizer,
+                                          labels, record=_mix_record(record, seed), overwrite=overwrite))
     return written
 
 
@@ -228,7 +250,7 @@ def pile_subset_key(pile_set_name: str) -> str:
 
 
 def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int, mix_sizes: list[int],
-              seed: int = 0, n_seq: int = -1) -> list[Path]:
+              seed: int = 0, n_seq: int = -1, record: dict | None = None, overwrite: bool = False) -> list[Path]:
     """A hub dataset (needs the network). The Pile is written per subset (meta.pile_set_name) plus mixes."""
     from datasets import load_dataset
 
@@ -256,14 +278,16 @@ def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int,
             key = pile_subset_key(sub)
             rows = tokenize_and_concatenate(docs, tokenizer, ctx_len, max_rows)
             parts[key] = rows
-            written.append(save_token_dataset(rows, family, f"{short}.{split}.{key}.{ctx_len}", tokenizer))
+            written.append(save_token_dataset(rows, family, f"{short}.{split}.{key}.{ctx_len}", tokenizer,
+                                          record=record, overwrite=overwrite))
         for n in mix_sizes:
             rows, labels = make_mix(parts, n, seed)
             written.append(save_token_dataset(rows, family, f"{short}.{split}.all-{format_count(n)}.{ctx_len}",
-                                              tokenizer, labels))
+                                              tokenizer, labels, record=_mix_record(record, seed), overwrite=overwrite))
     else:
         rows = tokenize_and_concatenate(ds["text"], tokenizer, ctx_len, max_rows)
-        written.append(save_token_dataset(rows, family, f"{short}.{split}.{ctx_len}", tokenizer))
+        written.append(save_token_dataset(rows, family, f"{short}.{split}.{ctx_len}", tokenizer,
+                                          record=record, overwrite=overwrite))
     return written
 
 
@@ -283,14 +307,24 @@ def main_make_dataset(args) -> list[Path]:
         mixes = [10**6] if src == BUILTIN else []
     else:
         mixes = [parse_count(m) for m in args.mix_tokens]
+    from . import runs
+
+    record = {"source": src, "split": args.hf_dataset_split, "ctx_len": args.ctx_len, "n_seq": args.n_seq,
+              "code_version": runs.code_version()}
+    over = {"record": record, "overwrite": bool(getattr(args, "overwrite", False))}
     if src == BUILTIN:
-        written = build_builtin(tokenizer, family, args.ctx_len, mixes, args.seed, n_seq=args.n_seq)
+        import platform
+
+        record.update(split="heldout", python=platform.python_version(), corpus_version=corpus.VERSION)
+        written = build_builtin(tokenizer, family, args.ctx_len, mixes, args.seed, n_seq=args.n_seq, **over)
     elif Path(src).is_dir():
-        written = build_local_folder(Path(src), tokenizer, family, args.ctx_len, mixes, args.seed, args.n_seq)
+        record.update(source=str(Path(src).resolve()), split=None)
+        written = build_local_folder(Path(src), tokenizer, family, args.ctx_len, mixes, args.seed, args.n_seq, **over)
     elif Path(src).exists():
         raise UserError(f"--hf_dataset {src!r} is a file; pass a folder of .txt/.jsonl files")
     else:
-        written = build_hub(src, args.hf_dataset_split, tokenizer, family, args.ctx_len, mixes, args.seed, args.n_seq)
+        written = build_hub(src, args.hf_dataset_split, tokenizer, family, args.ctx_len, mixes, args.seed, args.n_seq,
+                            **over)
     for w in written:
         print(w)
     return written
