@@ -19,18 +19,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from universal_neurons.neuron_df import select_universal  # noqa: F401 (the one definition)
+
 FAMILIES = ["unigram", "alphabet", "previous_token", "position", "syntax", "token_property", "unexplained"]
 SEQUENCE_PREFIXES = ("pos_", "dep_", "morph_", "ent_")
 SEQUENCE_NAMES = ("is_stop", "sent_start")
-
-
-def select_universal(df: pd.DataFrame, threshold: float = 0.5, n_min: int = 0) -> tuple[pd.DataFrame, bool]:
-    """(rows with excess_corr > threshold, False); when fewer than n_min pass, (the n_min rows of highest
-    excess_corr, True) so that small models still have neurons to study (the pipeline explains those)."""
-    top = df[df["excess_corr"] > threshold]
-    if len(top) >= n_min:
-        return top, False
-    return df.sort_values("excess_corr", ascending=False).head(n_min), True
 
 
 def neuron_labels(df: pd.DataFrame) -> pd.Series:

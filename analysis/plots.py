@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from universal_neurons.neuron_df import UNIVERSAL_THRESHOLD  # noqa: E402
+
 PROPERTIES = {  # neuron-df column -> label, as in the paper's "properties of universal neurons" figure
     "kurt": "activation kurtosis",
     "skew": "activation skew",
@@ -18,7 +20,7 @@ PROPERTIES = {  # neuron-df column -> label, as in the paper's "properties of un
 }
 
 
-def excess_corr_hist(df: pd.DataFrame, threshold: float = 0.5):
+def excess_corr_hist(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD):
     """Distribution of mean_corr (seeds) against mean_baseline (rotated seeds), and excess_corr."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     bins = np.linspace(-0.2, 1, 61)
@@ -35,7 +37,7 @@ def excess_corr_hist(df: pd.DataFrame, threshold: float = 0.5):
     return fig
 
 
-def universal_by_layer(df: pd.DataFrame, threshold: float = 0.5):
+def universal_by_layer(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD):
     share = (df["excess_corr"] > threshold).groupby(df["layer"]).mean() * 100
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(share.index, share.values, color="C3")
@@ -54,7 +56,7 @@ def within_layer_percentiles(df: pd.DataFrame, columns=tuple(PROPERTIES)) -> pd.
     return out
 
 
-def property_percentiles(df: pd.DataFrame, threshold: float = 0.5):
+def property_percentiles(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD):
     """Box plots of within-layer percentiles of each property, universal neurons against the rest."""
     pct = within_layer_percentiles(df)
     is_u = df["excess_corr"] > threshold

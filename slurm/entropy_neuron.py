@@ -1,16 +1,19 @@
-"""Print the default neuron of the entropy interventions for a model: the last layer's neuron with
-the largest output weight norm (w_out_norm) in its neuron dataframe, as 'layer.neuron'.
+"""Print the default neuron of the entropy interventions for a model, as 'layer.neuron': the
+pipeline's rule (universal_neurons.neuron_df.entropy_candidate: the last layer's neuron with a large
+output norm whose output is nearly orthogonal to the unembedding), read off its neuron dataframe.
 
 The paper's entropy neurons (GPT2-small 11.3030, 11.2859, medium 23.945) are last-layer neurons with
-unusually large output norms; for models without published ones this picks the most likely one.
+unusually large output norms and low vocab_var; for models without published ones this picks the most
+likely one.
 
-    python slurm/entropy_neuron.py toy-gpt2-a    ->  1.117
+    python slurm/entropy_neuron.py toy-gpt2-a    ->  1.43
 """
 import sys
 
 import pandas as pd
 
 from universal_neurons import paths
+from universal_neurons.neuron_df import entropy_candidate
 from universal_neurons.errors import UserError, cli_entry
 
 
@@ -22,10 +25,7 @@ def main(argv=None):
     path = paths.neuron_df_path(argv[0])
     if not path.is_file():
         raise UserError(f"no neuron dataframe at {path} (run universal-neurons neuron-df --model {argv[0]} ...)")
-    df = pd.read_csv(path)
-    last = df[df["layer"] == df["layer"].max()]
-    row = last.loc[last["w_out_norm"].idxmax()]
-    print(f"{int(row['layer'])}.{int(row['neuron'])}")
+    print(entropy_candidate(pd.read_csv(path)))
 
 
 if __name__ == "__main__":

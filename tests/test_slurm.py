@@ -168,11 +168,11 @@ def test_resubmission_skips_finished_work(tmp_path, tiny_zoo3):
                   "neuron_max_activating_value.pt"):
             touch(paths.activation_summary_path(a, ds) / f)
     paths.neuron_df_path(a).parent.mkdir(parents=True)
-    paths.neuron_df_path(a).write_text("layer,neuron,w_out_norm\n0,5,1.0\n1,7,2.0\n1,9,3.0\n")
+    paths.neuron_df_path(a).write_text("layer,neuron,w_out_norm,vocab_var\n0,5,1.0,0.1\n1,7,2.0,0.3\n1,9,3.0,0.2\n")
     (paths.interpretable_neurons_path(a)).mkdir(parents=True)
     (paths.interpretable_neurons_path(a) / "universal.csv").write_text("layer,neuron\n1,7\n")  # none in layer 0
     touch(explanations.layer_dir(a, corr_ds, "token", 1) / explanations.VR_FILE)
-    subset = [(1, 9)]     # auto: the largest w_out_norm of the last layer
+    subset = [(1, 9)]     # auto: the entropy candidate (largest w_out_norm, lower vocab_var) of the last layer
     for v in (0, 3):
         touch(interventions.run_dir(None, a, corr_ds, interventions.neuron_label(subset),
                                     interventions.intervention_name("fixed_activation", float(v))) / "meta.json")
@@ -321,7 +321,9 @@ def test_explain_task_without_neurons_succeeds(fake_repo, tmp_path):
 def test_intervention_auto_neuron(fake_repo):
     df = paths.neuron_df_path("m")
     df.parent.mkdir(parents=True)
-    df.write_text("layer,neuron,w_out_norm\n0,3,9.0\n1,0,1.5\n1,1,4.0\n1,2,-2.0\n")
+    # the pipeline's rule: percentile ranks of w_out_norm and of -vocab_var summed in the last layer;
+    # 1.1 wins (largest norm, lowest vocab_var of the last layer), not 0.3 (larger norm, another layer)
+    df.write_text("layer,neuron,w_out_norm,vocab_var\n0,3,9.0,0.0\n1,0,1.5,0.03\n1,1,4.0,0.02\n1,2,-2.0,0.5\n")
     args, log = run_job(fake_repo, "intervention.sbatch", "5", "--model", "m", "--neuron_subset", "auto", task=0)
     assert args == ["--model", "m", "--neuron_subset", "1.1", "--intervention_param", "5"]
     out = subprocess.run([sys.executable, str(REPO / "slurm" / "entropy_neuron.py"), "other"], env=base_env(),

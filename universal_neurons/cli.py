@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .errors import cli_entry
+from .neuron_df import UNIVERSAL_THRESHOLD
 
 
 def _zoo(args):
@@ -14,7 +15,7 @@ def _zoo(args):
 
 
 def _neuron_df(args):
-    from analysis.neuron_df import make_neuron_df, universal_share_by_layer, write_neuron_df
+    from .neuron_df import make_neuron_df, universal_share_by_layer, write_neuron_df
     from .models import load_model
 
     cfg = load_model(args.model).cfg
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", required=True, help="token dataset of the correlations")
     d.add_argument("--activation_datasets", nargs="*", default=None,
                    help="datasets whose summary.py histograms to sum (default: all present)")
-    d.add_argument("--threshold", type=float, default=0.5, help="excess_corr above which a neuron is universal")
+    d.add_argument("--threshold", type=float, default=UNIVERSAL_THRESHOLD, help="excess_corr above which a neuron is universal")
     d.set_defaults(func=_neuron_df)
     v = sub.add_parser("view", help="the neuron viewer in the browser, over the working directory's artifacts")
     v.add_argument("--model", required=True)

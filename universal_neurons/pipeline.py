@@ -5,7 +5,7 @@
     correlations  seed a against every other seed, none + rotation, one pass   correlations.py
     weights       weight summaries of seed a (weights.py)                      weights.py
     summaries     activation summaries of seed a per subset (summary.py)       activation_summary.py
-    neuron_df     the neuron dataframe and universal.csv                       analysis/neuron_df.py
+    neuron_df     the neuron dataframe and universal.csv                       neuron_df.py
     explanations  token-feature variance reduction of the universal neurons    explanations.py
     intervention  entropy-neuron style: fix the best candidate to a range of
                   values, against random last-layer neurons                    interventions.py
@@ -26,6 +26,7 @@ import torch
 
 from . import paths, token_datasets, zoo
 from .models import load_model, load_tokenizer, model_family
+from .neuron_df import UNIVERSAL_THRESHOLD, entropy_candidate, select_universal  # noqa: F401 (one definition)
 
 PAPER_VALUES = [-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # the paper's fixed values for GPT-2 entropy neurons
 
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny zoo and small datasets (CI, smoke tests)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 | auto")
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--threshold", type=float, default=0.5, help="excess_corr above which a neuron is universal")
+    p.add_argument("--threshold", type=float, default=UNIVERSAL_THRESHOLD, help="excess_corr above which a neuron is universal")
     p.add_argument("--ctx_len", type=int, default=None, help="context of the token datasets (default: the zoo's, or 512)")
     p.add_argument("--mix_tokens", default=None, help="size of the correlation mix (default 1m; --quick 32k)")
     p.add_argument("--skip", nargs="*", default=[], help="stages to skip (explanations intervention attention ...)")
@@ -128,7 +129,7 @@ def stage_summaries(args, s, subsets) -> None:
 
 
 def stage_neuron_df(args, s, subsets) -> pd.DataFrame:
-    from analysis.neuron_df import make_neuron_df, write_neuron_df
+    from .neuron_df import make_neuron_df, write_neuron_df
 
     cfg = load_model(s.a).cfg
     df = make_neuron_df(s.a, s.others, s.mix_name, cfg.n_layers, cfg.d_mlp, subsets)
@@ -138,8 +139,7 @@ def stage_neuron_df(args, s, subsets) -> pd.DataFrame:
 
 def explained_neurons(df: pd.DataFrame, threshold: float, n_min: int = 20) -> pd.DataFrame:
     """The universal neurons, or (when fewer than n_min pass) the n_min highest excess_corr."""
-    top = df[df["excess_corr"] > threshold]
-    return top if len(top) >= n_min else df.sort_values("excess_corr", ascending=False).head(n_min)
+    return select_universal(df, threshold, n_min)[0]
 
 
 def stage_explanations(args, s, df) -> pd.DataFrame | None:
@@ -158,20 +158,6 @@ def stage_explanations(args, s, df) -> pd.DataFrame | None:
     lay_neu = best["neuron"].str.split(".", expand=True).astype(int)
     best["layer"], best["neuron"] = lay_neu[0], lay_neu[1]
     return best
-
-
-def entropy_candidate(df: pd.DataFrame) -> str:
-    """The last-layer neuron most like an entropy neuron: large output norm, output nearly orthogonal to
-    the unembedding (low vocab_var); percentile ranks summed within the last layer, ties to the lowest
-    neuron index."""
-    from .errors import UserError
-
-    last = df[df["layer"] == df["layer"].max()].sort_values("neuron")  # exact ties: the lowest neuron index
-    score = last["w_out_norm"].rank(pct=True) + (-last["vocab_var"]).rank(pct=True)  # NaN (dead) never wins
-    if not score.notna().any():
-        raise UserError("no last-layer neuron has both w_out_norm and vocab_var: no entropy candidate")
-    row = last.loc[score.idxmax()]
-    return f"{int(row['layer'])}.{int(row['neuron'])}"
 
 
 def stage_intervention(args, s, df) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.neuron_df import UNIVERSAL_THRESHOLD
+from .neuron_df import UNIVERSAL_THRESHOLD
 from . import paths
 
 

@@ -40,7 +40,7 @@ from . import paths, viewer_data as vd
 from .activation_summary import BIN_COUNTS
 from .errors import UserError
 
-UNIVERSAL_THRESHOLD = 0.5
+from .neuron_df import UNIVERSAL_THRESHOLD  # noqa: E402  (the one definition)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 PANELS = ("activation_percentiles", "activation_distribution", "top_tokens_max", "top_tokens_mean",
           "max_activating_examples", "weight_cosines", "top_vocab_tokens", "top_neurons", "attention_composition")
@@ -132,7 +132,7 @@ class ModelArtifacts:
 
     def neuron_df(self):
         def make():
-            from analysis.neuron_df import load_neuron_df
+            from .neuron_df import load_neuron_df
             try:
                 return load_neuron_df(self.model)
             except UserError:

@@ -1,0 +1,184 @@
+"""The neuron dataframe: one row per neuron of a model, the table every figure of the paper reads.
+
+    dataframes/neuron_dfs/<model>.csv                       all neurons, columns NEURON_DF_COLUMNS
+    dataframes/interpretable_neurons/<model>/universal.csv  rows with excess_corr > threshold (0.5)
+
+Columns (the paper's, in its order):
+    layer, neuron
+    max_corr, mean_corr, min_corr     max / mean / min over the other seeds of the neuron's maximum
+                                      Pearson correlation with any neuron of that seed
+    max_baseline, min_baseline, mean_baseline   the same against each seed's layers randomly rotated
+    w_in_norm, input_bias, w_out_norm, in_out_sim   weights.py: norms, b_in, cos(w_in, w_out)
+    l2_penalty                        w_in_norm^2 + w_out_norm^2
+    mean, var, skew, kurt             moments of the PRE-activation, from summary.py's histograms summed
+                                      over all datasets (kurt plain: Gaussian = 3)
+    vocab_mean, vocab_var, vocab_skew, vocab_kurt   moments of cos(w_out, W_U[:, v]) over the vocabulary
+    sparsity                          share of tokens with pre-activation > 0 (the activation frequency)
+    excess_corr                       mean_corr - mean_baseline
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import paths
+from .activation_summary import histogram_fraction_above, histogram_moments
+from .errors import UserError
+
+NEURON_DF_COLUMNS = ["layer", "neuron", "max_corr", "mean_corr", "min_corr", "max_baseline", "min_baseline",
+                     "mean_baseline", "w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty",
+                     "mean", "var", "skew", "kurt", "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt",
+                     "sparsity", "excess_corr"]
+UNIVERSAL_THRESHOLD = 0.5  # the paper's: a neuron is universal when excess_corr > 0.5
+
+
+def _load(path: Path, what: str, command: str):
+    if not path.exists():
+        raise UserError(f"missing {what}: {path} (run {command})")
+    return torch.load(path, weights_only=True)
+
+
+def per_seed_max(model: str, other: str, dataset: str, baseline: str, similarity: str = "pearson") -> np.ndarray:
+    """[N] float: each neuron's max correlation with any neuron of `other` (NaN for dead neurons)."""
+    f = paths.correlation_path(model, other, dataset, similarity, baseline) / "correlation_summary.pt"
+    s = _load(f, f"correlation summary ({baseline})",
+              f"correlations_fast.py --model_1_name {model} --model_2_name {other} --token_dataset {dataset} "
+              f"--baseline none rotation")
+    return s["max_corr"].float().numpy()
+
+
+def make_corr_compare_df(model: str, others: list[str], dataset: str, n_layers: int, d_mlp: int,
+                         similarity: str = "pearson") -> pd.DataFrame:
+    """max/mean/min over `others` of the per-seed maximum correlation, for 'none' and 'rotation'."""
+    if not others:
+        raise UserError("the neuron dataframe needs at least one other seed to compare with")
+    real = np.stack([per_seed_max(model, o, dataset, "none", similarity) for o in others])
+    base = np.stack([per_seed_max(model, o, dataset, "rotation", similarity) for o in others])
+    if real.shape[1] != n_layers * d_mlp:
+        raise UserError(f"correlation summaries have {real.shape[1]} rows, the model has {n_layers * d_mlp} neurons")
+    df = pd.DataFrame({"layer": np.repeat(np.arange(n_layers), d_mlp), "neuron": np.tile(np.arange(d_mlp), n_layers)})
+    with np.errstate(all="ignore"):
+        df["max_corr"], df["mean_corr"], df["min_corr"] = real.max(0), real.mean(0), real.min(0)
+        df["max_baseline"], df["min_baseline"], df["mean_baseline"] = base.max(0), base.min(0), base.mean(0)
+    return df
+
+
+def make_weight_df(model: str) -> pd.DataFrame:
+    wdir = paths.weights_summary_path(model)
+    stats = wdir / "neuron_stats.csv"
+    if not stats.exists():
+        raise UserError(f"missing weight summaries: {stats} (run weights.py --model {model})")
+    w = pd.read_csv(stats).rename(columns={"neuron_ix": "neuron", "input_weight_norm": "w_in_norm",
+                                           "output_weight_norm": "w_out_norm"})
+    w["l2_penalty"] = w["w_in_norm"] ** 2 + w["w_out_norm"] ** 2
+    vocab = _load(wdir / "vocab_comps.pt", "vocab compositions", f"weights.py --model {model}")["U_out"]
+    for k in ("mean", "var", "skew", "kurt"):
+        w[f"vocab_{k}"] = vocab[f"comp_{k}"].double().reshape(-1).numpy()
+    return w[["layer", "neuron", "w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty",
+              "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]]
+
+
+def load_activation_summaries(model: str, datasets: list[str] | None = None) -> dict[str, dict]:
+    root = paths.summary_dir() / paths.model_dirname(model) / "activations"
+    names = datasets if datasets is not None else paths.artifact_names(root)
+    if not names:
+        raise UserError(f"no activation summaries under {root} (run summary.py --model {model} --token_dataset ...)")
+    out = {}
+    for name in names:
+        d = root / name
+        out[name] = {"neuron_bin_counts": _load(d / "neuron_bin_counts.pt", "histograms", "summary.py"),
+                     "neuron_bin_edges": _load(d / "neuron_bin_edges.pt", "bin edges", "summary.py")}
+    return out
+
+
+# Activation statistics from summary.py's histograms ------------------------------------------
+
+def summed_histograms(summaries: dict[str, dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum neuron_bin_counts over datasets (all must share the bin edges). Returns (counts, edges)."""
+    counts, edges = None, None
+    for name, s in summaries.items():
+        e = s["neuron_bin_edges"]
+        if edges is None:
+            edges, counts = e, s["neuron_bin_counts"].long().clone()
+        else:
+            if not torch.equal(e, edges):
+                raise ValueError(f"dataset {name} uses other histogram bin edges; summaries cannot be summed")
+            counts += s["neuron_bin_counts"].long()
+    if counts is None:
+        raise ValueError("no activation summaries to sum")
+    return counts, edges
+
+
+def activation_moment_df(counts: torch.Tensor, edges: torch.Tensor) -> pd.DataFrame:
+    """One row per neuron: mean, var, skew, kurt (plain) and sparsity (share > 0) of the pre-activation."""
+    L, D = counts.shape[:2]
+    m = histogram_moments(counts, edges)
+    m["sparsity"] = histogram_fraction_above(counts, edges, 0.0)
+    df = pd.DataFrame({"layer": np.repeat(np.arange(L), D), "neuron": np.tile(np.arange(D), L)})
+    for k in ("mean", "var", "skew", "kurt", "sparsity"):
+        df[k] = m[k].reshape(-1).cpu().numpy()
+    return df
+
+
+def make_neuron_df(model: str, others: list[str], corr_dataset: str, n_layers: int, d_mlp: int,
+                   activation_datasets: list[str] | None = None) -> pd.DataFrame:
+    """The full neuron dataframe of `model` (columns NEURON_DF_COLUMNS, one row per neuron)."""
+    corr = make_corr_compare_df(model, others, corr_dataset, n_layers, d_mlp)
+    weights = make_weight_df(model)
+    counts, edges = summed_histograms(load_activation_summaries(model, activation_datasets))
+    acts = activation_moment_df(counts, edges)
+    df = corr.merge(weights, on=["layer", "neuron"], how="left", validate="one_to_one")
+    df = df.merge(acts, on=["layer", "neuron"], how="left", validate="one_to_one")
+    df["excess_corr"] = df["mean_corr"] - df["mean_baseline"]
+    return df[NEURON_DF_COLUMNS]
+
+
+def universal_neurons(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> pd.DataFrame:
+    """Rows with excess_corr > threshold (NaN never qualifies)."""
+    return df[df["excess_corr"] > threshold]
+
+
+def select_universal(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD, n_min: int = 0
+                     ) -> tuple[pd.DataFrame, bool]:
+    """(the universal rows, False); when fewer than n_min pass, (the n_min rows of highest excess_corr,
+    True), so that small models still have neurons to study (the pipeline explains those)."""
+    top = universal_neurons(df, threshold)
+    if len(top) >= n_min:
+        return top, False
+    return df.sort_values("excess_corr", ascending=False).head(n_min), True
+
+
+def entropy_candidate(df: pd.DataFrame) -> str:
+    """The last-layer neuron most like an entropy neuron: large output norm, output nearly orthogonal to
+    the unembedding (low vocab_var); percentile ranks summed within the last layer, ties to the lowest
+    neuron index. The one rule of the pipeline and the Slurm grid ('l.n')."""
+    last = df[df["layer"] == df["layer"].max()].sort_values("neuron")  # exact ties: the lowest neuron index
+    score = last["w_out_norm"].rank(pct=True) + (-last["vocab_var"]).rank(pct=True)  # NaN (dead) never wins
+    if not score.notna().any():
+        raise UserError("no last-layer neuron has both w_out_norm and vocab_var: no entropy candidate")
+    row = last.loc[score.idxmax()]
+    return f"{int(row['layer'])}.{int(row['neuron'])}"
+
+
+def write_neuron_df(df: pd.DataFrame, model: str, threshold: float = UNIVERSAL_THRESHOLD) -> tuple[Path, Path]:
+    out = paths.neuron_df_path(model)
+    uni = paths.interpretable_neurons_path(model) / "universal.csv"
+    with paths.atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+    with paths.atomic_path(uni) as tmp:
+        universal_neurons(df, threshold).to_csv(tmp, index=False)
+    return out, uni
+
+
+def load_neuron_df(model: str) -> pd.DataFrame:
+    f = paths.neuron_df_path(model)
+    if not f.exists():
+        raise UserError(f"no neuron dataframe at {f} (run universal-neurons neuron-df --model {model} ...)")
+    return pd.read_csv(f)
+
+
+def universal_share_by_layer(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> pd.Series:
+    return (df["excess_corr"] > threshold).groupby(df["layer"]).mean()
