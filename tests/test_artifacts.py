@@ -95,3 +95,16 @@ def test_n_seq_has_one_meaning_in_every_cli(script, n_seq):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--n_seq must be -1" in lines[0], proc.stderr[-2000:]
+
+
+def test_pipeline_never_reads_a_killed_writers_temporary(tmp_path):
+    """`universal-neurons run` picks the intervention's scale from the first summary folder: a killed
+    summary.py's temporary (sorted first: it starts with '.') must not be it."""
+    from types import SimpleNamespace
+
+    from universal_neurons import pipeline
+
+    target = paths.activation_summary_path("m", "b.ds")
+    _killed_writer(str(target))
+    (paths.activation_summary_path("m", "c.ds")).mkdir(parents=True)
+    assert pipeline.stage_summary_first(SimpleNamespace(a="m")) == "c.ds"

@@ -42,8 +42,8 @@ def intervention_table(iv: pd.DataFrame) -> pd.DataFrame:
 def _fmt_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        cells = [floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v) for v in r.values]
+    for r in df.itertuples(index=False):  # not iterrows: it casts an all-number row to float (layer 1 -> 1.000)
+        cells = [floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v) for v in r]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,0 +1,86 @@
+"""The main job's report and selections, checked on content against a constructed neuron dataframe."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from universal_neurons import pipeline, report
+from universal_neurons.neuron_df import NEURON_DF_COLUMNS, UNIVERSAL_THRESHOLD, select_universal
+
+
+def constructed_df(seed: int = 0) -> pd.DataFrame:
+    """3 layers x 40 neurons. Universal (excess_corr > 0.5): 4 in layer 0, 10 in layer 1, 0 in layer 2
+    (one exactly at 0.5: not universal), and one dead neuron (NaN). The universal neurons have higher
+    kurtosis, skew, weight norm and W_U kurtosis and lower input bias and activation frequency than the
+    rest of their layer, by construction."""
+    rng = np.random.default_rng(seed)
+    L, D = 3, 40
+    df = pd.DataFrame({"layer": np.repeat(np.arange(L), D), "neuron": np.tile(np.arange(D), L)})
+    for c in NEURON_DF_COLUMNS[2:]:
+        df[c] = rng.uniform(0.1, 0.4, len(df))
+    uni = {0: [1, 5, 9, 30], 1: list(range(10, 20))}
+    is_u = np.zeros(len(df), bool)
+    for l, ns in uni.items():
+        is_u[l * D + np.array(ns)] = True
+    df["excess_corr"] = np.where(is_u, rng.uniform(0.55, 0.9, len(df)), rng.uniform(0.0, 0.45, len(df)))
+    df.loc[2 * D + 3, "excess_corr"] = 0.5  # at the threshold: not universal (strictly greater)
+    df.loc[2 * D + 4, ["excess_corr", "mean_corr"]] = np.nan  # a dead neuron
+    up, down = ["kurt", "skew", "l2_penalty", "vocab_kurt"], ["input_bias", "sparsity"]
+    df.loc[is_u, up] += 10.0
+    df.loc[is_u, down] -= 10.0
+    return df
+
+
+def test_report_headline_per_layer_and_property_signs(tmp_path):
+    df = constructed_df()
+    path = report.write_report("m", df, others=["m-b"], dataset="ds", toy=True, out_dir=tmp_path,
+                               conventions=["positions: every one"])
+    md = path.read_text()
+    n_u = int((df["excess_corr"] > UNIVERSAL_THRESHOLD).sum())
+    assert n_u == 14
+    assert f"**{n_u} of {len(df)} ({100 * n_u / len(df):.2f}%)**" in md
+    per_layer = dict(re.findall(r"L(\d+): ([\d.]+)%", md.split("- Per layer: ")[1].splitlines()[0]))
+    assert per_layer == {"0": f"{100 * 4 / 40:.2f}", "1": f"{100 * 10 / 40:.2f}", "2": "0.00"}
+    assert "Dead or constant neurons (NaN correlation): 1" in md and "Conventions of this run: positions" in md
+    assert "toy zoo" in md
+    # property table: the sign of every difference is the constructed one
+    diff = report.property_differences(df)
+    signs = dict(zip(diff["column"], np.sign(diff["difference"])))
+    assert signs == {"kurt": 1, "skew": 1, "l2_penalty": 1, "vocab_kurt": 1, "input_bias": -1, "sparsity": -1}
+    table = md.split("## How universal neurons differ")[1].split("## Top neurons")[0]
+    for col, sign in signs.items():
+        row = next(line for line in table.splitlines() if f"| {col} |" in line)
+        assert float(row.strip("| ").split(" | ")[-1]) * sign > 0
+    # the top-10 table lists the highest excess_corr, universal ones, in order
+    top = md.split("## Top neurons by excess correlation")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in top.splitlines() if re.match(r"\| \d+ \| \d+ \|", line)]
+    want = df[df.excess_corr > 0.5].sort_values("excess_corr", ascending=False).head(10)
+    assert [(int(r[0].strip("| ")), int(r[1])) for r in rows] == list(zip(want.layer, want.neuron))
+    for name in ("excess_correlation.png", "universal_by_layer.png", "properties.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_report_says_when_no_neuron_passes(tmp_path):
+    df = constructed_df()
+    df["excess_corr"] = df["excess_corr"].clip(upper=0.45)
+    md = report.write_report("m", df, others=["m-b"], dataset="ds", toy=False, out_dir=tmp_path).read_text()
+    assert "**0 of 120 (0.00%)**" in md and "(none passes the threshold)" in md and "toy zoo" not in md
+
+
+@pytest.mark.parametrize("n_min", [0, 10, 20])
+def test_explained_neuron_selection(n_min):
+    """The universal neurons; when fewer than n_min pass, the n_min highest excess_corr (never NaN)."""
+    df = constructed_df()
+    chosen = pipeline.explained_neurons(df, UNIVERSAL_THRESHOLD, n_min=n_min)
+    universal = set(zip(*df[df.excess_corr > 0.5][["layer", "neuron"]].values.T))
+    got = set(zip(chosen.layer, chosen.neuron))
+    if n_min <= 14:
+        assert got == universal and not select_universal(df, UNIVERSAL_THRESHOLD, n_min)[1]
+    else:
+        brute = df.dropna(subset=["excess_corr"]).sort_values("excess_corr", ascending=False).head(n_min)
+        assert got == set(zip(brute.layer, brute.neuron)) and len(got) == n_min and universal < got
+        assert select_universal(df, UNIVERSAL_THRESHOLD, n_min)[1]
+    assert not chosen["excess_corr"].isna().any()
