@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from universal_neurons import interventions as iv
+from universal_neurons.interventions import read_summary  # noqa: F401 (its one reader)
 
 METRIC_LABELS = {"recip_rank": "mean reciprocal rank", "entropy": "mean entropy (nats)",
                  "loss": "mean loss (nats)", "scale": "mean final LayerNorm scale"}
@@ -25,13 +26,6 @@ def load_summary(model: str, dataset: str, neuron_subset: str, intervention_type
     """summary_<type>.csv of entropy_intervention.py. Neuron labels stay strings ('1.50' is not 1.5)."""
     path = iv.summary_path(output_dir, model, dataset, iv.parse_neuron_subset(neuron_subset), intervention_type)
     return read_summary(path)
-
-
-def read_summary(path: str | Path) -> pd.DataFrame:
-    text = ["group", "label", "neurons", "intervention_type"]
-    df = pd.read_csv(path, dtype=dict.fromkeys(text, str))
-    df[text] = df[text].fillna("")  # the clean row has no neurons / type
-    return df
 
 
 def intervention_curves(summary: pd.DataFrame, metric: str = "entropy", delta: bool = False) -> pd.DataFrame:

@@ -282,7 +282,7 @@ def explain_batches(batches, neurons: dict[int, np.ndarray], feature_type: str =
         table, names = vocab_feature_matrix(vocab_df)
         table = table.to(device)
     elif feature_type == "sequence":
-        from analysis.sequence_features import sequence_features
+        from .sequence_features import sequence_features
 
         seq_names: dict[str, int] = {}
     else:
@@ -400,8 +400,8 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     """
     from tqdm.auto import tqdm
 
-    from analysis.sequence_features import load_spacy
-    from analysis.vocab_df import decoded_vocab, make_vocab_df
+    from .sequence_features import load_spacy
+    from .token_features import decoded_vocab, make_vocab_df
 
     from .capture import mlp_activations, position_mask
     from .device import resolve_device

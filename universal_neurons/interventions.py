@@ -334,6 +334,14 @@ def summary_path(output_dir, model: str, dataset: str, neurons: list[Neuron], in
     return run_dir(output_dir, model, dataset, neuron_label(neurons), f"summary_{intervention_type}.csv")
 
 
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """The summary CSV of `run_entropy_intervention` (its one reader): text columns stay strings."""
+    text = ["group", "label", "neurons", "intervention_type"]
+    df = pd.read_csv(path, dtype=dict.fromkeys(text, str))
+    df[text] = df[text].fillna("")  # the clean row has no neurons / type
+    return df
+
+
 def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str | list[str],
                              values: list[float] | None, intervention_type: str = "fixed_activation",
                              location: str = "mlp.hook_post", n_random_baselines: int = 0, seed: int = 0,

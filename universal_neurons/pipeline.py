@@ -143,7 +143,7 @@ def explained_neurons(df: pd.DataFrame, threshold: float, n_min: int = 20) -> pd
 
 
 def stage_explanations(args, s, df) -> pd.DataFrame | None:
-    from analysis.heuristic_explanation import load_best_features
+    from .heuristic_explanation import load_best_features
     from .explanations import run_explanations
 
     chosen = explained_neurons(df, args.threshold)
@@ -175,7 +175,7 @@ def stage_intervention(args, s, df) -> pd.DataFrame:
     out = run_entropy_intervention(s.a, s.mix_name, neuron, values, n_random_baselines=s.n_baselines,
                                    batch_size=args.batch_size, device=args.device, n_seq=s.intervention_rows,
                                    overwrite=args.overwrite)
-    from analysis.entropy_neurons import read_summary
+    from .interventions import read_summary
 
     return read_summary(out["summary"])
 

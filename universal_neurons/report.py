@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from . import plots
 from .neuron_df import UNIVERSAL_THRESHOLD
 from . import paths
 

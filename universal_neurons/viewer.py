@@ -370,7 +370,7 @@ def _composition_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
 
 
 def _explanations_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
-    from analysis.heuristic_explanation import top_features
+    from .heuristic_explanation import top_features
     from .explanations import PREV_VR_FILE, VR_FILE, layer_dir
 
     datasets = art.explanation_datasets()
@@ -395,7 +395,7 @@ def _explanations_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
 
 
 def _interventions_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
-    from analysis.entropy_neurons import read_summary
+    from .interventions import read_summary
 
     root = paths.intervention_dir() / art.dirname
     parts = []

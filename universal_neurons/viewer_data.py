@@ -114,7 +114,7 @@ def load_weights_summary(model: str, summary_dir: str | Path | None = None) -> d
 
 def get_tokenizer_and_decoded_vocab(model: str):
     """(tokenizer, list of V token strings), without loading the model's weights."""
-    from analysis.vocab_df import decoded_vocab
+    from .token_features import decoded_vocab
 
     from .models import load_tokenizer
 
