@@ -47,6 +47,7 @@ import torch
 
 from . import paths, runs
 from .errors import UserError, check_n_seq, check_neuron, parse_neuron
+from .token_datasets import run_inputs
 
 # location -> the model config attribute giving its width
 LOCATIONS = {"mlp.hook_pre": "d_mlp", "mlp.hook_post": "d_mlp", "hook_resid_pre": "d_model",
@@ -363,8 +364,7 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
     if len(tokens) and int(tokens.max()) >= model.cfg.d_vocab:
         raise UserError(f"the token dataset holds token id {int(tokens.max())}, outside the model's vocabulary")
     want = {"location": location, "model": model_name, "dataset": dataset, "n_seq": n_seq,
-            "model_fingerprint": runs.model_fingerprint(model_name),
-            "dataset_fingerprint": runs.dataset_fingerprint(dataset, model.family), "code_version": runs.code_version()}
+            **run_inputs(model_name, dataset, model.family)}
     record = _folder_record(folder, want, overwrite)
     if neuron_mode:
         neurons = parse_neuron_subset(neuron_subset, neuron_subset_file, model.cfg.n_layers, width)

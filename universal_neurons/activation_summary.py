@@ -51,6 +51,7 @@ import torch
 from . import paths, runs
 from .capture import position_mask
 from .errors import UserError, check_n_seq
+from .token_datasets import run_inputs
 
 BIN_EDGES = "neuron_bin_edges"
 BIN_COUNTS = "neuron_bin_counts"
@@ -371,8 +372,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
         load_token_dataset(ds, family)  # fail on a missing dataset before anything else
         folder = summary_path(model_name, ds, output_dir)
         record = {"model": model_name, "token_dataset": ds, **settings,
-                  "model_fingerprint": runs.model_fingerprint(model_name),
-                  "dataset_fingerprint": runs.dataset_fingerprint(ds, family), "code_version": runs.code_version()}
+                  **run_inputs(model_name, ds, family)}
         if runs.finished(folder, RUN_FILE, record, overwrite, (f"{BIN_COUNTS}.pt",)):
             if progress:
                 print(f"{folder} exists with these settings: skipped")

@@ -42,6 +42,7 @@ import torch
 
 from . import paths, runs
 from .errors import UserError, check_n_seq, check_neuron, parse_neuron
+from .token_datasets import run_inputs
 
 Neuron = tuple[int, int]
 
@@ -283,8 +284,7 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
     folder = output_dir(model_name, dataset, layer, head, results_root)
     meta = {"model": model_name, "dataset": dataset, "layer": layer, "head": head, "neurons": labels,
             "n_seq": int(n), "ctx": int(ctx), "after_pos": after_pos, "k_bos": k_bos.tolist(),
-            "model_fingerprint": runs.model_fingerprint(model_name),
-            "dataset_fingerprint": runs.dataset_fingerprint(dataset, model.family), "code_version": runs.code_version()}
+            **run_inputs(model_name, dataset, model.family)}
     same = ("neurons", "n_seq", "ctx", "after_pos", "model_fingerprint", "dataset_fingerprint", "code_version")
     if runs.finished(folder, "meta.json", {k: meta[k] for k in same}, overwrite, ("corr_dict.pt",),
                      project=same):

@@ -66,6 +66,8 @@ import torch
 
 from . import runs
 from .errors import UserError, check_n_seq
+from .models import model_fingerprint
+from .token_datasets import dataset_fingerprint
 
 SIMILARITIES = ("pearson", "cosine", "jaccard")
 BASELINES = ("none", "gaussian", "permutation", "rotation")
@@ -1064,9 +1066,9 @@ class _Job:
         out = {"model_1": a.model_1_name, "model_2": m2, "token_dataset": a.token_dataset, "n_seq": a.n_seq,
                "activation_location": a.activation_location, "drop_newlines": a.drop_newlines,
                "similarity": self.sim, "baseline": baseline,
-               "model_1_fingerprint": runs.model_fingerprint(a.model_1_name),
-               "model_2_fingerprint": runs.model_fingerprint(m2),
-               "dataset_fingerprint": runs.dataset_fingerprint(a.token_dataset, model_family(a.model_1_name)),
+               "model_1_fingerprint": model_fingerprint(a.model_1_name),
+               "model_2_fingerprint": model_fingerprint(m2),
+               "dataset_fingerprint": dataset_fingerprint(a.token_dataset, model_family(a.model_1_name)),
                "code_version": runs.code_version()}
         if baseline != "none":
             out["seed"] = a.seed

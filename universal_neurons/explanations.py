@@ -49,6 +49,7 @@ import torch
 
 from . import runs
 from .paths import atomic_path, explanation_dir, model_dirname
+from .token_datasets import run_inputs
 
 VR_FILE = "variance_reduction.csv"
 PREV_VR_FILE = "prev_token_variance_reduction.csv"
@@ -425,8 +426,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
         source = {"activation_path": str(activation_path), **{k: v for k, v in cache.items() if k != "files"}}
     base = {"model": model_name, "dataset": dataset, "feature_type": feature_type, "n_seq": n_seq, **source,
             "exclude_special_tokens": bool(exclude_special), "min_count": min_count, "min_forms": min_forms,
-            "model_fingerprint": runs.model_fingerprint(model_name),
-            "dataset_fingerprint": runs.dataset_fingerprint(dataset, model.family), "code_version": runs.code_version()}
+            **run_inputs(model_name, dataset, model.family)}
     records = {l: {**base, "layer": int(l), "neurons": [int(n) for n in ns]} for l, ns in neurons.items()}
     folders = {l: layer_dir(model_name, dataset, feature_type, l) for l in neurons}
     neurons = {l: ns for l, ns in neurons.items()

@@ -39,6 +39,7 @@ import torch
 from . import paths, runs
 from .capture import LOCATIONS, hook_name, position_mask
 from .errors import UserError, check_n_seq, check_neuron, parse_neuron
+from .token_datasets import run_inputs
 
 INTERVENTION_TYPES = ("zero_ablation", "threshold_ablation", "relu_ablation", "fixed_activation")
 ENTROPY_INTERVENTION_TYPES = INTERVENTION_TYPES + ("multiply_activation",)
@@ -263,8 +264,7 @@ def _load(model_name: str, dataset: str, device, n_seq: int):
 def _meta(model, model_name, dataset, tokens, **kw) -> dict:
     """A run folder's meta.json: what was run, on which weights and rows, by which code (runs.py)."""
     return {"model": model_name, "dataset": dataset, "n_seq": int(tokens.shape[0]), "ctx": int(tokens.shape[1]),
-            "model_fingerprint": runs.model_fingerprint(model_name),
-            "dataset_fingerprint": runs.dataset_fingerprint(dataset, model.family), "code_version": runs.code_version(),
+            **run_inputs(model_name, dataset, model.family),
             **kw}
 
 

@@ -16,6 +16,8 @@ Two attributes are added: `model.model_name` (the name given) and `model.family`
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import socket
@@ -164,3 +166,48 @@ def load_tokenizer(name: str):
         return AutoTokenizer.from_pretrained(source)
     except OSError as e:
         raise UserError(f"cannot load the tokenizer of {name!r}: {str(e).splitlines()[0]}") from None
+
+
+# Fingerprints of weights (runs.py records them with every artifact) --------------------------------
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+@lru_cache(maxsize=64)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
+    """sha1 over the content of (path, size, mtime_ns) files (size and mtime key the cache only)."""
+    h = hashlib.sha1()
+    for path, size, _ in files:
+        h.update(f"{Path(path).name}:{size}:".encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _folder_fingerprint(folder: Path) -> str | None:
+    files = sorted({p for pat in WEIGHT_FILES for p in folder.glob(pat)})
+    if not files:
+        return None
+    return _hash_files(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+def model_fingerprint(name: str) -> str:
+    """A fingerprint of a model's weights: the content hash of its weight files (zoo models and local
+    folders; a hub model from the local Hugging Face cache), else 'hub:<id>' (the hub's name only)."""
+    from . import zoo
+
+    if zoo.is_zoo_name(name):
+        if not zoo.is_trained(name):  # (re)trained on load: nothing recorded can match it yet
+            return f"zoo-untrained:{name}"
+        folder = zoo.model_dir(name)
+    elif is_local_folder(name):
+        folder = Path(name)
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(hub_id(name), local_files_only=True))
+        except Exception:  # not cached: the name is all we know before loading
+            return f"hub:{hub_id(name)}"
+    return _folder_fingerprint(folder) or f"folder:{folder.resolve().name}"

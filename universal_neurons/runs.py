@@ -5,7 +5,7 @@ last, so its presence marks the artifact finished) holding every setting that ch
 plus the inputs' fingerprints and the code version:
 
     model / model_2 ...       names as given
-    *_fingerprint             `model_fingerprint` (weights) and `dataset_fingerprint` (token rows)
+    *_fingerprint             models.model_fingerprint (weights), token_datasets.dataset_fingerprint (rows)
     code_version              universal_neurons.__version__ (FORMAT_VERSION bumps it on a format change)
 
 `finished(folder, record_file, want, overwrite)` is the one decision every stage uses:
@@ -17,16 +17,13 @@ so a rerun with other settings never serves the old result as new and never dest
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from functools import lru_cache
 from pathlib import Path
 
 from . import paths
 from .errors import UserError
 
 FORMAT_VERSION = 1
-WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
 
 def code_version() -> str:
@@ -37,62 +34,6 @@ def code_version() -> str:
     except PackageNotFoundError:  # a checkout that was not pip-installed
         v = "0+unknown"
     return f"{v}/format-{FORMAT_VERSION}"
-
-
-@lru_cache(maxsize=64)
-def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
-    """sha1 over the content of (path, size, mtime_ns) files (size and mtime key the cache only)."""
-    h = hashlib.sha1()
-    for path, size, _ in files:
-        h.update(f"{Path(path).name}:{size}:".encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def _folder_fingerprint(folder: Path) -> str | None:
-    files = sorted({p for pat in WEIGHT_FILES for p in folder.glob(pat)})
-    if not files:
-        return None
-    return _hash_files(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-
-
-def model_fingerprint(name: str) -> str:
-    """A fingerprint of a model's weights: the content hash of its weight files (zoo models and local
-    folders; a hub model from the local Hugging Face cache), else 'hub:<id>' (the hub's name only)."""
-    from . import zoo
-    from .models import hub_id, is_local_folder
-
-    if zoo.is_zoo_name(name):
-        if not zoo.is_trained(name):  # (re)trained on load: nothing recorded can match it yet
-            return f"zoo-untrained:{name}"
-        folder = zoo.model_dir(name)
-    elif is_local_folder(name):
-        folder = Path(name)
-    else:
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(hub_id(name), local_files_only=True))
-        except Exception:  # not cached: the name is all we know before loading
-            return f"hub:{hub_id(name)}"
-    return _folder_fingerprint(folder) or f"folder:{folder.resolve().name}"
-
-
-def dataset_fingerprint(name: str, family: str) -> str:
-    """The content fingerprint save_token_dataset recorded (datasets' own _fingerprint for older folders)."""
-    from .token_datasets import CONTENT_FILE
-
-    folder = paths.token_dataset_path(family, name)
-    try:
-        return (folder / CONTENT_FILE).read_text().strip()
-    except OSError:
-        pass
-    try:
-        return "datasets:" + json.loads((folder / "state.json").read_text())["_fingerprint"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"token dataset {name!r} not found under {folder.parent} (run make_dataset.py)") from None
 
 
 def read_record(path: Path) -> dict | None:

@@ -15,12 +15,13 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from . import corpus, paths
+from .tokenizer import tokenize_and_concatenate  # noqa: F401 (rows of ctx tokens; zoo.py uses it too)
 from .errors import UserError, check_n_seq
 
 # The 10k-document sample sets: the original make_dataset.py's short aliases (all have only a
@@ -62,46 +63,6 @@ def parse_count(text: str) -> int:
     if not m:
         raise UserError(f"cannot read token count {text!r}: use e.g. 100k, 1m, 250000")
     return int(float(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}[m.group(2)])
-
-
-def tokenize_and_concatenate(texts: Iterable[str], tokenizer, ctx_len: int, max_rows: int | None = None,
-                             chunk_docs: int = 64) -> np.ndarray:
-    """Documents joined by EOS, cut into rows of ctx_len - 1 tokens, each row prefixed with BOS.
-
-    Returns int32 [n_rows, ctx_len]; the trailing partial row is dropped.
-    """
-    if ctx_len < 2:
-        raise UserError("--ctx_len must be at least 2")
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    body = ctx_len - 1
-    rows: list[np.ndarray] = []
-    buf = np.zeros(0, dtype=np.int64)
-    batch: list[str] = []
-
-    def flush(batch):
-        nonlocal buf
-        ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
-        flat = np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=np.int64)
-        buf = np.concatenate([buf, flat])
-        n_full = len(buf) // body
-        if n_full:
-            block = buf[: n_full * body].reshape(n_full, body)
-            rows.append(np.concatenate([np.full((n_full, 1), bos), block], axis=1))
-            buf = buf[n_full * body:]
-
-    for text in texts:
-        batch.append(text)
-        if len(batch) >= chunk_docs:
-            flush(batch)
-            batch = []
-            if max_rows is not None and sum(len(r) for r in rows) >= max_rows:
-                break
-    if batch:
-        flush(batch)
-    out = np.concatenate(rows) if rows else np.zeros((0, ctx_len), dtype=np.int64)
-    if max_rows is not None:
-        out = out[:max_rows]
-    return out.astype(np.int32)
 
 
 def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, subset: list[str] | None = None,
@@ -328,3 +289,25 @@ def main_make_dataset(args) -> list[Path]:
     for w in written:
         print(w)
     return written
+
+
+def dataset_fingerprint(name: str, family: str) -> str:
+    """The content fingerprint save_token_dataset recorded (datasets' own _fingerprint for older folders)."""
+    folder = paths.token_dataset_path(family, name)
+    try:
+        return (folder / CONTENT_FILE).read_text().strip()
+    except OSError:
+        pass
+    try:
+        return "datasets:" + json.loads((folder / "state.json").read_text())["_fingerprint"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"token dataset {name!r} not found under {folder.parent} (run make_dataset.py)") from None
+
+
+def run_inputs(model_name: str, dataset: str, family: str) -> dict:
+    """The inputs part of a stage's run record (runs.py): weights and rows fingerprints, code version."""
+    from . import runs
+    from .models import model_fingerprint
+
+    return {"model_fingerprint": model_fingerprint(model_name),
+            "dataset_fingerprint": dataset_fingerprint(dataset, family), "code_version": runs.code_version()}

@@ -14,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOT = "<|endoftext|>"
@@ -62,3 +64,43 @@ def same_vocabulary(tok_a, tok_b) -> bool:
     if len(tok_a) != len(tok_b):
         return False
     return tok_a.get_vocab() == tok_b.get_vocab()
+
+
+def tokenize_and_concatenate(texts: Iterable[str], tokenizer, ctx_len: int, max_rows: int | None = None,
+                             chunk_docs: int = 64) -> np.ndarray:
+    """Documents joined by EOS, cut into rows of ctx_len - 1 tokens, each row prefixed with BOS.
+
+    Returns int32 [n_rows, ctx_len]; the trailing partial row is dropped.
+    """
+    if ctx_len < 2:
+        raise UserError("--ctx_len must be at least 2")
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    body = ctx_len - 1
+    rows: list[np.ndarray] = []
+    buf = np.zeros(0, dtype=np.int64)
+    batch: list[str] = []
+
+    def flush(batch):
+        nonlocal buf
+        ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        flat = np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=np.int64)
+        buf = np.concatenate([buf, flat])
+        n_full = len(buf) // body
+        if n_full:
+            block = buf[: n_full * body].reshape(n_full, body)
+            rows.append(np.concatenate([np.full((n_full, 1), bos), block], axis=1))
+            buf = buf[n_full * body:]
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= chunk_docs:
+            flush(batch)
+            batch = []
+            if max_rows is not None and sum(len(r) for r in rows) >= max_rows:
+                break
+    if batch:
+        flush(batch)
+    out = np.concatenate(rows) if rows else np.zeros((0, ctx_len), dtype=np.int64)
+    if max_rows is not None:
+        out = out[:max_rows]
+    return out.astype(np.int32)

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from . import paths, runs
 from .errors import UserError
+from .models import model_fingerprint
 
 VOCAB_TOP_K = 100
 NEURON_TOP_K = 20
@@ -431,7 +432,7 @@ def compute_weight_summaries(model, block_size: int = DEFAULT_BLOCK_SIZE, device
 
 def weights_record(model_name: str) -> dict:
     """What makes a weights/ folder (runs.py): the model, its weights' fingerprint, the code version."""
-    return {"model": model_name, "model_fingerprint": runs.model_fingerprint(model_name),
+    return {"model": model_name, "model_fingerprint": model_fingerprint(model_name),
             "code_version": runs.code_version()}
 
 

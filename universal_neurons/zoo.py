@@ -101,8 +101,7 @@ def preset_data(preset: str):
     """(tokenizer, train ids int32 [n], heldout ids int32 [n]) for a preset, cached on disk."""
     from transformers import AutoTokenizer
 
-    from .token_datasets import tokenize_and_concatenate
-    from .tokenizer import train_bpe
+    from .tokenizer import tokenize_and_concatenate, train_bpe
 
     p = get_preset(preset)
     d = _preset_dir(preset)
