@@ -521,7 +521,7 @@ with section("attention deactivation"):
          f"python attention_deactivation.py --model {MODEL} --token_dataset {DATASET} --layer <l> --head <h>")
     for run in runs:
         meta = json.loads((run / "meta.json").read_text())
-        corr = torch.load(run / "corr_dict.pt", weights_only=False)
+        corr = torch.load(run / "corr_dict.pt", weights_only=True)
         rank = pd.read_csv(run / "heuristic_ranking.csv")
         rank.index = rank["layer"].astype(str) + "." + rank["neuron"].astype(str)
         measured = pd.DataFrame({n: {f"{k}_{m}": v[m] for k, v in c.items() for m in v} for n, c in corr.items()}).T
@@ -538,7 +538,7 @@ with section("attention deactivation"):
             axes[1].annotate(n, (r["score"], r["bos_attn_pearson"]), fontsize=7)
         axes[1].axhline(0, color="k", lw=0.5)
         axes[1].set_xlabel("heuristic score"); axes[1].set_ylabel("Pearson r with activation"); axes[1].legend(fontsize=8)
-        rec = torch.load(run / "records.pt", weights_only=False)
+        rec = torch.load(run / "records.pt", weights_only=True)
         top = measured["bos_attn_pearson"].abs().idxmax()
         r = rec[top]
         axes[2].scatter(r["activation"].float().ravel(), r["bos_attn"].float().ravel(), s=3, alpha=0.5)

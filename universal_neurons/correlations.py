@@ -495,7 +495,7 @@ class CorrelationStats:
     def load(cls, path, device="cpu", **kwargs) -> tuple["CorrelationStats", dict]:
         """-> (stats, the whole saved dict, whose extra entries hold e.g. progress)."""
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError) as e:
             raise UserError(f"cannot read correlation statistics {path}: {e}") from None
         return cls.from_state_dict(state, device, **kwargs), state
@@ -937,7 +937,7 @@ def quantize_rows_int8(m: torch.Tensor, layers_1: int, layers_2: int) -> dict:
 
 def load_correlation_matrix(path) -> torch.Tensor:
     """correlation.pt at any save precision -> float32 [L1, D1, L2, D2] (NaN at dead neurons)."""
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and obj.get("format") == "int8-symmetric-per-row":
         q = obj["q"]
         out = q.float() * obj["scale"][:, :, None, None]
