@@ -30,11 +30,11 @@ def unflatten_layers(x, n_layers: int):
 
 def load_correlation_summary(model: str, other: str, dataset: str, baseline: str = "none",
                              similarity: str = "pearson") -> dict:
-    f = paths.correlation_path(model, other, dataset, similarity, baseline) / "correlation_summary.pt"
-    if not f.exists():
-        raise UserError(f"missing {f}: run correlations.py --model_1_name {model} --model_2_name {other} "
-                        f"--token_dataset {dataset} --baseline {baseline}")
-    return torch.load(f, weights_only=True)
+    from universal_neurons.correlations import read_correlation_summary
+
+    return read_correlation_summary(paths.correlation_path(model, other, dataset, similarity, baseline),
+                                    hint=f"correlations.py --model_1_name {model} --model_2_name {other} "
+                                         f"--token_dataset {dataset} --baseline {baseline}")
 
 
 def make_correlation_result_df(model: str, others: list[str], dataset: str, d_mlp: int,

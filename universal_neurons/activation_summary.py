@@ -341,6 +341,22 @@ def summary_path(model_name: str, dataset: str, output_dir: str | Path | None = 
     return Path(output_dir) / paths.model_dirname(model_name) / "activations" / dataset
 
 
+def summary_datasets(model_name: str, output_dir: str | Path | None = None) -> list[str]:
+    """Dataset names that have a finished summary folder for `model_name` (never a temporary)."""
+    root = summary_path(model_name, "_", output_dir).parent
+    return [name for name in paths.artifact_names(root) if (root / name / f"{BIN_COUNTS}.pt").is_file()]
+
+
+def read_summary(model_name: str, dataset: str, output_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The one reader of a summary folder: {file stem: tensor} (memory-mapped), keys as written above."""
+    folder = summary_path(model_name, dataset, output_dir)
+    files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
+    if not files:
+        raise UserError(f"no activation summary at {folder}: run python summary.py --model {model_name} "
+                        f"--token_dataset {dataset}")
+    return {p.stem: torch.load(p, weights_only=True, mmap=True) for p in files}
+
+
 def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Path | None = None, *,
                 batch_size: int = 32, n_bins: int = 256, bin_min: float = -10.0, bin_max: float = 15.0,
                 top_k: int = 50, vocab_k: int = 100, max_memory_gb: float = 4.0, device: str | None = None,

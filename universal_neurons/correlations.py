@@ -948,6 +948,19 @@ def load_correlation_matrix(path) -> torch.Tensor:
 # The command-line driver shared by correlations_fast.py and correlations.py ----------------------
 
 SUMMARY_FILES = ("correlation_summary.pt", "correlation_summary_T.pt")
+
+
+def read_correlation_summary(folder, transposed: bool = False, mmap: bool = False, hint: str = "") -> dict:
+    """The one reader of a <sim>.<baseline>/ folder's correlation_summary.pt (rows = model-1 neurons) or,
+    transposed, correlation_summary_T.pt (rows = model-2 neurons); folder = paths.correlation_path(...).
+    hint: the command that writes it, for the message when it is missing."""
+    f = Path(folder) / SUMMARY_FILES[int(transposed)]
+    if not f.is_file():
+        raise UserError(f"missing correlation summary {f}" + (f" (run {hint})" if hint else ""))
+    try:
+        return torch.load(f, mmap=mmap, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise UserError(f"cannot read correlation summary {f}: {e}") from None
 FULL_FILE = "correlation.pt"
 RUN_FILE = "run.json"  # the settings that made a <sim>.<baseline>/ folder (written last: it marks it done)
 GEMM_DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -35,18 +35,13 @@ NEURON_DF_COLUMNS = ["layer", "neuron", "max_corr", "mean_corr", "min_corr", "ma
 UNIVERSAL_THRESHOLD = 0.5  # the paper's: a neuron is universal when excess_corr > 0.5
 
 
-def _load(path: Path, what: str, command: str):
-    if not path.exists():
-        raise UserError(f"missing {what}: {path} (run {command})")
-    return torch.load(path, weights_only=True)
-
-
 def per_seed_max(model: str, other: str, dataset: str, baseline: str, similarity: str = "pearson") -> np.ndarray:
     """[N] float: each neuron's max correlation with any neuron of `other` (NaN for dead neurons)."""
-    f = paths.correlation_path(model, other, dataset, similarity, baseline) / "correlation_summary.pt"
-    s = _load(f, f"correlation summary ({baseline})",
-              f"correlations_fast.py --model_1_name {model} --model_2_name {other} --token_dataset {dataset} "
-              f"--baseline none rotation")
+    from .correlations import read_correlation_summary
+
+    s = read_correlation_summary(paths.correlation_path(model, other, dataset, similarity, baseline),
+                                 hint=f"correlations_fast.py --model_1_name {model} --model_2_name {other} "
+                                      f"--token_dataset {dataset} --baseline none rotation")
     return s["max_corr"].float().numpy()
 
 
@@ -67,14 +62,14 @@ def make_corr_compare_df(model: str, others: list[str], dataset: str, n_layers: 
 
 
 def make_weight_df(model: str) -> pd.DataFrame:
-    wdir = paths.weights_summary_path(model)
-    stats = wdir / "neuron_stats.csv"
-    if not stats.exists():
-        raise UserError(f"missing weight summaries: {stats} (run weights.py --model {model})")
-    w = pd.read_csv(stats).rename(columns={"neuron_ix": "neuron", "input_weight_norm": "w_in_norm",
-                                           "output_weight_norm": "w_out_norm"})
+    from .weights import read_weight_summaries
+
+    w = read_weight_summaries(model)
+    if "neuron_stats" not in w or "vocab_comps" not in w:
+        raise UserError(f"missing weight summaries in {paths.weights_summary_path(model)} (run weights.py --model {model})")
+    w, vocab = w["neuron_stats"].rename(columns={"neuron_ix": "neuron", "input_weight_norm": "w_in_norm",
+                                                 "output_weight_norm": "w_out_norm"}), w["vocab_comps"]["U_out"]
     w["l2_penalty"] = w["w_in_norm"] ** 2 + w["w_out_norm"] ** 2
-    vocab = _load(wdir / "vocab_comps.pt", "vocab compositions", f"weights.py --model {model}")["U_out"]
     for k in ("mean", "var", "skew", "kurt"):
         w[f"vocab_{k}"] = vocab[f"comp_{k}"].double().reshape(-1).numpy()
     return w[["layer", "neuron", "w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty",
@@ -82,15 +77,19 @@ def make_weight_df(model: str) -> pd.DataFrame:
 
 
 def load_activation_summaries(model: str, datasets: list[str] | None = None) -> dict[str, dict]:
-    root = paths.summary_dir() / paths.model_dirname(model) / "activations"
-    names = datasets if datasets is not None else paths.artifact_names(root)
+    """{dataset: {neuron_bin_counts, neuron_bin_edges}} of summary.py (every finished dataset by default)."""
+    from .activation_summary import BIN_COUNTS, BIN_EDGES, read_summary, summary_datasets
+
+    names = datasets if datasets is not None else summary_datasets(model)
     if not names:
-        raise UserError(f"no activation summaries under {root} (run summary.py --model {model} --token_dataset ...)")
+        raise UserError(f"no activation summaries under {paths.summary_dir() / paths.model_dirname(model)}/activations "
+                        f"(run summary.py --model {model} --token_dataset ...)")
     out = {}
     for name in names:
-        d = root / name
-        out[name] = {"neuron_bin_counts": _load(d / "neuron_bin_counts.pt", "histograms", "summary.py"),
-                     "neuron_bin_edges": _load(d / "neuron_bin_edges.pt", "bin edges", "summary.py")}
+        s = read_summary(model, name)
+        if BIN_COUNTS not in s or BIN_EDGES not in s:
+            raise UserError(f"missing histograms in {paths.activation_summary_path(model, name)} (run summary.py)")
+        out[name] = {"neuron_bin_counts": s[BIN_COUNTS], "neuron_bin_edges": s[BIN_EDGES]}
     return out
 
 

@@ -215,10 +215,11 @@ def stage_attention(args, s) -> dict | None:
 
 def correlation_partners(s, df: pd.DataFrame) -> pd.DataFrame:
     """For each neuron, its best-correlated neuron 'l.n (r)' in each other seed."""
+    from .correlations import read_correlation_summary
+
     out = df[["layer", "neuron"]].copy()
     for o in s.others:
-        f = paths.correlation_path(s.a, o, s.mix_name, "pearson", "none") / "correlation_summary.pt"
-        summ = torch.load(f, weights_only=True)
+        summ = read_correlation_summary(paths.correlation_path(s.a, o, s.mix_name, "pearson", "none"))
         d2 = load_model(o).cfg.d_mlp
         ix, val = summ["max_corr_ix"].long().numpy(), summ["max_corr"].float().numpy()
         out[o] = [f"{i // d2}.{i % d2} ({v:.2f})" if i >= 0 else "dead" for i, v in zip(ix, val)]

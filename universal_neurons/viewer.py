@@ -189,6 +189,8 @@ class ModelArtifacts:
 
     def correlation_summaries(self) -> list[tuple[str, str, dict]]:
         """[(other model folder, dataset, mmap'd correlation_summary.pt)] of pearson.none found under results_dir()."""
+        from .correlations import SUMMARY_FILES, read_correlation_summary
+
         def make():
             root = paths.results_dir()
             out = []
@@ -199,9 +201,8 @@ class ModelArtifacts:
                 if not sep or first != self.dirname or not pair.is_dir():
                     continue
                 for ds in map(pair.joinpath, paths.artifact_names(pair)):
-                    f = ds / "pearson.none" / "correlation_summary.pt"
-                    if f.is_file():
-                        out.append((other, ds.name, torch.load(f, mmap=True, weights_only=True)))
+                    if (ds / "pearson.none" / SUMMARY_FILES[0]).is_file():
+                        out.append((other, ds.name, read_correlation_summary(ds / "pearson.none", mmap=True)))
             return out
         return self._once("correlations", make)
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from . import paths
+from .weights import read_weight_summaries
+from .activation_summary import read_summary, summary_datasets  # noqa: F401 (the viewer's import names)
 from .activation_summary import (BIN_COUNTS, BIN_EDGES, TOP_INDEX, TOP_VALUE, VOCAB_MAX, VOCAB_MAX_IX,
                                  VOCAB_MEAN, VOCAB_MEAN_IX, histogram_quantiles)
 from .errors import UserError
@@ -38,24 +40,9 @@ def _activations_root(model: str, summary_dir: str | Path | None) -> Path:
     return root / paths.model_dirname(model) / "activations"
 
 
-def _load(path: Path):
-    return torch.load(path, weights_only=True, mmap=True)
-
-
 def load_dataset_summary(model: str, dataset: str, summary_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """{file stem: tensor} of summary.py's artifacts for (model, dataset); see activation_summary."""
-    folder = _activations_root(model, summary_dir) / dataset
-    files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
-    if not files:
-        raise UserError(f"no activation summary at {folder}: run python summary.py --model {model} "
-                        f"--token_dataset {dataset}")
-    return {p.stem: _load(p) for p in files}
-
-
-def summary_datasets(model: str, summary_dir: str | Path | None = None) -> list[str]:
-    """Dataset names that have a finished summary folder for `model`."""
-    root = _activations_root(model, summary_dir)
-    return [name for name in paths.artifact_names(root) if any((root / name).glob("*.pt"))]
+    """{file stem: tensor} of summary.py's artifacts for (model, dataset) (activation_summary.read_summary)."""
+    return read_summary(model, dataset, summary_dir)
 
 
 def short_names(names: list[str]) -> dict[str, str]:
@@ -97,19 +84,10 @@ def full_dataset_names(model: str, summary_dir: str | Path | None = None) -> dic
 
 
 def load_weights_summary(model: str, summary_dir: str | Path | None = None) -> dict:
-    """weights.py's artifacts: neuron_stats (DataFrame), k/q/v/o_comps ([L, D, L_attn, H]),
-    vocab_comps, neuron_comps (dicts of dicts). Missing files are absent keys."""
-    import pandas as pd
-
-    root = paths.weights_summary_path(model) if summary_dir is None else \
-        Path(summary_dir) / paths.model_dirname(model) / "weights"
-    out: dict = {}
-    if (root / "neuron_stats.csv").is_file():
-        out["neuron_stats"] = pd.read_csv(root / "neuron_stats.csv")
-    for name in [f"{k}_comps" for k in ATTN_KINDS] + ["vocab_comps", "neuron_comps"]:
-        if (root / f"{name}.pt").is_file():
-            out[name] = _load(root / f"{name}.pt")
-    return out
+    """weights.py's artifacts (weights.read_weight_summaries): neuron_stats (DataFrame), k/q/v/o_comps,
+    vocab_comps, neuron_comps. Missing files are absent keys."""
+    root = None if summary_dir is None else Path(summary_dir) / paths.model_dirname(model) / "weights"
+    return read_weight_summaries(model, root)
 
 
 def get_tokenizer_and_decoded_vocab(model: str):

@@ -430,6 +430,20 @@ def compute_weight_summaries(model, block_size: int = DEFAULT_BLOCK_SIZE, device
         }
 
 
+def read_weight_summaries(model_name: str, out_dir: str | Path | None = None) -> dict:
+    """The one reader of a weights/ folder: neuron_stats (DataFrame), k/q/v/o_comps ([L, D, L_attn, H]),
+    vocab_comps, neuron_comps (dicts of dicts, memory-mapped). Missing files are absent keys."""
+    root = Path(out_dir) if out_dir is not None else paths.weights_summary_path(model_name)
+    out: dict = {}
+    if (root / "neuron_stats.csv").is_file():
+        out["neuron_stats"] = pd.read_csv(root / "neuron_stats.csv")
+    for files in ARTIFACT_GROUPS.values():
+        for f in files:
+            if f.endswith(".pt") and (root / f).is_file():
+                out[f[:-3]] = torch.load(root / f, weights_only=True, mmap=True)
+    return out
+
+
 def weights_record(model_name: str) -> dict:
     """What makes a weights/ folder (runs.py): the model, its weights' fingerprint, the code version."""
     return {"model": model_name, "model_fingerprint": model_fingerprint(model_name),
