@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from universal_neurons import paths
 from universal_neurons.errors import UserError

@@ -9,8 +9,6 @@ Metrics are means over the summary's positions (not the last position, not BOS/E
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 

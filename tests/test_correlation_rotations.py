@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from universal_neurons import correlations as cm
-from universal_neurons.correlations import CorrelationFinalizer, CorrelationStats
+from universal_neurons.correlations import CorrelationFinalizer, CorrelationStats, finalize
 
 SEED = 29
 K = 3
@@ -154,7 +154,7 @@ def library_run(x, y, layout):
         st = CorrelationStats(n_rows=N1, **kw)
         for b, xb, yb in batches(x, y):
             st.update(xb.clone(), yb.clone(), batch_id=b, overwrite_inputs=True)
-        return st.finalize(block_rows=4), [st]
+        return finalize(st, block_rows=4), [st]
     tiles = []
     for r0, r1 in ((0, 4), (4, N1)):
         shards = [CorrelationStats(n_rows=r1 - r0, row_offset=r0, **kw) for _ in range(2)]
@@ -329,7 +329,7 @@ def test_rotation_moments_ignore_nan_and_inf_neurons():
     st = CorrelationStats(n_rows=N1, layers_2=L2, d_2=D2, baselines=("rotation",), n_rotations=K, seed=SEED)
     for b, xb, yb in batches(x, y):
         st.update(xb, yb, batch_id=b)
-    res = st.finalize()["rotation"]
+    res = finalize(st)["rotation"]
     summ, summ_t = res["summary"], res["summary_T"]
     dead_rows = [DEAD_X, 5]
     dead_cols = list(range(D2)) + DEAD_Y_LAYER

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from universal_neurons.correlations import (
+    finalize,
     CorrelationFinalizer, CorrelationStats, N_TAIL, load_correlation_matrix, quantize_rows_int8,
     rotate_layers, rotation_matrices,
 )
@@ -64,7 +65,7 @@ def test_pearson_large_mean():
 def test_compensated_accumulator_keeps_float64_precision():
     """3000 batch partials into the float32 + bfloat16 pair stay within 1e-8 of float64, where a
     plain float32 running sum drifts by ~1e-6."""
-    from universal_neurons.correlations import _compensated_add_
+    from universal_neurons.correlation_stats import _compensated_add_
     g = torch.Generator().manual_seed(0)
     hi, lo = torch.zeros(32, 48), torch.zeros(32, 48, dtype=torch.bfloat16)
     ref, plain = torch.zeros(32, 48, dtype=torch.float64), torch.zeros(32, 48)
@@ -92,7 +93,7 @@ def test_dead_neurons_are_nan_and_never_poison():
     ref = ref_pearson(x, y)
     assert np.abs(c[:, alive][[i for i in range(N1) if i not in (5, 7)]]
                   - ref[:, alive][[i for i in range(N1) if i not in (5, 7)]]).max() < 1e-4
-    s = stats.finalize()["none"]
+    s = finalize(stats)["none"]
     summ, summ_t = s["summary"], s["summary_T"]
     assert summ["n_dead"] == 2 and summ["dead_mask"].nonzero().flatten().tolist() == [5, 7]
     assert summ_t["n_dead"] == 3 and summ["n_dead_other"] == 3
@@ -113,7 +114,7 @@ def test_dead_neurons_are_nan_and_never_poison():
 def test_summary_matches_brute_force():
     x, y = gelu_data(seed=3)
     ref = ref_pearson(x, y)
-    res = run(x, y).finalize(block_rows=7)["none"]      # several row blocks
+    res = finalize(run(x, y), block_rows=7)["none"]      # several row blocks
     edges = np.linspace(-1, 1, 100)
     for summ, m in ((res["summary"], ref), (res["summary_T"], ref.T)):
         expect = {
@@ -173,7 +174,7 @@ def test_rotation_baseline_equals_explicit_rotation():
     assert np.array_equal(np.isnan(got), ~ok)
     assert np.abs(got[ok] - explicit[ok]).max() <= 1e-5
     # the baseline differs from the data and is recorded with its seed
-    res = stats.finalize()
+    res = finalize(stats)
     assert res["rotation"]["summary"]["meta"]["seed"] == 11
     assert np.nanmax(np.abs(got - stats.correlation_matrix("none").numpy())) > 0.1
 
@@ -181,7 +182,7 @@ def test_rotation_baseline_equals_explicit_rotation():
 def test_rotation_several_samples_average_max():
     x, y = gelu_data()
     stats = run(x, y, baselines=("rotation",), n_rotations=3, seed=5)
-    summ = stats.finalize()["rotation"]["summary"]
+    summ = finalize(stats)["rotation"]["summary"]
     per = np.stack([ref_pearson(x, rotate_layers(y.double(), rotation_matrices(5, k, L2, D2)).float()).max(1)
                     for k in range(3)])
     assert np.abs(summ["max_corr_per_rotation"].float().numpy() - per).max() < 2e-3
@@ -258,7 +259,7 @@ def test_tiled_rows_equal_untiled():
     x, y = gelu_data()
     x[:, 30] = 1.0
     kw = dict(baselines=("none", "rotation"), seed=4)
-    whole = run(x, y, **kw).finalize()
+    whole = finalize(run(x, y, **kw))
     fin = CorrelationFinalizer(N1, L2, D2, kw["baselines"], seed=4)
     for r0, r1 in ((0, 20), (20, 45), (45, N1)):
         fin.add(run(x[:, r0:r1], y, row_offset=r0, **kw))

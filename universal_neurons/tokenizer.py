@@ -18,6 +18,8 @@ import numpy as np
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .errors import UserError
+
 EOT = "<|endoftext|>"
 
 
