@@ -193,12 +193,8 @@ def _bytes_per_row(pending: dict, layers: dict, d_2: dict, args) -> int:
 
 def run_correlations(args) -> list[Path]:
     """Run (or shard, or merge) the correlation job described by parsed `args`; returns written folders."""
-    import time
-
-    from . import paths
-    from .capture import check_same_tokenizer, mlp_activations, token_mask
+    from .capture import check_same_tokenizer
     from .models import load_model
-    from .token_datasets import load_token_dataset, token_tensor
 
     job = _Job(args)
     pending = job.pending()
@@ -206,106 +202,146 @@ def run_correlations(args) -> list[Path]:
         print(f"correlations: all artifacts exist for {args.model_1_name} vs {', '.join(args.model_2_name)} "
               f"({job.sim}: {', '.join(job.baselines)}); nothing to do")
         return []
-    sharded = args.num_shards > 1 and not args.merge
     model_1 = load_model(args.model_1_name, device=str(job.dev1))
     models_2 = {}
     for m2 in pending:
         models_2[m2] = model_1 if m2 == args.model_1_name and job.dev1 == job.dev2 else load_model(m2, device=str(job.dev2))
         check_same_tokenizer(model_1, models_2[m2])
-    L1, D1 = model_1.cfg.n_layers, model_1.cfg.d_mlp
-    layers2 = {m2: m.cfg.n_layers for m2, m in models_2.items()}
-    d2 = {m2: m.cfg.d_mlp for m2, m in models_2.items()}
-    n1 = L1 * D1
-    tiles = _plan_tiles(n1, D1, _bytes_per_row(pending, layers2, d2, args), args.max_memory_gb)
-    nt = len(tiles)
-
-    def stats_path(m2, t, shard, n_shards=args.num_shards):
-        return job.stats_dir(m2) / _stats_name(args, t, nt, shard, n_shards)
-
-    written = []
+    run = _Run(job, pending, model_1, models_2)
     if args.merge:
-        stats_source = "merge"
+        fins = {m2: run.merged(m2) for m2 in pending}
     else:
-        ds = load_token_dataset(args.token_dataset, model_1.family, model_1.tokenizer)
+        fins = run.stream()
+        if run.sharded:
+            for m2 in pending:
+                print(f"shard {args.shard_index}/{args.num_shards} statistics: {job.stats_dir(m2)}")
+            return [job.stats_dir(m2) for m2 in pending]
+    written = [out for m2 in pending for out in run.write(m2, fins[m2])]
+    if not args.merge:
+        run.remove_own_statistics()
+    return written
+
+
+class _Run:
+    """One invocation's models, shapes, tiles and statistics files; `stream` makes one pass per tile."""
+
+    def __init__(self, job: "_Job", pending: dict, model_1, models_2: dict):
+        self.job, self.args, self.pending = job, job.args, pending
+        self.model_1, self.models_2 = model_1, models_2
+        self.L1, self.D1 = model_1.cfg.n_layers, model_1.cfg.d_mlp
+        self.n1 = self.L1 * self.D1
+        self.layers2 = {m2: m.cfg.n_layers for m2, m in models_2.items()}
+        self.d2 = {m2: m.cfg.d_mlp for m2, m in models_2.items()}
+        self.tiles = _plan_tiles(self.n1, self.D1, _bytes_per_row(pending, self.layers2, self.d2, self.args),
+                                 self.args.max_memory_gb)
+        self.sharded = self.args.num_shards > 1 and not self.args.merge
+
+    def stats_path(self, m2: str, tile: int, shard: int | None, n_shards: int | None = None) -> Path:
+        n = self.args.num_shards if n_shards is None else n_shards
+        return self.job.stats_dir(m2) / _stats_name(self.args, tile, len(self.tiles), shard, n)
+
+    def finalizer(self, m2: str) -> CorrelationFinalizer:
+        return _finalizer(self.job, self.args, self.pending[m2], self.n1, self.L1, self.layers2[m2], self.d2[m2])
+
+    def merged(self, m2: str) -> CorrelationFinalizer:
+        fin = self.finalizer(m2)
+        for t in range(len(self.tiles)):
+            fin.add(_merge_shards(self.job, self.args, m2, t, len(self.tiles), self.stats_path))
+        return fin
+
+    def _resume(self, m2: str, path: Path, tile: tuple[int, int], progress_key: dict, b_start: int):
+        """(statistics, first batch to add): a saved checkpoint of this very run, else fresh ones."""
+        job, args, baselines = self.job, self.args, self.pending[m2]
+        if path.exists():
+            st, saved = CorrelationStats.load(path, device=job.devc, gemm_dtype=job.gemm_dtype,
+                                              allow_tf32=args.gemm_dtype == "tf32")
+            prog = saved.get("progress", {})
+            if {k: prog.get(k) for k in progress_key} == progress_key and st.baselines == tuple(baselines):
+                return st, prog["next_batch"]
+            print(f"  ignoring statistics from a different run: {path}")
+        return _stats_for(job, baselines, tile, self.layers2[m2], self.d2[m2], args), b_start
+
+    def stream(self) -> dict:
+        """One pass over this shard's batches per tile; returns {model 2: finaliser} (None when sharded)."""
+        import time
+
+        from .token_datasets import load_token_dataset, shard_rows
+
+        args = self.args
+        ds = load_token_dataset(args.token_dataset, self.model_1.family, self.model_1.tokenizer)
         n_seq = len(ds) if args.n_seq < 0 else min(args.n_seq, len(ds))
         n_batches = math.ceil(n_seq / args.batch_size)
-        from .token_datasets import shard_rows
-        b_start, b_stop = shard_rows(n_batches, args.num_shards, args.shard_index) if sharded else (0, n_batches)
+        b_start, b_stop = shard_rows(n_batches, args.num_shards, args.shard_index) if self.sharded else (0, n_batches)
         progress_key = {"dataset": args.token_dataset, "batches": [b_start, b_stop], "n_seq": n_seq,
                         "batch_size": args.batch_size, "drop_newlines": args.drop_newlines,
                         "activation_location": args.activation_location}
-        shard = args.shard_index if sharded else None
-        save_tiles = sharded or nt > 1 or args.checkpoint_every > 0
-        fins = {m2: None for m2 in pending}
-        for t, (r0, r1) in enumerate(tiles):
-            l0, l1 = r0 // D1, (r1 - 1) // D1 + 1
+        shard = args.shard_index if self.sharded else None
+        save_tiles = self.sharded or len(self.tiles) > 1 or args.checkpoint_every > 0
+        fins = {m2: None for m2 in self.pending}
+        for t, tile in enumerate(self.tiles):
             stats, start = {}, {}
-            for m2, baselines in pending.items():
-                path = stats_path(m2, t, shard)
-                st, begin = None, b_start
-                if path.exists():
-                    st, saved = CorrelationStats.load(path, device=job.devc, gemm_dtype=job.gemm_dtype,
-                                                      allow_tf32=args.gemm_dtype == "tf32")
-                    prog = saved.get("progress", {})
-                    if {k: prog.get(k) for k in progress_key} != progress_key or st.baselines != tuple(baselines):
-                        print(f"  ignoring statistics from a different run: {path}")
-                        st = None
-                    else:
-                        begin = prog["next_batch"]
-                stats[m2] = st or _stats_for(job, baselines, (r0, r1), layers2[m2], d2[m2], args)
-                start[m2] = begin
+            for m2 in self.pending:
+                stats[m2], start[m2] = self._resume(m2, self.stats_path(m2, t, shard), tile, progress_key, b_start)
             first = min(start.values())
             t0 = time.time()
-            for b in _progress(range(first, b_stop), f"tile {t + 1}/{nt}" if nt > 1 else "batches"):
-                tokens = token_tensor(ds, b * args.batch_size, min((b + 1) * args.batch_size, n_seq))
-                mask = token_mask(tokens, model_1.tokenizer, DROP_NEWLINES[args.drop_newlines]).flatten()
-                acts = mlp_activations(model_1, tokens, args.activation_location, layers=list(range(l0, l1)))
-                x = acts.reshape(-1, (l1 - l0) * D1)[mask.to(acts.device)][:, r0 - l0 * D1:r1 - l0 * D1]
-                x = x.to(job.devc)
-                todo = [m2 for m2 in pending if start[m2] <= b]
-                for i, m2 in enumerate(todo):
-                    y = mlp_activations(models_2[m2], tokens, args.activation_location)
-                    y = y.reshape(-1, layers2[m2] * d2[m2])[mask.to(y.device)].to(job.devc)
-                    last = i == len(todo) - 1
-                    stats[m2].update(x if last else x.clone(), y, batch_id=b, overwrite_inputs=True)
-                if args.checkpoint_every and (b + 1 - b_start) % args.checkpoint_every == 0 and b + 1 < b_stop:
-                    for m2 in todo:
-                        stats[m2].save(stats_path(m2, t, shard), progress={**progress_key, "next_batch": b + 1})
-            for m2 in pending:
+            self._batches(ds, n_seq, t, tile, stats, start, first, b_start, b_stop, shard, progress_key)
+            for m2 in self.pending:
                 if save_tiles and start[m2] < b_stop:
-                    stats[m2].save(stats_path(m2, t, shard), progress={**progress_key, "next_batch": b_stop})
-                if not sharded:
-                    fins[m2] = fins[m2] or _finalizer(job, args, pending[m2], n1, L1, layers2[m2], d2[m2])
+                    stats[m2].save(self.stats_path(m2, t, shard), progress={**progress_key, "next_batch": b_stop})
+                if not self.sharded:
+                    fins[m2] = fins[m2] or self.finalizer(m2)
                     fins[m2].add(stats[m2])
             del stats
             if b_stop > first:
-                print(f"  tile {t + 1}/{nt}: {b_stop - first} batches in {time.time() - t0:.1f} s")
-        if sharded:
-            for m2 in pending:
-                written.append(job.stats_dir(m2))
-                print(f"shard {args.shard_index}/{args.num_shards} statistics: {job.stats_dir(m2)}")
-            return written
-        stats_source = fins
-    for m2, baselines in pending.items():
-        if stats_source == "merge":
-            fin = _finalizer(job, args, baselines, n1, L1, layers2[m2], d2[m2])
-            for t in range(nt):
-                fin.add(_merge_shards(job, args, m2, t, nt, stats_path))
-        else:
-            fin = stats_source[m2]
+                print(f"  tile {t + 1}/{len(self.tiles)}: {b_stop - first} batches in {time.time() - t0:.1f} s")
+        return fins
+
+    def _batches(self, ds, n_seq, t, tile, stats, start, first, b_start, b_stop, shard, progress_key) -> None:
+        """Add batches first..b_stop of tile t to every model 2's statistics (checkpointing as asked)."""
+        from .capture import mlp_activations, token_mask
+        from .token_datasets import token_tensor
+
+        args, job, D1 = self.args, self.job, self.D1
+        r0, r1 = tile
+        l0, l1 = r0 // D1, (r1 - 1) // D1 + 1
+        nt = len(self.tiles)
+        for b in _progress(range(first, b_stop), f"tile {t + 1}/{nt}" if nt > 1 else "batches"):
+            tokens = token_tensor(ds, b * args.batch_size, min((b + 1) * args.batch_size, n_seq))
+            mask = token_mask(tokens, self.model_1.tokenizer, DROP_NEWLINES[args.drop_newlines]).flatten()
+            acts = mlp_activations(self.model_1, tokens, args.activation_location, layers=list(range(l0, l1)))
+            x = acts.reshape(-1, (l1 - l0) * D1)[mask.to(acts.device)][:, r0 - l0 * D1:r1 - l0 * D1]  # [T, rows]
+            x = x.to(job.devc)
+            todo = [m2 for m2 in self.pending if start[m2] <= b]
+            for i, m2 in enumerate(todo):
+                y = mlp_activations(self.models_2[m2], tokens, args.activation_location)
+                y = y.reshape(-1, self.layers2[m2] * self.d2[m2])[mask.to(y.device)].to(job.devc)  # [T, N2]
+                last = i == len(todo) - 1
+                stats[m2].update(x if last else x.clone(), y, batch_id=b, overwrite_inputs=True)
+            if args.checkpoint_every and (b + 1 - b_start) % args.checkpoint_every == 0 and b + 1 < b_stop:
+                for m2 in todo:
+                    stats[m2].save(self.stats_path(m2, t, shard), progress={**progress_key, "next_batch": b + 1})
+
+    def write(self, m2: str, fin: CorrelationFinalizer) -> list[Path]:
+        """The summaries (and full matrix) of every pending baseline, then the run record (last)."""
+        from . import paths
+
+        written = []
         for b, res in fin.results().items():
-            out = job.out_dir(m2, b)
+            out = self.job.out_dir(m2, b)
             if res["correlation"] is not None:
                 paths.torch_save_atomic(res["correlation"], out / FULL_FILE)
             paths.torch_save_atomic(res["summary_T"], out / SUMMARY_FILES[1])
             paths.torch_save_atomic(res["summary"], out / SUMMARY_FILES[0])
-            runs.write_record(out / RUN_FILE, job.settings(m2, b))
+            runs.write_record(out / RUN_FILE, self.job.settings(m2, b))
             written.append(out)
             print(f"wrote {out}")
-        if stats_source != "merge":
-            for t in range(nt):
-                stats_path(m2, t, None).unlink(missing_ok=True)
-    return written
+        return written
+
+    def remove_own_statistics(self) -> None:
+        """A single run's tile / checkpoint statistics, once its artifacts are written."""
+        for m2 in self.pending:
+            for t in range(len(self.tiles)):
+                self.stats_path(m2, t, None).unlink(missing_ok=True)
 
 
 def _finalizer(job, args, baselines, n1, layers_1, layers_2, d_2):
