@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from universal_neurons.errors import cli_entry
+from universal_neurons.flags import add_common
 
 
 def parse_args(argv=None):
@@ -23,7 +24,6 @@ def parse_args(argv=None):
     p.add_argument("--token_dataset", required=True, help="token dataset name under $DATASET_DIR/<family>/")
     p.add_argument("--activation_location", default="mlp.hook_pre", choices=list(LOCATIONS),
                    help="hook under blocks.{l}. to read")
-    p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--activation_aggregation", default="none", choices=AGGREGATIONS,
                    help="layer mode: how positions of a sequence are aggregated")
     p.add_argument("--neuron_subset", nargs="+", default=None, help="neurons as LAYER.NEURON, e.g. 3.1024 11.3030")
@@ -31,12 +31,9 @@ def parse_args(argv=None):
     p.add_argument("--save_precision", type=int, default=8, choices=[8, 16, 32],
                    help="layer mode: 8 = per-neuron uint8 quantisation, 16 / 32 = float; neuron mode: fp16 unless 32")
     p.add_argument("--output_dir", default=None, help="cache root (default $ACTIVATION_DIR or cached_activations)")
-    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     p.add_argument("--exclude_special_tokens", action="store_true",
                    help="layer mode, mean / max: leave BOS/EOS/padding positions out (default: every position)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace cached activations made with other settings (default: stop and say which)")
-    p.add_argument("--device", default="auto")
+    add_common(p)
     return p.parse_args(argv)
 
 

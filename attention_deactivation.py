@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from universal_neurons.errors import cli_entry
+from universal_neurons.flags import add_common
 
 
 def parse_args(argv=None):
@@ -31,13 +32,9 @@ def parse_args(argv=None):
                    help="use the first N positions of each row (default all; the original used 256)")
     p.add_argument("--after_pos", type=int, default=1,
                    help="first query position recorded (the original used 64 on 256-token rows)")
-    p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--neuron_chunk", type=int, default=8, help="neurons path-ablated in one forward pass")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     p.add_argument("--output_dir", default=None, help="default $RESULTS_DIR/attention_deactivation")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a folder made with other settings (default: stop and say which)")
+    add_common(p)
     return p.parse_args(argv)
 
 

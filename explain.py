@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from universal_neurons.errors import cli_entry
+from universal_neurons.flags import add_common
 
 
 def parse_args(argv=None):
@@ -22,14 +23,10 @@ def parse_args(argv=None):
                         "pre-activation caches go through the model's activation function first; "
                         "default: compute blocks.{l}.mlp.hook_post with the model")
     p.add_argument("--feature_type", choices=["token", "sequence"], default="token")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--device", default="auto")
     p.add_argument("--exclude_special_tokens", action="store_true",
                    help="leave BOS/EOS/padding positions out of the variance reduction (default: count every "
                         "position, as the original)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace explanations made with other settings (default: stop and say which)")
-    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
+    add_common(p)
     return p.parse_args(argv)
 
 

@@ -8,6 +8,7 @@ import argparse
 
 from universal_neurons.token_datasets import main_make_dataset
 from universal_neurons.errors import cli_entry
+from universal_neurons.flags import add_common
 
 
 def parse_args(argv=None):
@@ -18,13 +19,11 @@ def parse_args(argv=None):
                         "the original's 10k sample sets), 'python-stdlib' or a local folder")
     p.add_argument("--hf_dataset_split", default="test")
     p.add_argument("--ctx_len", type=int, default=512)
-    p.add_argument("--n_seq", type=int, default=-1, help="rows per dataset (-1 = all)")
     p.add_argument("--output_dir", default=None, help="dataset root (default $DATASET_DIR or token_datasets)")
     p.add_argument("--mix_tokens", nargs="*", default=None,
                    help="sizes of the seeded all-<N> mixes, e.g. 100k 1m (default: 1m for python-stdlib, none otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mixes' row sampling")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace datasets made with other settings (default: stop and say which)")
+    add_common(p, "n_seq", "overwrite")  # --n_seq: rows per dataset or subset
     return p.parse_args(argv)
 
 

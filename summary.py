@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from universal_neurons.errors import cli_entry
+from universal_neurons.flags import add_common
 
 
 def parse_args(argv=None):
@@ -21,7 +22,6 @@ def parse_args(argv=None):
     p.add_argument("--token_dataset", required=True, nargs="+",
                    help="token dataset name(s) under $DATASET_DIR/<family>/ (several share one model load)")
     p.add_argument("--output_dir", default=None, help="summary root (default $SUMMARY_DIR or summary_data)")
-    p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--n_bins", type=int, default=256, help="histogram edges; there are n_bins + 1 bins")
     p.add_argument("--bin_min", type=float, default=-10.0, help="first histogram edge")
     p.add_argument("--bin_max", type=float, default=15.0, help="last histogram edge")
@@ -30,13 +30,10 @@ def parse_args(argv=None):
                    help="top tokens kept per neuron by max / mean activation (0 = skip, -1 = full [L, D, V] tensors)")
     p.add_argument("--max_memory_gb", type=float, default=4.0,
                    help="budget for the [layer, neuron, vocab] accumulators; layers are processed in groups that fit")
-    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     p.add_argument("--exclude_special_tokens", action="store_true",
                    help="leave BOS/EOS/padding positions out of every statistic (default: count every "
                         "position, as the original)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace summaries made with other settings (default: stop and say which)")
-    p.add_argument("--device", default="auto")
+    add_common(p)
     return p.parse_args(argv)
 
 

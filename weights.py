@@ -13,6 +13,7 @@ from pathlib import Path
 
 from universal_neurons import paths
 from universal_neurons.errors import cli_entry
+from universal_neurons.flags import add_common
 
 
 def parse_args(argv=None):
@@ -22,8 +23,8 @@ def parse_args(argv=None):
     parser.add_argument("--save_path", default=None,
                         help="root folder; the output is <save_path>/<model>/weights/ "
                              "(default: $SUMMARY_DIR or summary_data)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    parser.add_argument("--block_size", "--batch_size", dest="block_size", type=int, default=512,
+    add_common(parser, "device")
+    parser.add_argument("--block_size", type=int, default=512,
                         help="neuron rows per block; peak memory ~ 10 x block_size x max(d_vocab, n_neurons) x 4 bytes")
     parser.add_argument("--force", "--overwrite", dest="force", action="store_true",
                         help="recompute files that already exist (also when they were made from other weights)")

@@ -108,3 +108,47 @@ def test_pipeline_never_reads_a_killed_writers_temporary(tmp_path):
     _killed_writer(str(target))
     (paths.activation_summary_path("m", "c.ds")).mkdir(parents=True)
     assert pipeline.stage_summary_first(SimpleNamespace(a="m")) == "c.ds"
+
+
+def test_common_flags_have_one_definition():
+    """--device, --batch_size, --n_seq and --overwrite come from flags.CommonOptions in every script
+    that has them: the same type, default and help (universal-neurons run defaults to the CPU)."""
+    import argparse
+    import dataclasses
+    import importlib
+
+    from universal_neurons.flags import FIELDS, CommonOptions
+    from universal_neurons.pipeline import add_arguments
+
+    parsers = {}
+    for script in sorted(SCRIPTS_WITH_N_SEQ) + ["weights.py"]:
+        mod = importlib.import_module(script[:-3])
+        cap = {}
+        real = argparse.ArgumentParser.parse_args
+        argparse.ArgumentParser.parse_args = lambda self, *a, **k: cap.setdefault("p", self) and real(self, [])
+        try:
+            try:
+                mod.parse_args([]) if hasattr(mod, "parse_args") else None
+            except SystemExit:
+                pass
+        finally:
+            argparse.ArgumentParser.parse_args = real
+        if "p" not in cap:  # correlations*.py build their parser in the library
+            from universal_neurons.correlations import build_parser
+            cap["p"] = build_parser()
+        parsers[script] = cap["p"]
+    run = argparse.ArgumentParser()
+    add_arguments(run)
+    parsers["universal-neurons run"] = run
+    seen = 0
+    for script, p in parsers.items():
+        actions = {a.dest: a for a in p._actions}
+        for name, f in FIELDS.items():
+            a = actions.get(name)
+            if a is None or (script == "weights.py" and name == "overwrite"):
+                continue
+            seen += 1
+            want = "cpu" if (script == "universal-neurons run" and name == "device") else f.default
+            assert a.default == want and a.help == f.metadata["help"], (script, name)
+    assert seen >= 30
+    assert dataclasses.asdict(CommonOptions()) == {"device": "auto", "batch_size": 32, "n_seq": -1, "overwrite": False}

@@ -367,7 +367,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
 
-    cli.main(["--model", str(folder), "--save_path", str(tmp_path / "out"), "--device", "cpu", "--batch_size", "50"])
+    cli.main(["--model", str(folder), "--save_path", str(tmp_path / "out"), "--device", "cpu", "--block_size", "50"])
     out = tmp_path / "out" / paths.model_dirname(str(folder)) / "weights"
     assert sorted(p.name for p in out.iterdir()) == sorted([f for files in W.ARTIFACT_GROUPS.values() for f in files] +
                                                            [W.RUN_FILE])

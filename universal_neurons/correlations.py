@@ -41,6 +41,8 @@ FULL_DEFAULTS = {}  # the original correlations.py wrote correlation.pt only wit
 def build_parser(defaults: dict | None = None, description: str | None = None):
     import argparse
 
+    from .flags import add_common
+
     p = argparse.ArgumentParser(description=description or "Neuron-to-neuron correlations between two models "
                                 "(one pass over the data for every baseline).",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +54,6 @@ def build_parser(defaults: dict | None = None, description: str | None = None):
                    help="one or more of none, rotation, permutation, gaussian (all in one pass)")
     p.add_argument("--similarity_type", choices=SIMILARITIES, default="pearson")
     p.add_argument("--jaccard_threshold", type=float, default=0.0, help="jaccard: a neuron is on when > this")
-    p.add_argument("--batch_size", type=int, default=32, help="sequences per batch")
     p.add_argument("--model_1_device", default="auto")
     p.add_argument("--model_2_device", default="auto")
     p.add_argument("--correlation_device", default="auto", help="where the statistics live")
@@ -65,7 +66,6 @@ def build_parser(defaults: dict | None = None, description: str | None = None):
                    help="newline tokens left out besides BOS/EOS/padding: single = the one-token '\\n' (the "
                         "original correlations_fast.py), all = every whitespace-only token with a newline "
                         "('\\n\\n', ...), none = no newline token (the older correlations.py)")
-    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
     p.add_argument("--n_rotations", type=int, default=1,
                    help="rotation samples; with K > 1 max_corr / min_corr average the K per-sample maxima")
     p.add_argument("--seed", type=int, default=0, help="seeds rotations, permutations and gaussian baselines")
@@ -80,8 +80,7 @@ def build_parser(defaults: dict | None = None, description: str | None = None):
     p.add_argument("--gemm_dtype", choices=list(GEMM_DTYPES), default="float32",
                    help="precision of the cross-product GEMM (tf32 / bfloat16 / float16: CUDA)")
     p.add_argument("--tf32", action="store_true", help="same as --gemm_dtype tf32")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace finished artifacts that were made with other settings (default: stop and say which)")
+    add_common(p, "batch_size", "n_seq", "overwrite")  # devices: --model_1/2_device, --correlation_device
     p.set_defaults(**(defaults or {}))
     return p
 

@@ -407,11 +407,9 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
 
 def add_run_arguments(p) -> None:
     """The output, batching and device flags shared by intervention.py and entropy_intervention.py."""
+    from .flags import add_common
+
     p.add_argument("--output_dir", default=None, help="default $INTERVENTION_DIR or intervention_results")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--n_seq", type=int, default=-1, help="use only the first N sequences (-1 = all)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace run folders made with other settings (default: stop and say which)")
+    add_common(p)
     p.add_argument("--save_precision", type=int, default=16,
                    help="accepted for the original's command lines (unused there too): tensors are fp16 / int32")

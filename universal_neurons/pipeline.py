@@ -25,6 +25,7 @@ import torch
 
 from . import paths, token_datasets, zoo
 from .models import load_model, load_tokenizer, model_family
+from .flags import add_common
 from .neuron_df import UNIVERSAL_THRESHOLD, entropy_candidate, select_universal  # noqa: F401 (one definition)
 
 PAPER_VALUES = [-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # the paper's fixed values for GPT-2 entropy neurons
@@ -39,8 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corr_dataset", default=None, help="use this existing token dataset for correlations instead")
     p.add_argument("--summary_datasets", nargs="*", default=None, help="existing token datasets to summarise instead")
     p.add_argument("--quick", action="store_true", help="tiny zoo and small datasets (CI, smoke tests)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 | auto")
-    p.add_argument("--batch_size", type=int, default=32)
+    add_common(p, "device", "batch_size", "overwrite", device="cpu")  # the embedded default runs on the CPU
     p.add_argument("--threshold", type=float, default=UNIVERSAL_THRESHOLD, help="excess_corr above which a neuron is universal")
     p.add_argument("--ctx_len", type=int, default=None, help="context of the token datasets (default: the zoo's, or 512)")
     p.add_argument("--mix_tokens", default=None, help="size of the correlation mix (default 1m; --quick 32k)")
@@ -48,8 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude_special_tokens", action="store_true",
                    help="leave BOS/EOS/padding positions out of the summaries and explanations (default: count "
                         "every position, as the original)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace finished artifacts made with other settings (default: stop and say which)")
     p.add_argument("--drop_newlines", choices=["single", "all", "none"], default="single",
                    help="correlations: leave out the one-token newline (single, the original's), every "
                         "newline-only token (all) or none")

@@ -1,0 +1,43 @@
+"""The flags every stage shares, defined once: a typed dataclass whose fields generate the argparse flags.
+
+    CommonOptions   device, batch_size, n_seq, overwrite   (one name, type, default and meaning each)
+
+    add_common(parser, "device", "n_seq", ...)   adds those fields' flags to a script's parser
+    CommonOptions.from_args(namespace)           the typed values back from parsed arguments
+
+A script may pass another default (e.g. `universal-neurons run --device cpu`), never another meaning.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1, ... (auto: cuda if available)"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per batch"})
+    n_seq: int = field(default=-1, metadata={"help": "use only the first N sequences (-1 = all; 0 is an error)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace finished artifacts made with other settings (default: stop and say which)"})
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> "CommonOptions":
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(CommonOptions)}
+
+
+def add_common(parser: argparse.ArgumentParser, *names: str, **defaults) -> None:
+    """Add the flags of the named CommonOptions fields (all of them by default); `defaults` overrides
+    a field's default for this script only."""
+    for name in names or FIELDS:
+        f = FIELDS[name]
+        default = defaults.get(name, f.default)
+        if f.type in (bool, "bool"):
+            parser.add_argument(f"--{name}", action="store_true", default=default, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+            parser.add_argument(f"--{name}", type=kind, default=default, help=f.metadata["help"])
