@@ -1,5 +1,6 @@
 """Foundation: tokenizer, model loader, token datasets, zoo, CLI errors."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 import time
@@ -376,3 +377,19 @@ def test_make_dataset_never_replaces_a_dataset_made_otherwise(tmp_path, capsys):
     assert len(token_datasets.load_token_dataset("corpus.alpha.32", "gpt2")) > 3  # untouched
     make_dataset.main(argv + ["--n_seq", "3", "--overwrite"])
     assert len(token_datasets.load_token_dataset("corpus.alpha.32", "gpt2")) == 3
+
+
+def test_make_dataset_output_dir_does_not_leak(tmp_path, monkeypatch):
+    """--output_dir places the datasets there for that call only: os.environ and later calls are untouched."""
+    import os
+
+    import make_dataset
+
+    monkeypatch.delenv("DATASET_DIR", raising=False)
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "alpha.txt").write_text("alpha beta gamma. " * 200)
+    make_dataset.main(["--model", "gpt2", "--hf_dataset", str(src), "--ctx_len", "32", "--mix_tokens",
+                       "--output_dir", str(tmp_path / "elsewhere")])
+    assert (tmp_path / "elsewhere" / "gpt2" / "corpus.alpha.32").is_dir()
+    assert "DATASET_DIR" not in os.environ and token_datasets.paths.dataset_dir() == Path("token_datasets")

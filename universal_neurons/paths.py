@@ -23,8 +23,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+_OVERRIDES: dict[str, str] = {}  # set only inside `overriding(...)`
+
+
 def _env_path(var: str, default: str | Path) -> Path:
-    return Path(os.environ.get(var) or default)
+    return Path(_OVERRIDES.get(var) or os.environ.get(var) or default)
+
+
+@contextmanager
+def overriding(**roots: str | Path | None):
+    """Within the block, the given roots (e.g. DATASET_DIR=...) replace the environment's, without
+    touching os.environ (a script's --output_dir must not leak into later calls in the process)."""
+    old = dict(_OVERRIDES)
+    _OVERRIDES.update({k: str(v) for k, v in roots.items() if v})
+    try:
+        yield
+    finally:
+        _OVERRIDES.clear()
+        _OVERRIDES.update(old)
 
 
 def dataset_dir() -> Path:

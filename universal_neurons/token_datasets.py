@@ -253,14 +253,16 @@ def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int,
 
 
 def main_make_dataset(args) -> list[Path]:
-    """make_dataset.py: resolve the tokenizer and the source, build, print what was written."""
-    import os
+    """make_dataset.py: resolve the tokenizer and the source, build, print what was written
+    (under --output_dir when given, else $DATASET_DIR or token_datasets)."""
+    check_n_seq(args.n_seq)
+    with paths.overriding(DATASET_DIR=args.output_dir):
+        return _make_dataset(args)
 
+
+def _make_dataset(args) -> list[Path]:
     from .models import load_tokenizer, model_family
 
-    check_n_seq(args.n_seq)
-    if args.output_dir:
-        os.environ["DATASET_DIR"] = str(args.output_dir)
     tokenizer = load_tokenizer(args.model)
     family = model_family(args.model)
     src = args.hf_dataset
