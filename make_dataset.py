@@ -6,25 +6,15 @@
 """
 import argparse
 
-from universal_neurons.token_datasets import main_make_dataset
+from universal_neurons.token_datasets import MakeDatasetConfig, main_make_dataset
 from universal_neurons.errors import cli_entry
-from universal_neurons.flags import add_common
+from universal_neurons.flags import add_dataclass
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> MakeDatasetConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="toy-gpt2-a", help="model whose tokenizer to use (decides the family folder)")
-    p.add_argument("--hf_dataset", default="EleutherAI/pile",
-                   help="hub dataset, alias (pile, openwebtext/owt, c4, code/python, c4_code/c4-code, wiki: "
-                        "the original's 10k sample sets), 'python-stdlib' or a local folder")
-    p.add_argument("--hf_dataset_split", default="test")
-    p.add_argument("--ctx_len", type=int, default=512)
-    p.add_argument("--output_dir", default=None, help="dataset root (default $DATASET_DIR or token_datasets)")
-    p.add_argument("--mix_tokens", nargs="*", default=None,
-                   help="sizes of the seeded all-<N> mixes, e.g. 100k 1m (default: 1m for python-stdlib, none otherwise)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the mixes' row sampling")
-    add_common(p, "n_seq", "overwrite")  # --n_seq: rows per dataset or subset
-    return p.parse_args(argv)
+    add_dataclass(p, MakeDatasetConfig)
+    return MakeDatasetConfig.from_args(p.parse_args(argv))
 
 
 @cli_entry

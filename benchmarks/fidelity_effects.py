@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,9 +106,8 @@ def main(argv=None) -> None:
     ctx = a.cfg.n_ctx
     name = args.dataset or f"python-stdlib.all-1m.{ctx}"
     if name not in token_datasets.available_datasets(a.family):
-        token_datasets.main_make_dataset(SimpleNamespace(
-            model=a_name, hf_dataset="python-stdlib", hf_dataset_split="test", ctx_len=ctx, n_seq=-1,
-            output_dir=None, mix_tokens=["1m"], seed=0))
+        token_datasets.main_make_dataset(token_datasets.MakeDatasetConfig(
+            model=a_name, hf_dataset="python-stdlib", ctx_len=ctx, mix_tokens=["1m"]))
     ds = token_datasets.load_token_dataset(name, a.family, a.tokenizer)
     tokens = token_datasets.token_tensor(ds, 0, args.n_seq)  # [n, P]
     flat_tok = tokens.reshape(-1)
@@ -236,7 +232,7 @@ def main(argv=None) -> None:
     res_dir = ROOT / "benchmarks" / "results"
     res_dir.mkdir(exist_ok=True)
     (res_dir / "fidelity_effects.json").write_text(json.dumps(out, indent=1) + "\n")
-    md = [f"# Effects of the differences from the original, measured on the zoo", "",
+    md = ["# Effects of the differences from the original, measured on the zoo", "",
           f"`python benchmarks/fidelity_effects.py --models {' '.join(args.models)} --n_seq {args.n_seq}`: "
           f"{a_name} (and {b_name} for correlations) on {tokens.shape[0]} rows of `{name}` "
           f"({tokens.numel():,} tokens), {out['seconds']} s.", "",

@@ -10,7 +10,9 @@ unless --overwrite replaces it.
 """
 from __future__ import annotations
 
+import argparse
 import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -38,50 +40,63 @@ FAST_DEFAULTS = {}
 FULL_DEFAULTS = {}  # the original correlations.py wrote correlation.pt only with --save_full_correlation_matrix
 
 
-def build_parser(defaults: dict | None = None, description: str | None = None):
-    import argparse
+@dataclass
+class CorrelationConfig:
+    """One correlation job: correlations_fast.py / correlations.py flags (the original's names and defaults),
+    built by the CLI, the pipeline and the Slurm scripts alike; `run_correlations(config)` runs it."""
 
-    from .flags import add_common
+    model_1_name: str = field(metadata={"required": True, "help": "model whose neurons are the rows"})
+    model_2_name: list[str] = field(metadata={"required": True, "nargs": "+", "help":
+                                    "one or more models to correlate with model 1 (all in the same pass over the data)"})
+    token_dataset: str = field(metadata={"required": True, "help": "token dataset name under $DATASET_DIR/<family>/"})
+    baseline: list[str] = field(default_factory=lambda: ["none"], metadata={
+        "nargs": "+", "choices": BASELINES, "help": "one or more of none, rotation, permutation, gaussian (all in one pass)"})
+    similarity_type: str = field(default="pearson", metadata={"choices": SIMILARITIES})
+    jaccard_threshold: float = field(default=0.0, metadata={"type": float, "help": "jaccard: a neuron is on when > this"})
+    batch_size: int = field(default=32, metadata={"common": True})
+    model_1_device: str = field(default="auto", metadata={"help": "device of model 1 (auto: cuda if available)"})
+    model_2_device: str = field(default="auto", metadata={"help": "device of the models 2"})
+    correlation_device: str = field(default="auto", metadata={"help": "where the statistics live"})
+    save_full_correlation_matrix: bool = field(default=False, metadata={
+        "action": argparse.BooleanOptionalAction, "help": f"also write {FULL_FILE} [L1, D1, L2, D2]"})
+    save_precision: int = field(default=16, metadata={"type": int, "choices": [8, 16, 32], "help":
+                                "full matrix: 16 = float16, 32 = float32, 8 = int8 per model-1 neuron (see quantize_rows_int8)"})
+    activation_location: str = field(default="mlp.hook_post", metadata={"choices": ["mlp.hook_post", "mlp.hook_pre"]})
+    drop_newlines: str = field(default="single", metadata={"choices": ["single", "all", "none"], "help":
+                               "newline tokens left out besides BOS/EOS/padding: single = the one-token '\\n' (the "
+                               "original correlations_fast.py), all = every whitespace-only token with a newline "
+                               "('\\n\\n', ...), none = no newline token (the older correlations.py)"})
+    n_seq: int = field(default=-1, metadata={"common": True})
+    n_rotations: int = field(default=1, metadata={"type": int, "help":
+                             "rotation samples; with K > 1 max_corr / min_corr average the K per-sample maxima"})
+    seed: int = field(default=0, metadata={"type": int, "help": "seeds rotations, permutations and gaussian baselines"})
+    num_shards: int = field(default=1, metadata={"type": int, "help": "split the batches into N shards (e.g. a Slurm array)"})
+    shard_index: int = field(default=0, metadata={"type": int, "help": "which shard this process runs (saves statistics only)"})
+    merge: bool = field(default=False, metadata={"action": "store_true", "help":
+                        "add the shards' statistics and write the artifacts"})
+    max_memory_gb: float | None = field(default=None, metadata={"type": float, "help":
+                                        "cap on the statistics' memory: model-1 neurons are split into tiles that each "
+                                        "take a pass over the data (the forward passes are repeated per tile)"})
+    checkpoint_every: int = field(default=0, metadata={"type": int, "help":
+                                  "save the statistics every k batches; a rerun resumes from the last save (0 = off)"})
+    gemm_dtype: str = field(default="float32", metadata={"choices": list(GEMM_DTYPES), "help":
+                            "precision of the cross-product GEMM (tf32 / bfloat16 / float16: CUDA)"})
+    tf32: bool = field(default=False, metadata={"action": "store_true", "help": "same as --gemm_dtype tf32"})
+    overwrite: bool = field(default=False, metadata={"common": True})
+
+    @classmethod
+    def from_args(cls, ns) -> "CorrelationConfig":
+        return ns if isinstance(ns, cls) else cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
+
+
+def build_parser(defaults: dict | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """The CLI of correlations_fast.py / correlations.py: the flags of CorrelationConfig's fields."""
+    from .flags import add_dataclass
 
     p = argparse.ArgumentParser(description=description or "Neuron-to-neuron correlations between two models "
                                 "(one pass over the data for every baseline).",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_1_name", required=True, help="model whose neurons are the rows")
-    p.add_argument("--model_2_name", required=True, nargs="+",
-                   help="one or more models to correlate with model 1 (all in the same pass over the data)")
-    p.add_argument("--token_dataset", required=True, help="token dataset name under $DATASET_DIR/<family>/")
-    p.add_argument("--baseline", nargs="+", choices=BASELINES, default=["none"],
-                   help="one or more of none, rotation, permutation, gaussian (all in one pass)")
-    p.add_argument("--similarity_type", choices=SIMILARITIES, default="pearson")
-    p.add_argument("--jaccard_threshold", type=float, default=0.0, help="jaccard: a neuron is on when > this")
-    p.add_argument("--model_1_device", default="auto")
-    p.add_argument("--model_2_device", default="auto")
-    p.add_argument("--correlation_device", default="auto", help="where the statistics live")
-    p.add_argument("--save_full_correlation_matrix", action=argparse.BooleanOptionalAction, default=False,
-                   help=f"also write {FULL_FILE} [L1, D1, L2, D2]")
-    p.add_argument("--save_precision", type=int, choices=[8, 16, 32], default=16,
-                   help="full matrix: 16 = float16, 32 = float32, 8 = int8 per model-1 neuron (see quantize_rows_int8)")
-    p.add_argument("--activation_location", default="mlp.hook_post", choices=["mlp.hook_post", "mlp.hook_pre"])
-    p.add_argument("--drop_newlines", choices=["single", "all", "none"], default="single",
-                   help="newline tokens left out besides BOS/EOS/padding: single = the one-token '\\n' (the "
-                        "original correlations_fast.py), all = every whitespace-only token with a newline "
-                        "('\\n\\n', ...), none = no newline token (the older correlations.py)")
-    p.add_argument("--n_rotations", type=int, default=1,
-                   help="rotation samples; with K > 1 max_corr / min_corr average the K per-sample maxima")
-    p.add_argument("--seed", type=int, default=0, help="seeds rotations, permutations and gaussian baselines")
-    p.add_argument("--num_shards", type=int, default=1, help="split the batches into N shards (e.g. a Slurm array)")
-    p.add_argument("--shard_index", type=int, default=0, help="which shard this process runs (saves statistics only)")
-    p.add_argument("--merge", action="store_true", help="add the shards' statistics and write the artifacts")
-    p.add_argument("--max_memory_gb", type=float, default=None,
-                   help="cap on the statistics' memory: model-1 neurons are split into tiles that each take "
-                        "a pass over the data (the forward passes are repeated per tile)")
-    p.add_argument("--checkpoint_every", type=int, default=0,
-                   help="save the statistics every k batches; a rerun resumes from the last save (0 = off)")
-    p.add_argument("--gemm_dtype", choices=list(GEMM_DTYPES), default="float32",
-                   help="precision of the cross-product GEMM (tf32 / bfloat16 / float16: CUDA)")
-    p.add_argument("--tf32", action="store_true", help="same as --gemm_dtype tf32")
-    add_common(p, "batch_size", "n_seq", "overwrite")  # devices: --model_1/2_device, --correlation_device
-    p.set_defaults(**(defaults or {}))
+    add_dataclass(p, CorrelationConfig, defaults)
     return p
 
 
@@ -190,11 +205,12 @@ def _bytes_per_row(pending: dict, layers: dict, d_2: dict, args) -> int:
     return int(total * 1.15) + 1      # + row-chunk scratch
 
 
-def run_correlations(args) -> list[Path]:
-    """Run (or shard, or merge) the correlation job described by parsed `args`; returns written folders."""
+def run_correlations(config: CorrelationConfig) -> list[Path]:
+    """Run (or shard, or merge) the correlation job `config` (or parsed arguments); returns written folders."""
     from .capture import check_same_tokenizer
     from .models import load_model
 
+    args = CorrelationConfig.from_args(config)
     job = _Job(args)
     pending = job.pending()
     if not pending:

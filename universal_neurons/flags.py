@@ -4,6 +4,9 @@
 
     add_common(parser, "device", "n_seq", ...)   adds those fields' flags to a script's parser
     CommonOptions.from_args(namespace)           the typed values back from parsed arguments
+    add_dataclass(parser, StageConfig)           a stage config's flags from its fields (metadata: help,
+                                                 choices, nargs, action, required; common=True fields
+                                                 take their flag from CommonOptions)
 
 A script may pass another default (e.g. `universal-neurons run --device cpu`), never another meaning.
 """
@@ -41,3 +44,22 @@ def add_common(parser: argparse.ArgumentParser, *names: str, **defaults) -> None
         else:
             kind = {"int": int, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
             parser.add_argument(f"--{name}", type=kind, default=default, help=f.metadata["help"])
+
+
+def add_dataclass(parser: argparse.ArgumentParser, cls, defaults: dict | None = None) -> None:
+    """Flags from a stage config dataclass: one flag per field, named --<field>, typed by the field's
+    default's type; `defaults` overrides defaults for this script (e.g. correlations.py's)."""
+    defaults = defaults or {}
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        if meta.pop("common", False):
+            add_common(parser, f.name, **({f.name: defaults[f.name]} if f.name in defaults else {}))
+            continue
+        kw = {k: meta[k] for k in ("help", "choices", "nargs", "action", "required") if k in meta}
+        if f.default is not dataclasses.MISSING:
+            kw["default"] = defaults.get(f.name, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            kw["default"] = defaults.get(f.name, f.default_factory())
+        if "action" not in kw and "type" in meta:
+            kw["type"] = meta["type"]
+        parser.add_argument(f"--{f.name}", *meta.get("aliases", ()), **kw)

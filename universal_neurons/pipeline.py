@@ -89,9 +89,9 @@ def stage_datasets(args, s) -> list[str]:
     subsets = args.summary_datasets
     have = token_datasets.available_datasets(s.family)
     if args.corr_dataset is None and (s.mix_name not in have):
-        token_datasets.main_make_dataset(SimpleNamespace(
-            model=s.a, hf_dataset=args.dataset, hf_dataset_split="test", ctx_len=s.ctx_len, n_seq=s.n_seq,
-            output_dir=None, mix_tokens=[str(s.mix_tokens)], seed=0, overwrite=args.overwrite))
+        token_datasets.main_make_dataset(token_datasets.MakeDatasetConfig(
+            model=s.a, hf_dataset=args.dataset, ctx_len=s.ctx_len, n_seq=s.n_seq, mix_tokens=[str(s.mix_tokens)],
+            overwrite=args.overwrite))
         have = token_datasets.available_datasets(s.family)
     if subsets is None:  # every single-subset dataset of this corpus and context
         subsets = [n for n in have if n.startswith(args.dataset + ".") and n.endswith(f".{s.ctx_len}")
@@ -102,13 +102,12 @@ def stage_datasets(args, s) -> list[str]:
 
 
 def stage_correlations(args, s) -> None:
-    from . import correlations
+    from .correlations import CorrelationConfig, run_correlations
 
-    correlations.main(["--model_1_name", s.a, "--model_2_name", *s.others, "--token_dataset", s.mix_name,
-                       "--baseline", "none", "rotation", "--batch_size", str(args.batch_size),
-                       "--model_1_device", args.device, "--model_2_device", args.device,
-                       "--correlation_device", args.device, "--drop_newlines", args.drop_newlines,
-                       *(["--overwrite"] if args.overwrite else [])])
+    run_correlations(CorrelationConfig(
+        model_1_name=s.a, model_2_name=list(s.others), token_dataset=s.mix_name, baseline=["none", "rotation"],
+        batch_size=args.batch_size, model_1_device=args.device, model_2_device=args.device,
+        correlation_device=args.device, drop_newlines=args.drop_newlines, overwrite=args.overwrite))
 
 
 def stage_weights(args, s) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field, fields
 import re
 from pathlib import Path
 from typing import Iterator
@@ -252,9 +253,33 @@ def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int,
     return written
 
 
-def main_make_dataset(args) -> list[Path]:
+@dataclass
+class MakeDatasetConfig:
+    """make_dataset.py's flags (the original's names and defaults, plus the mixes' sizes and seed), built
+    by the CLI and by the pipeline; `main_make_dataset(config)` runs it."""
+
+    model: str = field(default="toy-gpt2-a", metadata={"help": "model whose tokenizer to use (decides the family folder)"})
+    hf_dataset: str = field(default=PILE, metadata={"help": "hub dataset, alias (pile, openwebtext/owt, c4, code/python, "
+                            "c4_code/c4-code, wiki: the original's 10k sample sets), 'python-stdlib' or a local folder"})
+    hf_dataset_split: str = field(default="test", metadata={"help": "split of a hub dataset (aliases: train)"})
+    ctx_len: int = field(default=512, metadata={"type": int, "help": "tokens per row, BOS included"})
+    n_seq: int = field(default=-1, metadata={"common": True})
+    output_dir: str | None = field(default=None, metadata={"help": "dataset root (default $DATASET_DIR or token_datasets)"})
+    mix_tokens: list[str] | None = field(default=None, metadata={"nargs": "*", "help":
+                                         "sizes of the seeded all-<N> mixes, e.g. 100k 1m (default: 1m for "
+                                         "python-stdlib, none otherwise)"})
+    seed: int = field(default=0, metadata={"type": int, "help": "seed of the mixes' row sampling"})
+    overwrite: bool = field(default=False, metadata={"common": True})
+
+    @classmethod
+    def from_args(cls, ns) -> "MakeDatasetConfig":
+        return ns if isinstance(ns, cls) else cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
+
+
+def main_make_dataset(args: MakeDatasetConfig) -> list[Path]:
     """make_dataset.py: resolve the tokenizer and the source, build, print what was written
     (under --output_dir when given, else $DATASET_DIR or token_datasets)."""
+    args = MakeDatasetConfig.from_args(args)
     check_n_seq(args.n_seq)
     with paths.overriding(DATASET_DIR=args.output_dir):
         return _make_dataset(args)
@@ -274,7 +299,7 @@ def _make_dataset(args) -> list[Path]:
 
     record = {"source": src, "split": args.hf_dataset_split, "ctx_len": args.ctx_len, "n_seq": args.n_seq,
               "code_version": runs.code_version()}
-    over = {"record": record, "overwrite": bool(getattr(args, "overwrite", False))}
+    over = {"record": record, "overwrite": args.overwrite}
     if src == BUILTIN:
         import platform
 
