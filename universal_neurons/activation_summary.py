@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -339,6 +340,44 @@ def summary_path(model_name: str, dataset: str, output_dir: str | Path | None = 
     if output_dir is None:
         return paths.activation_summary_path(model_name, dataset)
     return Path(output_dir) / paths.model_dirname(model_name) / "activations" / dataset
+
+
+@dataclass
+class SummaryConfig:
+    """summary.py's flags (the original's names and defaults), built by the CLI and the pipeline; `run()`."""
+
+    model: str = field(metadata={"required": True, "help": "model name (TransformerLens alias, hub id, folder or zoo model)"})
+    token_dataset: list[str] = field(metadata={"required": True, "nargs": "+", "help":
+                                     "token dataset name(s) under $DATASET_DIR/<family>/ (several share one model load)"})
+    output_dir: str | None = field(default=None, metadata={"help": "summary root (default $SUMMARY_DIR or summary_data)"})
+    batch_size: int = field(default=32, metadata={"common": True})
+    n_bins: int = field(default=256, metadata={"type": int, "help": "histogram edges; there are n_bins + 1 bins"})
+    bin_min: float = field(default=-10.0, metadata={"type": float, "help": "first histogram edge"})
+    bin_max: float = field(default=15.0, metadata={"type": float, "help": "last histogram edge"})
+    top_k_dataset_examples: int = field(default=50, metadata={"type": int, "help": "max-activating tokens kept per neuron"})
+    top_vocab_k_truncate: int = field(default=100, metadata={"type": int, "help":
+                                      "top tokens kept per neuron by max / mean activation (0 = skip, -1 = full "
+                                      "[L, D, V] tensors)"})
+    max_memory_gb: float = field(default=4.0, metadata={"type": float, "help":
+                                 "budget for the [layer, neuron, vocab] accumulators; layers are processed in groups "
+                                 "that fit"})
+    exclude_special_tokens: bool = field(default=False, metadata={"action": "store_true", "help":
+                                         "leave BOS/EOS/padding positions out of every statistic (default: count "
+                                         "every position, as the original)"})
+    n_seq: int = field(default=-1, metadata={"common": True})
+    overwrite: bool = field(default=False, metadata={"common": True})
+    device: str = field(default="auto", metadata={"common": True})
+
+    @classmethod
+    def from_args(cls, ns) -> "SummaryConfig":
+        return ns if isinstance(ns, cls) else cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
+
+    def run(self, progress: bool = True) -> list[Path]:
+        return run_summary(self.model, self.token_dataset, self.output_dir, batch_size=self.batch_size,
+                           n_bins=self.n_bins, bin_min=self.bin_min, bin_max=self.bin_max,
+                           top_k=self.top_k_dataset_examples, vocab_k=self.top_vocab_k_truncate,
+                           max_memory_gb=self.max_memory_gb, device=self.device, n_seq=self.n_seq,
+                           exclude_special=self.exclude_special_tokens, overwrite=self.overwrite, progress=progress)
 
 
 def summary_datasets(model_name: str, output_dir: str | Path | None = None) -> list[str]:

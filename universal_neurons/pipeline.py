@@ -118,10 +118,10 @@ def stage_weights(args, s) -> None:
 
 
 def stage_summaries(args, s, subsets) -> None:
-    from .activation_summary import run_summary
+    from .activation_summary import SummaryConfig
 
-    run_summary(s.a, subsets, batch_size=args.batch_size, device=args.device, exclude_special=args.exclude_special_tokens,
-                overwrite=args.overwrite)
+    SummaryConfig(model=s.a, token_dataset=list(subsets), batch_size=args.batch_size, device=args.device,
+                  exclude_special_tokens=args.exclude_special_tokens, overwrite=args.overwrite).run()
 
 
 def stage_neuron_df(args, s, subsets) -> pd.DataFrame:
