@@ -41,6 +41,7 @@ min_forms, the layer and its neurons, the weights' and dataset's fingerprints, t
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,46 @@ def cached_activation_batches(activation_path: str | Path, model: str, dataset: 
         hi = min(lo + batch_size, n_rows)
         yield {l: post(torch.stack([flat[l, n][lo:hi].float() for n in ns.tolist()], dim=-1))
                for l, ns in neurons.items()}
+
+
+@dataclass
+class ExplainConfig:
+    """explain.py's flags (the original's names; its model-specific defaults became required or None),
+    built by the CLI and the pipeline; `run()`."""
+
+    model: str = field(metadata={"required": True, "help": "model name (TransformerLens alias, hub id, folder or zoo model)"})
+    dataset: str = field(metadata={"required": True, "help": "token dataset name under $DATASET_DIR/<family>/"})
+    layer: int = field(default=-1, metadata={"type": int, "help": "layer to explain (-1 = all)"})
+    neuron_df_path: str | None = field(default=None, metadata={"help":
+                                       "CSV with layer,neuron columns (e.g. universal.csv): explain only those neurons"})
+    activation_path: str | None = field(default=None, metadata={"help":
+                                        "folder of cached activations from activations.py ({l}.{n}.pt, or "
+                                        "{l}.all.none.all.pt); pre-activation caches go through the model's "
+                                        "activation function first; default: compute blocks.{l}.mlp.hook_post "
+                                        "with the model"})
+    feature_type: str = field(default="token", metadata={"choices": ["token", "sequence"]})
+    exclude_special_tokens: bool = field(default=False, metadata={"action": "store_true", "help":
+                                         "leave BOS/EOS/padding positions out of the variance reduction (default: "
+                                         "count every position, as the original)"})
+    min_count: int = field(default=3000, metadata={"type": int, "help":
+                           "unigram features: tokens seen more than this often (the original's 3000)"})
+    min_forms: int = field(default=3, metadata={"type": int, "help":
+                           "unigram features: with more than this many surface forms (the original's 3)"})
+    batch_size: int = field(default=32, metadata={"common": True})
+    device: str = field(default="auto", metadata={"common": True})
+    n_seq: int = field(default=-1, metadata={"common": True})
+    overwrite: bool = field(default=False, metadata={"common": True})
+
+    @classmethod
+    def from_args(cls, ns) -> "ExplainConfig":
+        return ns if isinstance(ns, cls) else cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
+
+    def run(self, progress: bool = True) -> list[Path]:
+        return run_explanations(self.model, self.dataset, self.feature_type, self.layer, self.neuron_df_path,
+                                self.activation_path, self.batch_size, self.device, self.n_seq,
+                                min_count=self.min_count, min_forms=self.min_forms,
+                                exclude_special=self.exclude_special_tokens, overwrite=self.overwrite,
+                                progress=progress)
 
 
 def _act_fn_or_none(model):

@@ -140,16 +140,17 @@ def explained_neurons(df: pd.DataFrame, threshold: float, n_min: int = 20) -> pd
 
 def stage_explanations(args, s, df) -> pd.DataFrame | None:
     from .heuristic_explanation import load_best_features
-    from .explanations import run_explanations
+    from .explanations import ExplainConfig
 
     chosen = explained_neurons(df, args.threshold)
     sel = paths.report_dir() / paths.model_dirname(s.a) / "explained_neurons.csv"
     sel.parent.mkdir(parents=True, exist_ok=True)
     chosen[["layer", "neuron"]].to_csv(sel, index=False)
     layers = sorted(chosen["layer"].unique())
-    run_explanations(s.a, s.mix_name, "token", -1, neuron_df_path=str(sel), batch_size=args.batch_size,
-                     device=args.device, min_count=30 if args.quick else 300, exclude_special=args.exclude_special_tokens,
-                     overwrite=args.overwrite)  # skips layers explained with these settings
+    ExplainConfig(model=s.a, dataset=s.mix_name, neuron_df_path=str(sel), batch_size=args.batch_size,
+                  device=args.device, min_count=30 if args.quick else 300,
+                  exclude_special_tokens=args.exclude_special_tokens,
+                  overwrite=args.overwrite).run()  # skips layers explained with these settings
     best = load_best_features(s.a, s.mix_name, "token", [int(l) for l in layers]).reset_index()
     lay_neu = best["neuron"].str.split(".", expand=True).astype(int)
     best["layer"], best["neuron"] = lay_neu[0], lay_neu[1]
