@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ import torch
 from . import paths, runs
 from .capture import position_mask
 from .errors import UserError, check_n_seq
+from .flags import StageConfig
 from .token_datasets import run_inputs
 
 BIN_EDGES = "neuron_bin_edges"
@@ -343,7 +344,7 @@ def summary_path(model_name: str, dataset: str, output_dir: str | Path | None = 
 
 
 @dataclass
-class SummaryConfig:
+class SummaryConfig(StageConfig):
     """summary.py's flags (the original's names and defaults), built by the CLI and the pipeline; `run()`."""
 
     model: str = field(metadata={"required": True, "help": "model name (TransformerLens alias, hub id, folder or zoo model)"})
@@ -368,9 +369,6 @@ class SummaryConfig:
     overwrite: bool = field(default=False, metadata={"common": True})
     device: str = field(default="auto", metadata={"common": True})
 
-    @classmethod
-    def from_args(cls, ns) -> "SummaryConfig":
-        return ns if isinstance(ns, cls) else cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
     def run(self, progress: bool = True) -> list[Path]:
         return run_summary(self.model, self.token_dataset, self.output_dir, batch_size=self.batch_size,

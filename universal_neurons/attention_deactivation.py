@@ -33,6 +33,7 @@ ALL batches (the original used its last batch only). Written to
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 import math
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import torch
 
 from . import paths, runs
 from .errors import UserError, check_n_seq, check_neuron, parse_neuron
+from .flags import StageConfig
 from .token_datasets import run_inputs
 
 Neuron = tuple[int, int]
@@ -235,6 +237,43 @@ def select_neurons(ranking: pd.DataFrame, neurons: list[str] | None, top_k: int 
     if not 0 < k <= len(ranking):
         raise UserError(f"--top_k must be in [1, {len(ranking)}], got {k}")
     return [(int(l), int(n)) for l, n in ranking[["layer", "neuron"]].values[:k]]
+
+
+@dataclass
+class AttentionConfig(StageConfig):
+    """attention_deactivation.py's flags, built by the CLI (the pipeline passes its own choice of head)."""
+
+    model: str = field(metadata={"required": True, "aliases": ("--model_name",),
+                                 "help": "model name (TransformerLens alias, hub id, folder or zoo model)"})
+    token_dataset: str = field(metadata={"required": True, "help": "token dataset name under $DATASET_DIR/<family>/"})
+    layer: int = field(metadata={"required": True, "type": int, "help": "attention layer"})
+    head: int = field(metadata={"required": True, "type": int, "help": "attention head"})
+    neurons: list[str] | None = field(default=None, metadata={"nargs": "+", "help":
+                                      "earlier-layer neurons LAYER.NEURON ..."})
+    top_k: int | None = field(default=None, metadata={"type": int, "help":
+                              "instead of --neurons: the top K neurons of the heuristic ranking (default 10)"})
+    min_neuron: int | None = field(default=None, metadata={"type": int, "help":
+                                   "with --max_neuron: ranks [min, max) of the heuristic ranking (the original's flags)"})
+    max_neuron: int | None = field(default=None, metadata={"type": int})
+    context_length: int | None = field(default=None, metadata={"type": int, "help":
+                                       "use the first N positions of each row (default all; the original used 256)"})
+    after_pos: int = field(default=1, metadata={"type": int, "help":
+                           "first query position recorded (the original used 64 on 256-token rows)"})
+    neuron_chunk: int = field(default=8, metadata={"type": int, "help": "neurons path-ablated in one forward pass"})
+    output_dir: str | None = field(default=None, metadata={"help": "default $RESULTS_DIR/attention_deactivation"})
+    device: str = field(default="auto", metadata={"common": True})
+    batch_size: int = field(default=32, metadata={"common": True})
+    n_seq: int = field(default=-1, metadata={"common": True})
+    overwrite: bool = field(default=False, metadata={"common": True})
+
+    def run(self, progress: bool = True) -> Path:
+        if (self.min_neuron is None) != (self.max_neuron is None):
+            raise UserError("--min_neuron and --max_neuron go together")
+        ranks = None if self.min_neuron is None else (self.min_neuron, self.max_neuron)
+        return run_attention_deactivation(self.model, self.token_dataset, self.layer, self.head, self.neurons,
+                                          self.top_k, self.after_pos, self.batch_size, self.device, self.n_seq,
+                                          self.neuron_chunk, self.output_dir, context_length=self.context_length,
+                                          ranks=ranks, overwrite=self.overwrite, progress=progress)
 
 
 def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: int, neurons: list[str] | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from .correlation_summary import *  # noqa: F401,F403
 from .correlation_summary import (FULL_FILE, SUMMARY_FILES, CorrelationFinalizer,  # noqa: F401
                                   load_correlation_matrix, quantize_rows_int8, read_correlation_summary)
 from .errors import UserError, check_n_seq
+from .flags import StageConfig
 from .models import model_fingerprint
 from .token_datasets import dataset_fingerprint
 
@@ -41,7 +42,7 @@ FULL_DEFAULTS = {}  # the original correlations.py wrote correlation.pt only wit
 
 
 @dataclass
-class CorrelationConfig:
+class CorrelationConfig(StageConfig):
     """One correlation job: correlations_fast.py / correlations.py flags (the original's names and defaults),
     built by the CLI, the pipeline and the Slurm scripts alike; `run_correlations(config)` runs it."""
 
@@ -84,9 +85,6 @@ class CorrelationConfig:
     tf32: bool = field(default=False, metadata={"action": "store_true", "help": "same as --gemm_dtype tf32"})
     overwrite: bool = field(default=False, metadata={"common": True})
 
-    @classmethod
-    def from_args(cls, ns) -> "CorrelationConfig":
-        return ns if isinstance(ns, cls) else cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
 
 def build_parser(defaults: dict | None = None, description: str | None = None) -> argparse.ArgumentParser:

@@ -41,7 +41,7 @@ min_forms, the layer and its neurons, the weights' and dataset's fingerprints, t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 
 from . import runs
+from .flags import StageConfig
 from .paths import atomic_path, explanation_dir, model_dirname
 from .token_datasets import run_inputs
 
@@ -374,7 +375,7 @@ def cached_activation_batches(activation_path: str | Path, model: str, dataset: 
 
 
 @dataclass
-class ExplainConfig:
+class ExplainConfig(StageConfig):
     """explain.py's flags (the original's names; its model-specific defaults became required or None),
     built by the CLI and the pipeline; `run()`."""
 
@@ -401,9 +402,6 @@ class ExplainConfig:
     n_seq: int = field(default=-1, metadata={"common": True})
     overwrite: bool = field(default=False, metadata={"common": True})
 
-    @classmethod
-    def from_args(cls, ns) -> "ExplainConfig":
-        return ns if isinstance(ns, cls) else cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
     def run(self, progress: bool = True) -> list[Path]:
         return run_explanations(self.model, self.dataset, self.feature_type, self.layer, self.neuron_df_path,

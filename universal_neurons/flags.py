@@ -33,6 +33,14 @@ class CommonOptions:
 FIELDS = {f.name: f for f in dataclasses.fields(CommonOptions)}
 
 
+class StageConfig:
+    """Base of the stage configs (dataclasses): `from_args` turns parsed flags into the typed config."""
+
+    @classmethod
+    def from_args(cls, ns):
+        return ns if isinstance(ns, cls) else cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
 def add_common(parser: argparse.ArgumentParser, *names: str, **defaults) -> None:
     """Add the flags of the named CommonOptions fields (all of them by default); `defaults` overrides
     a field's default for this script only."""

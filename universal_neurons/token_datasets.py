@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 import re
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +24,7 @@ import torch
 from . import corpus, paths
 from .tokenizer import tokenize_and_concatenate  # noqa: F401 (rows of ctx tokens; zoo.py uses it too)
 from .errors import UserError, check_n_seq
+from .flags import StageConfig
 
 # The 10k-document sample sets: the original make_dataset.py's short aliases (all have only a
 # train split, which is what the original loaded for them whatever --hf_dataset_split said).
@@ -254,7 +255,7 @@ def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int,
 
 
 @dataclass
-class MakeDatasetConfig:
+class MakeDatasetConfig(StageConfig):
     """make_dataset.py's flags (the original's names and defaults, plus the mixes' sizes and seed), built
     by the CLI and by the pipeline; `main_make_dataset(config)` runs it."""
 
@@ -271,9 +272,6 @@ class MakeDatasetConfig:
     seed: int = field(default=0, metadata={"type": int, "help": "seed of the mixes' row sampling"})
     overwrite: bool = field(default=False, metadata={"common": True})
 
-    @classmethod
-    def from_args(cls, ns) -> "MakeDatasetConfig":
-        return ns if isinstance(ns, cls) else cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
 
 def main_make_dataset(args: MakeDatasetConfig) -> list[Path]:
