@@ -55,8 +55,8 @@ def add_common(parser: argparse.ArgumentParser, *names: str, **defaults) -> None
 
 
 def add_dataclass(parser: argparse.ArgumentParser, cls, defaults: dict | None = None) -> None:
-    """Flags from a stage config dataclass: one flag per field, named --<field>, typed by the field's
-    default's type; `defaults` overrides defaults for this script (e.g. correlations.py's)."""
+    """Flags from a stage config dataclass: one flag per field, --<field> (or metadata 'flag', plus
+    'aliases'), typed by metadata 'type'; `defaults` overrides defaults for this script (e.g. correlations.py's)."""
     defaults = defaults or {}
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
@@ -70,4 +70,4 @@ def add_dataclass(parser: argparse.ArgumentParser, cls, defaults: dict | None = 
             kw["default"] = defaults.get(f.name, f.default_factory())
         if "action" not in kw and "type" in meta:
             kw["type"] = meta["type"]
-        parser.add_argument(f"--{f.name}", *meta.get("aliases", ()), **kw)
+        parser.add_argument(f"--{meta.get('flag', f.name)}", *meta.get("aliases", ()), dest=f.name, **kw)

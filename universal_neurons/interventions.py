@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ import torch
 from . import paths, runs
 from .capture import LOCATIONS, hook_name, position_mask
 from .errors import UserError, check_n_seq, check_neuron, parse_neuron
+from .flags import StageConfig
 from .token_datasets import run_inputs
 
 INTERVENTION_TYPES = ("zero_ablation", "threshold_ablation", "relu_ablation", "fixed_activation")
@@ -405,11 +407,60 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
     return {"runs": folders, "clean": clean, "summary": out}
 
 
-def add_run_arguments(p) -> None:
-    """The output, batching and device flags shared by intervention.py and entropy_intervention.py."""
-    from .flags import add_common
+@dataclass(kw_only=True)
+class _RunFlags(StageConfig):
+    """The flags intervention.py and entropy_intervention.py share."""
 
-    p.add_argument("--output_dir", default=None, help="default $INTERVENTION_DIR or intervention_results")
-    add_common(p)
-    p.add_argument("--save_precision", type=int, default=16,
-                   help="accepted for the original's command lines (unused there too): tensors are fp16 / int32")
+    model: str = field(metadata={"required": True, "help": "model name (TransformerLens alias, hub id, folder or zoo model)"})
+    token_dataset: str = field(metadata={"required": True, "help": "token dataset name under $DATASET_DIR/<family>/"})
+    output_dir: str | None = field(default=None, metadata={"help": "default $INTERVENTION_DIR or intervention_results"})
+    batch_size: int = field(default=32, metadata={"common": True})
+    device: str = field(default="auto", metadata={"common": True})
+    n_seq: int = field(default=-1, metadata={"common": True})
+    overwrite: bool = field(default=False, metadata={"common": True})
+    save_precision: int = field(default=16, metadata={"type": int, "help":
+                                "accepted for the original's command lines (unused there too): tensors are fp16 / int32"})
+
+
+@dataclass(kw_only=True)
+class InterventionConfig(_RunFlags):
+    """intervention.py's flags (the original's names and defaults); `run()`."""
+
+    activation_location: str = field(default="mlp.hook_pre", metadata={"choices": ["mlp.hook_pre", "mlp.hook_post"],
+                                     "help": "hook point of the neuron (default: the pre-activation, as the original)"})
+    neuron: str = field(metadata={"required": True, "help": "LAYER.NEURON, e.g. 11.3030"})
+    intervention_type: str = field(default="zero_ablation", metadata={"choices": INTERVENTION_TYPES, "help":
+                                   "zero_ablation: a->0; threshold_ablation: a->min(a, param); relu_ablation: "
+                                   "a->max(a, 0); fixed_activation: a->param"})
+    intervention_param: float | int = field(default=0, metadata={"type": float, "help":
+                                            "threshold or fixed value (default the int 0: folder <type>_0, as the "
+                                            "original)"})
+
+    def run(self, progress: bool = True) -> list[Path]:
+        return run_intervention(self.model, self.token_dataset, self.neuron, self.intervention_type,
+                                self.intervention_param, self.activation_location, self.output_dir, self.batch_size,
+                                self.device, self.n_seq, overwrite=self.overwrite, progress=progress)
+
+
+@dataclass(kw_only=True)
+class EntropyConfig(_RunFlags):
+    """entropy_intervention.py's flags (the original's names; --intervention_param takes several values);
+    built by the CLI and the pipeline; `run()`."""
+
+    activation_location: str = field(default="mlp.hook_post", metadata={"choices": ["mlp.hook_post", "mlp.hook_pre"]})
+    neuron_subset: str = field(metadata={"required": True, "help":
+                               "neurons intervened on together: LAYER.NEURON[,LAYER.NEURON...], e.g. 11.3030,11.2859"})
+    intervention_type: str = field(default="fixed_activation", metadata={"choices": ENTROPY_INTERVENTION_TYPES,
+                                   "help": "... multiply_activation: a -> a * param"})
+    values: list[float] | None = field(default=None, metadata={"flag": "intervention_param", "aliases": ("--values",),
+                                       "type": float, "nargs": "+", "help":
+                                       "one or more values (fixed activation, multiplier or threshold), one run each"})
+    n_random_baselines: int = field(default=0, metadata={"type": int, "help":
+                                    "also intervene on this many random sets of last-layer neurons (the paper: 20)"})
+    seed: int = field(default=0, metadata={"type": int, "help": "seed of the random baselines"})
+
+    def run(self, progress: bool = True) -> dict:
+        return run_entropy_intervention(self.model, self.token_dataset, self.neuron_subset, self.values,
+                                        self.intervention_type, self.activation_location, self.n_random_baselines,
+                                        self.seed, self.output_dir, self.batch_size, self.device, self.n_seq,
+                                        overwrite=self.overwrite, progress=progress)

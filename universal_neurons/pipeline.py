@@ -158,7 +158,7 @@ def stage_explanations(args, s, df) -> pd.DataFrame | None:
 
 
 def stage_intervention(args, s, df) -> pd.DataFrame:
-    from .interventions import run_entropy_intervention
+    from .interventions import EntropyConfig
 
     neuron = entropy_candidate(df)
     if s.toy:  # the toy's activations have their own scale: span 0 .. 3x the neuron's typical range
@@ -169,9 +169,9 @@ def stage_intervention(args, s, df) -> pd.DataFrame:
         values = [round(v, 3) for v in (-0.17, 0.0, vmax / 2, vmax, 2 * vmax, 3 * vmax)]
     else:
         values = PAPER_VALUES
-    out = run_entropy_intervention(s.a, s.mix_name, neuron, values, n_random_baselines=s.n_baselines,
-                                   batch_size=args.batch_size, device=args.device, n_seq=s.intervention_rows,
-                                   overwrite=args.overwrite)
+    out = EntropyConfig(model=s.a, token_dataset=s.mix_name, neuron_subset=neuron, values=values,
+                        n_random_baselines=s.n_baselines, batch_size=args.batch_size, device=args.device,
+                        n_seq=s.intervention_rows, overwrite=args.overwrite).run()
     from .interventions import read_summary
 
     return read_summary(out["summary"])
@@ -196,16 +196,16 @@ def bos_head(model, tokens: torch.Tensor) -> tuple[int, int]:
 
 
 def stage_attention(args, s) -> dict | None:
-    from .attention_deactivation import run_attention_deactivation
+    from .attention_deactivation import AttentionConfig
 
     model = load_model(s.a, device=args.device)
     if model.cfg.n_layers < 2:
         return None
     ds = token_datasets.load_token_dataset(s.mix_name, s.family, model.tokenizer)
     layer, head = bos_head(model, token_datasets.token_tensor(ds, 0, 16))
-    folder = run_attention_deactivation(s.a, s.mix_name, layer, head, top_k=5, batch_size=args.batch_size,
-                                        overwrite=args.overwrite,
-                                        device=args.device, n_seq=s.attention_rows)
+    folder = AttentionConfig(model=s.a, token_dataset=s.mix_name, layer=layer, head=head, top_k=5,
+                             batch_size=args.batch_size, device=args.device, n_seq=s.attention_rows,
+                             overwrite=args.overwrite).run()
     corr = torch.load(Path(folder) / "corr_dict.pt", weights_only=True)
     return {"layer": layer, "head": head, "correlations": corr}
 
