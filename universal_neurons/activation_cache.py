@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import dataclass, field
 import tempfile
 from pathlib import Path
 
@@ -47,6 +48,7 @@ import torch
 
 from . import paths, runs
 from .errors import UserError, check_n_seq, check_neuron, parse_neuron
+from .flags import StageConfig
 from .token_datasets import run_inputs
 
 # location -> the model config attribute giving its width
@@ -323,6 +325,40 @@ def cache_layers(model, tokens: torch.Tensor, folder: Path, location: str = "mlp
     finally:
         buf.close()
     return written
+
+
+@dataclass
+class ActivationsConfig(StageConfig):
+    """activations.py's flags (the original's names and defaults), built by the CLI; `run()`."""
+
+    model: str = field(metadata={"required": True, "help": "model name (TransformerLens alias, hub id, folder or zoo model)"})
+    token_dataset: str = field(metadata={"required": True, "help": "token dataset name under $DATASET_DIR/<family>/"})
+    activation_location: str = field(default="mlp.hook_pre", metadata={"choices": list(LOCATIONS),
+                                     "help": "hook under blocks.{l}. to read"})
+    batch_size: int = field(default=32, metadata={"common": True})
+    activation_aggregation: str = field(default="none", metadata={"choices": AGGREGATIONS, "help":
+                                        "layer mode: how positions of a sequence are aggregated"})
+    neuron_subset: list[str] | None = field(default=None, metadata={"nargs": "+", "help":
+                                            "neurons as LAYER.NEURON, e.g. 3.1024 11.3030"})
+    neuron_subset_file: str | None = field(default=None, metadata={"help": "CSV with 'layer' and 'neuron' columns"})
+    save_precision: int = field(default=8, metadata={"type": int, "choices": list(PRECISIONS), "help":
+                                "layer mode: 8 = per-neuron uint8 quantisation, 16 / 32 = float; neuron mode: fp16 "
+                                "unless 32"})
+    output_dir: str | None = field(default=None, metadata={"help": "cache root (default $ACTIVATION_DIR or "
+                                                                  "cached_activations)"})
+    exclude_special_tokens: bool = field(default=False, metadata={"action": "store_true", "help":
+                                         "layer mode, mean / max: leave BOS/EOS/padding positions out (default: "
+                                         "every position)"})
+    device: str = field(default="auto", metadata={"common": True})
+    n_seq: int = field(default=-1, metadata={"common": True})
+    overwrite: bool = field(default=False, metadata={"common": True})
+
+    def run(self, progress: bool = True) -> list[Path]:
+        return run_activations(self.model, self.token_dataset, self.activation_location, self.batch_size,
+                               self.activation_aggregation, self.neuron_subset, self.neuron_subset_file,
+                               self.save_precision, self.output_dir, self.device, self.n_seq,
+                               exclude_special=self.exclude_special_tokens, overwrite=self.overwrite,
+                               progress=progress)
 
 
 def activation_folder(model_name: str, dataset: str, output_dir: str | Path | None = None) -> Path:
