@@ -39,7 +39,7 @@ Device-agnostic: runs where the model's weights are (or on `device=`), no .cuda(
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import einops
@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from . import paths, runs
 from .errors import UserError
+from .flags import StageConfig
 from .models import model_fingerprint
 
 VOCAB_TOP_K = 100
@@ -428,6 +429,41 @@ def compute_weight_summaries(model, block_size: int = DEFAULT_BLOCK_SIZE, device
             "vocab_comps": vocab_compositions(w, block_size, progress, layers),
             "neuron_comps": neuron_compositions(w, block_size, progress, layers),
         }
+
+
+@dataclass
+class WeightsConfig(StageConfig):
+    """weights.py's flags (the original's names; its unused ones accepted), built by the CLI and usable by
+    the pipeline; `run()`."""
+
+    model: str = field(metadata={"required": True, "help": "TransformerLens alias, hub id or local Hugging Face folder"})
+    save_path: str | None = field(default=None, metadata={"help": "root folder; the output is <save_path>/<model>/weights/ "
+                                                                  "(default: $SUMMARY_DIR or summary_data)"})
+    device: str = field(default="auto", metadata={"common": True})
+    block_size: int = field(default=DEFAULT_BLOCK_SIZE, metadata={"type": int, "help":
+                            "neuron rows per block; peak memory ~ 10 x block_size x max(d_vocab, n_neurons) x 4 bytes"})
+    force: bool = field(default=False, metadata={"action": "store_true", "aliases": ("--overwrite",), "help":
+                        "recompute files that already exist (also when they were made from other weights)"})
+    causal_only: bool = field(default=False, metadata={"action": "store_true", "help":
+                              "accepted for the original's command lines (unused)"})
+    save_precision: int = field(default=8, metadata={"type": int, "choices": [8, 16, 32], "help":
+                                "accepted for the original's command lines (unused: fp16 summaries)"})
+    compute_full_stats: bool = field(default=False, metadata={"action": "store_true", "help":
+                                     "the original's untested full-statistics path (it crashed there): not supported"})
+
+    def run(self, progress: bool = True) -> Path:
+        from .device import resolve_device
+        from .models import load_model
+
+        if self.compute_full_stats:
+            raise UserError("--compute_full_stats is not supported (the original's path behind it crashed); the "
+                            "default summaries hold the compositions' histograms, moments and top/bottom entries")
+        device = resolve_device(self.device)
+        root = Path(self.save_path) if self.save_path is not None else paths.summary_dir()
+        out_dir = root / paths.model_dirname(self.model) / "weights"
+        check_block_size(self.block_size)  # before the (slow) model load
+        model = load_model(self.model, device=str(device))
+        return save_weight_summaries(model, out_dir, block_size=self.block_size, force=self.force, progress=progress)
 
 
 def read_weight_summaries(model_name: str, out_dir: str | Path | None = None) -> dict:
