@@ -54,7 +54,8 @@ def load_intervention_frame(model: str, dataset: str, neuron_subset: str, values
     label = iv.neuron_label(iv.parse_neuron_subset(neuron_subset))
     runs = {str(i): iv.run_dir(output_dir, model, dataset, label, iv.intervention_name(intervention_type, v))
             for i, v in enumerate(values)}
-    runs["clean"] = iv.run_dir(output_dir, model, dataset, iv.CLEAN)
+    meta = iv.read_meta(runs["0"]) if runs else None  # the runs' rows name their clean reference
+    runs["clean"] = iv.run_dir(output_dir, model, dataset, iv.clean_name(meta["n_seq"]) if meta else iv.CLEAN)
     cols = {}
     for key, folder in runs.items():
         t = iv.load_run(folder)

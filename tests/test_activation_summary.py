@@ -381,3 +381,27 @@ def test_display_summary_panels_and_notes(viewer_setup, monkeypatch):
         shutil.rmtree(root / "summary_data" / model_name / "weights")
     with pytest.raises(UserError, match="out of range"):
         vd.display_summary(model_name, 5, 3, show=False)
+
+
+def test_record_holds_the_weights_after_the_load(tiny_zoo, reference, monkeypatch, capsys):
+    """A model that only exists once loaded (a zoo model trained on load, a hub model downloaded on load)
+    is fingerprinted after the load, so an identical second run skips instead of stopping."""
+    from universal_neurons import models
+
+    model_name = tiny_zoo[0]
+    _save_dataset(model_name, "rand.test.f.32", reference[0])
+    loaded = {"n": 0}
+    real_load = models.load_model
+
+    def load(*a, **k):
+        loaded["n"] += 1
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(models, "load_model", load)
+    monkeypatch.setattr(models, "model_fingerprint", lambda name: "after-load" if loaded["n"] else "before-load")
+    kw = dict(n_bins=16, bin_min=-1.0, bin_max=1.0, top_k=5, vocab_k=0, batch_size=5, progress=False)
+    su.run_summary(model_name, "rand.test.f.32", **kw)
+    run = json.loads((su.summary_path(model_name, "rand.test.f.32") / su.RUN_FILE).read_text())
+    assert run["model_fingerprint"] == "after-load" and loaded["n"] == 1
+    su.run_summary(model_name, "rand.test.f.32", **kw)  # fingerprinted before any load now: the same
+    assert loaded["n"] == 1

@@ -152,3 +152,21 @@ def test_common_flags_have_one_definition():
             assert a.default == want and a.help == f.metadata["help"], (script, name)
     assert seen >= 30
     assert dataclasses.asdict(CommonOptions()) == {"device": "auto", "batch_size": 32, "n_seq": -1, "overwrite": False}
+
+
+def test_dotted_hostnames_and_dot_temporaries(tmp_path, monkeypatch):
+    """Cluster hostnames hold dots: a dead writer's temporary is still recognised and removed; a folder
+    holding only a killed writer's temporary counts as empty (no --overwrite needed to rerun)."""
+    import socket
+
+    from universal_neurons import runs
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "node01.cluster.org")
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)  # that process has exited
+    target = tmp_path / "layer_0" / "variance_reduction.csv"
+    target.parent.mkdir()
+    stale = target.parent / f".variance_reduction.csv.node01.cluster.org-{dead}.ab12_x.tmp"
+    stale.mkdir()
+    assert not runs.finished(target.parent, "explain_config.json", {"a": 1}, overwrite=False)
+    assert paths.clean_stale_temporaries(target) == [stale] and not stale.exists()

@@ -521,3 +521,27 @@ def test_unrecorded_folder_is_not_trusted(tiny_models, token_data, capsys):
     with pytest.raises(SystemExit):
         cli("--model_1_name", m1, "--model_2_name", m2)
     assert "no record of its settings" in capsys.readouterr().err
+
+
+def test_shard_statistics_of_other_rows_are_never_merged(tiny_models, token_data, tmp_path, capsys):
+    """Shard statistics carry the weights' and rows' fingerprints: after the dataset is rebuilt with other
+    rows under the same name, the old shards are not merged into the new result."""
+    from datasets import Dataset
+
+    m1, m2, _ = tiny_models
+    base = ["--model_1_name", m1, "--model_2_name", m2, "--num_shards", "2"]
+    for i in ("0", "1"):
+        cli(*base, "--shard_index", i)
+    other = token_data.roll(1, dims=1)
+    other[:, 0] = token_data[0, 0]
+    Dataset.from_dict({"tokens": other.tolist()}).save_to_disk(str(tmp_path / "token_datasets" / "m0" / "tiny2"))
+    import shutil
+
+    shutil.rmtree(tmp_path / "token_datasets" / "m0" / "tiny")
+    shutil.move(str(tmp_path / "token_datasets" / "m0" / "tiny2"), str(tmp_path / "token_datasets" / "m0" / "tiny"))
+    with pytest.raises(SystemExit) as e:
+        cli(*base, "--merge")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "dataset_fingerprint" in err and "rerun the shards" in err
+    cli(*base, "--shard_index", "0")  # a rerun of a shard ignores its stale statistics and recomputes
+    assert "ignoring statistics from a different run" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import sys
 
@@ -565,6 +566,9 @@ def test_explain_cli_end_to_end(explain_setup, tmp_path):
                       "--activation_path", str(cache), "--overwrite"])
         vr = read_vr_csv(layer_dir(folder, "toy.32", "token", 1) / VR_FILE)
         assert list(vr.index) == ["1.3", "1.6"]
+        record = json.loads((layer_dir(folder, "toy.32", "token", 1) / "explain_config.json").read_text())
+        src = record["activations"]  # the cache's record, nested: explain's own n_seq is not overridden by it
+        assert record["n_seq"] == -1 and src["location"] == location and Path(src["cache"]).is_absolute()
         if precision == 32:
             np.testing.assert_allclose(vr.to_numpy(), ref.to_numpy(), rtol=1e-5, atol=1e-5)
         else:

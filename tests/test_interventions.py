@@ -277,7 +277,7 @@ def test_intervention_artifacts_match_a_direct_computation(crafted):
                                   progress=False)
     run_folder, clean_folder = written
     assert run_folder.parts[-2:] == ("fixed_activation_3.0", f"{LAST}.{LOGIT}")
-    assert run_folder.parent.parent.parent.name == "crafted" and clean_folder.name == "clean"
+    assert run_folder.parent.parent.parent.name == "crafted" and clean_folder.name == f"clean.n{N_SEQ}"
     got = iv.load_run(run_folder)
     assert set(got) == {"loss", "entropy", "rank"}
     assert got["loss"].dtype == torch.float16 and got["rank"].dtype == torch.int32
@@ -437,3 +437,13 @@ def test_folder_names_follow_the_original():
     assert iv.intervention_name(args.intervention_type, args.intervention_param) == "zero_ablation_0.0"
     assert iv.intervention_name("fixed_activation", -0.17) == "fixed_activation_-0.17"
     assert iv.intervention_name("fixed_activation", 3) == "fixed_activation_3"
+
+
+def test_clean_reference_per_row_count(crafted, capsys):
+    """Runs of other --n_seq on one dataset each get their own clean reference: neither stops the other."""
+    folder, _ = crafted
+    name, _ = save_tokens(folder)
+    a = iv.run_intervention(folder, name, "1.9", "zero_ablation", 0, n_seq=2, batch_size=4, progress=False)
+    b = iv.run_intervention(folder, name, "1.8", "zero_ablation", 0, batch_size=4, progress=False)
+    assert a[1].name == "clean.n2" and b[1].name == f"clean.n{N_SEQ}"
+    assert iv.load_run(a[1])["loss"].shape == (2, CTX) and iv.load_run(b[1])["loss"].shape == (N_SEQ, CTX)

@@ -436,6 +436,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     for ds, folder, record in todo:
+        record = {**record, **run_inputs(model_name, ds, model.family)}  # after the load: trained / downloaded
         data = load_token_dataset(ds, model.family, model.tokenizer)
         tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None)
         result = summarize_tokens(model, tokens, n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k,

@@ -149,19 +149,23 @@ class _Job:
     def stats_dir(self, m2: str) -> Path:
         return self.out_dir(m2, "none").parent / f"{self.sim}.stats"
 
+    def inputs(self, m2: str) -> dict:
+        """The weights, rows and code a folder's (and a statistics file's) numbers come from."""
+        from .models import model_family
+
+        a = self.args
+        return {"model_1_fingerprint": model_fingerprint(a.model_1_name), "model_2_fingerprint": model_fingerprint(m2),
+                "dataset_fingerprint": dataset_fingerprint(a.token_dataset, model_family(a.model_1_name)),
+                "code_version": runs.code_version()}
+
     def settings(self, m2: str, baseline: str) -> dict:
         """The run record: everything that changes a folder's numbers (batching and devices do not,
         beyond float rounding), the inputs' fingerprints and the code version (runs.py)."""
-        from .models import model_family
-
         a = self.args
         out = {"model_1": a.model_1_name, "model_2": m2, "token_dataset": a.token_dataset, "n_seq": a.n_seq,
                "activation_location": a.activation_location, "drop_newlines": a.drop_newlines,
                "similarity": self.sim, "baseline": baseline,
-               "model_1_fingerprint": model_fingerprint(a.model_1_name),
-               "model_2_fingerprint": model_fingerprint(m2),
-               "dataset_fingerprint": dataset_fingerprint(a.token_dataset, model_family(a.model_1_name)),
-               "code_version": runs.code_version()}
+               **self.inputs(m2)}
         if baseline != "none":
             out["seed"] = a.seed
         if baseline == "rotation":
@@ -263,7 +267,8 @@ class _Run:
         return fin
 
     def _resume(self, m2: str, path: Path, tile: tuple[int, int], progress_key: dict, b_start: int):
-        """(statistics, first batch to add): a saved checkpoint of this very run, else fresh ones."""
+        """(statistics, first batch to add): a saved checkpoint of this very run (same settings, weights,
+        rows and code: `progress_key` holds them), else fresh ones."""
         job, args, baselines = self.job, self.args, self.pending[m2]
         if path.exists():
             st, saved = CorrelationStats.load(path, device=job.devc, gemm_dtype=job.gemm_dtype,
@@ -285,22 +290,23 @@ class _Run:
         n_seq = len(ds) if args.n_seq < 0 else min(args.n_seq, len(ds))
         n_batches = math.ceil(n_seq / args.batch_size)
         b_start, b_stop = shard_rows(n_batches, args.num_shards, args.shard_index) if self.sharded else (0, n_batches)
-        progress_key = {"dataset": args.token_dataset, "batches": [b_start, b_stop], "n_seq": n_seq,
-                        "batch_size": args.batch_size, "drop_newlines": args.drop_newlines,
-                        "activation_location": args.activation_location}
+        base_key = {"dataset": args.token_dataset, "batches": [b_start, b_stop], "n_seq": n_seq,
+                    "batch_size": args.batch_size, "drop_newlines": args.drop_newlines,
+                    "activation_location": args.activation_location}
+        keys = {m2: {**base_key, **self.job.inputs(m2)} for m2 in self.pending}  # per model 2: its weights too
         shard = args.shard_index if self.sharded else None
         save_tiles = self.sharded or len(self.tiles) > 1 or args.checkpoint_every > 0
         fins = {m2: None for m2 in self.pending}
         for t, tile in enumerate(self.tiles):
             stats, start = {}, {}
             for m2 in self.pending:
-                stats[m2], start[m2] = self._resume(m2, self.stats_path(m2, t, shard), tile, progress_key, b_start)
+                stats[m2], start[m2] = self._resume(m2, self.stats_path(m2, t, shard), tile, keys[m2], b_start)
             first = min(start.values())
             t0 = time.time()
-            self._batches(ds, n_seq, t, tile, stats, start, first, b_start, b_stop, shard, progress_key)
+            self._batches(ds, n_seq, t, tile, stats, start, first, b_start, b_stop, shard, keys)
             for m2 in self.pending:
                 if save_tiles and start[m2] < b_stop:
-                    stats[m2].save(self.stats_path(m2, t, shard), progress={**progress_key, "next_batch": b_stop})
+                    stats[m2].save(self.stats_path(m2, t, shard), progress={**keys[m2], "next_batch": b_stop})
                 if not self.sharded:
                     fins[m2] = fins[m2] or self.finalizer(m2)
                     fins[m2].add(stats[m2])
@@ -309,7 +315,7 @@ class _Run:
                 print(f"  tile {t + 1}/{len(self.tiles)}: {b_stop - first} batches in {time.time() - t0:.1f} s")
         return fins
 
-    def _batches(self, ds, n_seq, t, tile, stats, start, first, b_start, b_stop, shard, progress_key) -> None:
+    def _batches(self, ds, n_seq, t, tile, stats, start, first, b_start, b_stop, shard, keys) -> None:
         """Add batches first..b_stop of tile t to every model 2's statistics (checkpointing as asked)."""
         from .capture import mlp_activations, token_mask
         from .token_datasets import token_tensor
@@ -332,7 +338,7 @@ class _Run:
                 stats[m2].update(x if last else x.clone(), y, batch_id=b, overwrite_inputs=True)
             if args.checkpoint_every and (b + 1 - b_start) % args.checkpoint_every == 0 and b + 1 < b_stop:
                 for m2 in todo:
-                    stats[m2].save(self.stats_path(m2, t, shard), progress={**progress_key, "next_batch": b + 1})
+                    stats[m2].save(self.stats_path(m2, t, shard), progress={**keys[m2], "next_batch": b + 1})
 
     def write(self, m2: str, fin: CorrelationFinalizer) -> list[Path]:
         """The summaries (and full matrix) of every pending baseline, then the run record (last)."""
@@ -341,6 +347,7 @@ class _Run:
         written = []
         for b, res in fin.results().items():
             out = self.job.out_dir(m2, b)
+            (out / RUN_FILE).unlink(missing_ok=True)  # a kill while replacing must not leave the old record
             if res["correlation"] is not None:
                 paths.torch_save_atomic(res["correlation"], out / FULL_FILE)
             paths.torch_save_atomic(res["summary_T"], out / SUMMARY_FILES[1])
@@ -385,10 +392,11 @@ def _merge_shards(job, args, m2, tile, n_tiles, stats_path) -> CorrelationStats:
         prog = saved.get("progress", {})
         if prog.get("next_batch") != prog.get("batches", [None, None])[1]:
             raise UserError(f"--merge: shard {i} has not finished ({stats_path(m2, tile, i, n)})")
-        for key in ("drop_newlines", "activation_location"):
-            if prog.get(key, getattr(args, key)) != getattr(args, key):
-                raise UserError(f"--merge: shard {i} was run with --{key} {prog[key]}, not {getattr(args, key)} "
-                                f"({stats_path(m2, tile, i, n)})")
+        want = {"drop_newlines": args.drop_newlines, "activation_location": args.activation_location, **job.inputs(m2)}
+        diff = runs.differences({k: prog.get(k) for k in want}, want)
+        if diff:
+            raise UserError(f"--merge: shard {i} was made otherwise ({', '.join(diff)}): rerun the shards "
+                            f"({stats_path(m2, tile, i, n)})")
         merged = st if merged is None else merged.merge(st)
         del st
     return merged

@@ -219,6 +219,7 @@ def write_layer(vr: pd.DataFrame, prev_vr: pd.DataFrame, model: str, dataset: st
                 layer: int, config: dict | None = None) -> Path:
     """Write one layer's two CSVs (and its run record, explain_config.json) atomically; returns the folder."""
     out = layer_dir(model, dataset, feature_type, layer)
+    (out / CONFIG_FILE).unlink(missing_ok=True)  # a kill while replacing must not leave the old record
     for frame, name in ((vr, VR_FILE), (prev_vr, PREV_VR_FILE)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp)
@@ -457,12 +458,16 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     model = load_model(model_name, device=str(dev))
     neurons = select_neurons(model.cfg.n_layers, model.cfg.d_mlp, layer, neuron_df_path)
     source = {"activations": location}
-    if activation_path:
+    if activation_path:  # the cache's own record (its files: the neurons explained here) stands for its numbers
         from .activation_cache import read_cache_config
 
         folder = Path(activation_path) / model_dirname(model_name) / dataset
-        cache = read_cache_config(folder if folder.is_dir() else Path(activation_path)) or {"location": "mlp.hook_pre"}
-        source = {"activation_path": str(activation_path), **{k: v for k, v in cache.items() if k != "files"}}
+        folder = folder if folder.is_dir() else Path(activation_path)
+        cache = read_cache_config(folder) or {"location": "mlp.hook_pre"}
+        used = {f"{l}.{n}.pt" for l, ns in neurons.items() for n in ns} | {f"{l}.all.none.all.pt" for l in neurons}
+        files = {k: v for k, v in cache.get("files", {}).items() if k in used}
+        source = {"activations": {"cache": str(folder.resolve()), **{k: v for k, v in cache.items() if k != "files"},
+                                  "files": files}}
     base = {"model": model_name, "dataset": dataset, "feature_type": feature_type, "n_seq": n_seq, **source,
             "exclude_special_tokens": bool(exclude_special), "min_count": min_count, "min_forms": min_forms,
             **run_inputs(model_name, dataset, model.family)}

@@ -2,7 +2,7 @@
 
     intervention.py          one neuron, one intervention  -> <out>/<model>/<dataset>/<type>_<param>/<l.n>/
     entropy_intervention.py  a neuron set, several values  -> <out>/<model>/<dataset>/<l.n_l.n>/<type>_<param>/
-    both                     the clean model (no hook)     -> <out>/<model>/<dataset>/clean/
+    both                     the clean model (no hook)     -> <out>/<model>/<dataset>/clean.n<rows>/
 
 Every run folder holds (n_seq rows of the token dataset, ctx positions each):
     loss.pt     fp16  [n_seq, ctx]  -log p(next token); NaN at the last position (no next token)
@@ -48,6 +48,11 @@ ENTROPY_INTERVENTION_TYPES = INTERVENTION_TYPES + ("multiply_activation",)
 NEEDS_PARAM = ("threshold_ablation", "fixed_activation", "multiply_activation")
 METRIC_FILES = ("loss", "entropy", "rank", "scale")
 CLEAN = "clean"
+
+
+def clean_name(n_rows: int | None = None) -> str:
+    """The clean reference's folder: one per number of rows (runs of other n_seq share a dataset)."""
+    return CLEAN if n_rows is None else f"{CLEAN}.n{n_rows}"
 META_FILE = "meta.json"
 # logits elements [rows, ctx, vocab] processed at once by next_token_metrics (bounds the
 # float32 temporaries: about 3 x 128 MB)
@@ -272,8 +277,9 @@ def _meta(model, model_name, dataset, tokens, **kw) -> dict:
 
 def run_clean(model, model_name: str, dataset: str, tokens: torch.Tensor, output_dir=None, batch_size: int = 32,
               progress: bool = True, overwrite: bool = False) -> Path:
-    """The no-intervention reference: <out>/<model>/<dataset>/clean/ (loss, entropy, rank, scale)."""
-    folder = run_dir(output_dir, model_name, dataset, CLEAN)
+    """The no-intervention reference: <out>/<model>/<dataset>/clean.n<rows>/ (loss, entropy, rank, scale);
+    one per number of rows, so runs of other --n_seq on the same dataset never contend for it."""
+    folder = run_dir(output_dir, model_name, dataset, clean_name(len(tokens)))
     return _run_once(model, tokens, folder, [], _meta(model, model_name, dataset, tokens, intervention_type=None),
                      batch_size, True, progress, "clean", overwrite)
 

@@ -128,8 +128,8 @@ def _tmp_prefix(name: str) -> str:
 def _owner_alive(tmp_name: str, name: str) -> bool:
     """Whether the process that made temporary `tmp_name` for `name` may still be writing it: a live
     pid on this host; for another host (a shared cluster filesystem) or an unknown name, assume so."""
-    rest = tmp_name[len(name) + 2:]
-    owner = rest.split(".", 1)[0]
+    rest = tmp_name[len(name) + 2:]  # <host>-<pid>.<random>.tmp; the host may hold dots
+    owner = rest[:-len(".tmp")].rsplit(".", 1)[0] if rest.endswith(".tmp") else ""
     host, _, pid = owner.rpartition("-")
     if host != socket.gethostname() or not pid.isdigit():
         return True

@@ -61,8 +61,9 @@ def finished(folder: Path, record_file: str, want: dict, overwrite: bool, files:
     these keys of the stored record (for records that also hold results, such as meta.json)."""
     folder = Path(folder)
     record = folder / record_file
-    if not folder.exists() or (not record.exists() and not any(folder.iterdir())):
-        return False
+    if not folder.exists() or (not record.exists() and not any(p for p in folder.iterdir()
+                                                                 if not p.name.startswith("."))):
+        return False  # nothing there (a killed writer's temporaries do not count)
     have = read_record(record)
     if have is not None and project is not None:
         have = {k: have.get(k) for k in project}

@@ -521,6 +521,11 @@ def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: 
     if not todo:
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    if have != record:  # replacing (force): no old group may survive under the new record if this run dies
+        for g in ARTIFACT_GROUPS.values():
+            for f in g:
+                (out_dir / f).unlink(missing_ok=True)
+        todo = list(ARTIFACT_GROUPS)
     runs.write_record(out_dir / RUN_FILE, record)  # groups present later belong to this record
     w = extract_weights(model, device)
     with torch.no_grad():
