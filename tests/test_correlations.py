@@ -545,3 +545,17 @@ def test_shard_statistics_of_other_rows_are_never_merged(tiny_models, token_data
     assert e.value.code == 2 and "dataset_fingerprint" in err and "rerun the shards" in err
     cli(*base, "--shard_index", "0")  # a rerun of a shard ignores its stale statistics and recomputes
     assert "ignoring statistics from a different run" in capsys.readouterr().out
+
+
+def test_full_matrix_at_another_precision_is_not_served(tiny_models, token_data, capsys):
+    m1, m2, _ = tiny_models
+    base = ["--model_1_name", m1, "--model_2_name", m2, "--save_full_correlation_matrix"]
+    cli(*base, "--save_precision", "32")
+    assert cli(*base, "--save_precision", "32") == []  # the same: skipped
+    assert cli("--model_1_name", m1, "--model_2_name", m2) == []  # summaries only: the same run, skipped
+    with pytest.raises(SystemExit) as e:
+        cli(*base, "--save_precision", "16")
+    assert e.value.code == 2 and "--save_precision 32, not 16" in capsys.readouterr().err
+    cli(*base, "--save_precision", "16", "--overwrite")
+    full = torch.load(correlation_path(m1, m2, "tiny", "pearson", "none") / "correlation.pt", weights_only=True)
+    assert full.dtype == torch.float16

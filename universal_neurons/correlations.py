@@ -175,9 +175,17 @@ class _Job:
     def done(self, m2: str, baseline: str) -> bool:
         """True when the folder holds this run's finished artifacts; a folder finished with other (or
         unrecorded) settings is never served as this run's (runs.finished)."""
-        files = SUMMARY_FILES + ((FULL_FILE,) if self.args.save_full_correlation_matrix else ())
-        return runs.finished(self.out_dir(m2, baseline), RUN_FILE, self.settings(m2, baseline),
-                             self.args.overwrite, files)
+        a, folder = self.args, self.out_dir(m2, baseline)
+        want = self.settings(m2, baseline)
+        files = SUMMARY_FILES + ((FULL_FILE,) if a.save_full_correlation_matrix else ())
+        done = runs.finished(folder, RUN_FILE, want, a.overwrite, files, project=tuple(want))
+        if done and a.save_full_correlation_matrix:  # the full matrix at another precision is not this run's
+            have = (runs.read_record(folder / RUN_FILE) or {}).get("full_matrix_precision")
+            if have != a.save_precision and not a.overwrite:
+                raise UserError(f"{folder / FULL_FILE} was saved at --save_precision {have}, not {a.save_precision}; "
+                                f"pass --overwrite to replace it")
+            return have == a.save_precision
+        return done
 
     def pending(self) -> dict[str, list[str]]:
         """model 2 -> baselines still to compute (finished artifacts are skipped)."""
@@ -352,7 +360,10 @@ class _Run:
                 paths.torch_save_atomic(res["correlation"], out / FULL_FILE)
             paths.torch_save_atomic(res["summary_T"], out / SUMMARY_FILES[1])
             paths.torch_save_atomic(res["summary"], out / SUMMARY_FILES[0])
-            runs.write_record(out / RUN_FILE, self.job.settings(m2, b))
+            record = self.job.settings(m2, b)
+            if res["correlation"] is not None:
+                record["full_matrix_precision"] = self.args.save_precision
+            runs.write_record(out / RUN_FILE, record)
             written.append(out)
             print(f"wrote {out}")
         return written
