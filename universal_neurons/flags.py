@@ -3,7 +3,6 @@
     CommonOptions   device, batch_size, n_seq, overwrite   (one name, type, default and meaning each)
 
     add_common(parser, "device", "n_seq", ...)   adds those fields' flags to a script's parser
-    CommonOptions.from_args(namespace)           the typed values back from parsed arguments
     add_dataclass(parser, StageConfig)           a stage config's flags from its fields (metadata: help,
                                                  choices, nargs, action, required; common=True fields
                                                  take their flag from CommonOptions)
@@ -24,10 +23,6 @@ class CommonOptions:
     n_seq: int = field(default=-1, metadata={"help": "use only the first N sequences (-1 = all; 0 is an error)"})
     overwrite: bool = field(default=False, metadata={
         "help": "replace finished artifacts made with other settings (default: stop and say which)"})
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> "CommonOptions":
-        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(CommonOptions)}
