@@ -30,7 +30,8 @@ def parse_args(argv=None):
 def main(argv=None):
     out = parse_args(argv).run()
     for folder in out["runs"] + [out["clean"], out["summary"]]:
-        print(folder)
+        if folder is not None:
+            print(folder)
 
 
 if __name__ == "__main__":

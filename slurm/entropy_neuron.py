@@ -10,10 +10,7 @@ likely one.
 """
 import sys
 
-import pandas as pd
-
-from universal_neurons import paths
-from universal_neurons.neuron_df import entropy_candidate
+from universal_neurons.neuron_df import entropy_candidate, load_neuron_df
 from universal_neurons.errors import UserError, cli_entry
 
 
@@ -22,10 +19,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         raise UserError("usage: python slurm/entropy_neuron.py MODEL")
-    path = paths.neuron_df_path(argv[0])
-    if not path.is_file():
-        raise UserError(f"no neuron dataframe at {path} (run universal-neurons neuron-df --model {argv[0]} ...)")
-    print(entropy_candidate(pd.read_csv(path)))
+    print(entropy_candidate(load_neuron_df(argv[0])))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@
 #   --dry-run  print the sbatch commands (as a shell script) instead of submitting
 #
 # Seed a is compared with every other seed (pythia-160m with pythia-160m-seed1..3), with and without
-# the rotation baseline in one pass. Work whose final artifacts exist is not submitted again (a job
-# whose inputs are being recomputed is); correlation shards whose statistics exist are skipped by
-# correlations_fast.py itself. Jobs run in the current directory: artifacts go to DATASET_DIR,
+# the rotation baseline in one pass. What to submit is asked of the stages themselves
+# (`universal-neurons done`, one Python process per round): a run finished with these settings is not
+# submitted again, a job whose inputs are being recomputed is, and a result made with other settings
+# stops the grid with the stages' messages (UN_OVERWRITE=1 replaces them). Correlation shards whose
+# statistics exist are skipped by correlations_fast.py itself. Jobs run in the current directory: artifacts go to DATASET_DIR,
 # RESULTS_DIR, SUMMARY_DIR, DATAFRAME_DIR, INTERVENTION_DIR, EXPLANATION_DIR, UNIVERSAL_NEURONS_ZOO
 # when set (they are passed on to the jobs), else to the default folders under it.
 #
@@ -42,6 +44,7 @@
 #   UN_CORR_ARGS, UN_WEIGHTS_ARGS, UN_SUMMARY_ARGS, UN_EXPLAIN_ARGS, UN_INTERVENTION_ARGS,
 #   UN_DATASET_ARGS    extra flags of those scripts (e.g. UN_CORR_ARGS="--batch_size 64 --max_memory_gb 60";
 #                      UN_INTERVENTION_ARGS defaults to "--n_random_baselines 20" for the paper's families)
+#   UN_OVERWRITE=1     pass --overwrite to every job: results made with other settings are replaced
 #   UN_MAKE_DATASET=1  for the paper's families, also submit make_dataset.py (needs the hub) when a
 #                      dataset is missing (default: stop with the command to run)
 #   Toy families: UN_TOY_N_SEQ (rows per subset, toy-tiny 500) and UN_TOY_MIX (mix size, toy 1m, toy-tiny 16k).
@@ -116,50 +119,50 @@ read -ra summary_list <<< "$summary_ds"
 read -ra value_list <<< "$values"
 log_dir=${UN_LOG_DIR:-slurm_logs}
 
-# Where the final artifacts are (as universal_neurons/paths.py; tests/test_slurm.py checks they agree)
+# The token datasets' folder (paths.token_dataset_path; tests/test_slurm.py checks they agree) and the
+# neurons to explain (the neuron dataframe's universal.csv, paths.interpretable_neurons_path)
 dataset_root=${DATASET_DIR:-token_datasets}/$dfamily
-results_root=${RESULTS_DIR:-correlation_results}
-summary_root=${SUMMARY_DIR:-summary_data}
-dataframe_root=${DATAFRAME_DIR:-dataframes}
-explanation_root=${EXPLANATION_DIR:-${RESULTS_DIR:-results}/explanations}
-intervention_root=${INTERVENTION_DIR:-intervention_results}
-universal_csv=$dataframe_root/interpretable_neurons/$model/universal.csv
+universal_csv=${DATAFRAME_DIR:-dataframes}/interpretable_neurons/$model/universal.csv
 explain_csv=${UN_EXPLAIN_NEURONS:-$universal_csv}
-full_matrix=0
-[[ " ${UN_CORR_ARGS:-} " != *" --save_full_correlation_matrix "* ]] || full_matrix=1
 
-corr_done() {  # corr_done OTHER: both baselines' summaries of (model, OTHER) exist
-  local b f
-  for b in none rotation; do
-    for f in correlation_summary.pt correlation_summary_T.pt; do
-      [ -f "$results_root/$model+$1/$corr_ds/pearson.$b/$f" ] || return 1
-    done
-    [ "$full_matrix" = 0 ] || [ -f "$results_root/$model+$1/$corr_ds/pearson.$b/correlation.pt" ] || return 1
+# What is done: the stages answer (universal-neurons done reads their command lines, decides with the
+# records of runs.py and neither computes nor writes). ask KEY SCRIPT ARGS... queues a question;
+# answer_all asks them in one process and stops the grid on a stale result or a bad flag.
+overwrite=()
+[ "${UN_OVERWRITE:-0}" = 0 ] || overwrite=(--overwrite)
+declare -A answer=()
+ask_keys=()
+ask_lines=()
+ask() {
+  local key=$1 line
+  shift
+  printf -v line '%q ' "$@"
+  ask_keys+=("$key")
+  ask_lines+=("$line")
+}
+answer_all() {
+  [ "${#ask_lines[@]}" -gt 0 ] || return 0
+  local text i bad=()
+  local -a lines
+  text=$(printf '%s\n' "${ask_lines[@]}" | python -m universal_neurons.cli done) \
+    || { echo "could not ask the stages what is done (python -m universal_neurons.cli done)" >&2; exit 2; }
+  mapfile -t lines <<< "$text"
+  [ "${#lines[@]}" -eq "${#ask_lines[@]}" ] || { echo "universal-neurons done: unexpected answer" >&2; exit 2; }
+  for i in "${!lines[@]}"; do
+    answer[${ask_keys[$i]}]=${lines[$i]}
+    case ${lines[$i]} in stale*|error*) bad+=("${ask_keys[$i]}: ${lines[$i]}") ;; esac
   done
+  ask_keys=()
+  ask_lines=()
+  if [ "${#bad[@]}" -gt 0 ]; then
+    printf '%s\n' "${bad[@]}" >&2
+    echo "nothing submitted: rerun with UN_OVERWRITE=1 to replace results made with other settings" >&2
+    exit 2
+  fi
 }
-weights_done() {
-  local f
-  for f in neuron_stats.csv k_comps.pt q_comps.pt v_comps.pt o_comps.pt vocab_comps.pt neuron_comps.pt; do
-    [ -f "$summary_root/$model/weights/$f" ] || return 1
-  done
-}
-summary_done() {  # summary_done DATASET
-  local f
-  for f in neuron_bin_counts.pt neuron_bin_edges.pt neuron_max_activating_index.pt neuron_max_activating_value.pt; do
-    [ -f "$summary_root/$model/activations/$1/$f" ] || return 1
-  done
-}
-explain_done() {  # explain_done LAYER: explained, or the neurons to explain include none of LAYER
-  [ -f "$explanation_root/$model/$explain_ds/token_feature/layer_$1/variance_reduction.csv" ] ||
-    { [ -f "$explain_csv" ] && [ "$(un_layer_rows "$explain_csv" "$1")" -eq 0 ]; }
-}
-intervention_dir() {  # intervention_dir NEURON_SUBSET: the subset's folder (11.3030,11.2859 -> 11.3030_11.2859)
-  echo "$intervention_root/$model/$intervention_ds/${1//,/_}"
-}
-intervention_done() {  # intervention_done NEURON_SUBSET VALUE: the run of VALUE has finished
-  local v=$2
-  [[ $v == *[.eE]* ]] || v=$v.0   # the folder name has Python's str(float(value)): 1 -> 1.0
-  [ -f "$(intervention_dir "$1")/fixed_activation_$v/meta.json" ]
+is_done() { [[ ${answer[$1]:-todo} == done* ]]; }
+explain_empty() {  # explain_empty LAYER: the neurons to explain include none of LAYER
+  [ -f "$explain_csv" ] && [ "$(un_layer_rows "$explain_csv" "$1")" -eq 0 ]
 }
 
 # Submission ------------------------------------------------------------------------------------
@@ -228,42 +231,117 @@ ranges() {  # ranges 0 1 2 5 7 8 -> 0-2,5,7-8 (an --array spec)
 }
 note() { if [ "$dry_run" = 1 ]; then echo "# $*"; else echo "$*"; fi; }
 
-# 1. Zoo and token datasets (toy families: trained and built here; the paper's: expected to exist)
-zoo_job=""
-if [ "${#untrained[@]}" -gt 0 ]; then
-  submit zoo_job zoo "" 1 "" zoo.sbatch --preset "$preset" --n_seeds "${#models[@]}"
-fi
+# Decisions: every question is asked before anything is submitted, so a stale result or a bad flag
+# stops the grid with nothing submitted ------------------------------------------------------------
 missing_ds=()
 for ds in "$corr_ds" "${summary_list[@]}" "$explain_ds" "$intervention_ds"; do
   [ -d "$dataset_root/$ds" ] || [[ " ${missing_ds[*]} " == *" $ds "* ]] || missing_ds+=("$ds")
 done
-data_job=""
-if [ "${#missing_ds[@]}" -gt 0 ]; then
-  # shellcheck disable=SC2206
-  extra=(${UN_DATASET_ARGS:-})
-  if [ -n "$preset" ]; then
-    submit data_job dataset "$zoo_job" 0 "" make_dataset.sbatch --model "$model" --hf_dataset python-stdlib \
-      --ctx_len "$ctx" --n_seq "$n_seq" --mix_tokens "$mix" "${extra[@]}"
-  elif [ "${UN_MAKE_DATASET:-0}" = 1 ]; then
-    submit data_job dataset "" 0 "" make_dataset.sbatch --model "$model" --hf_dataset EleutherAI/pile \
-      --ctx_len 512 --mix_tokens 10m 100m "${extra[@]}"
-  elif [ "$dry_run" = 1 ]; then
-    note "missing token datasets under $dataset_root: ${missing_ds[*]}"
-  else
+# shellcheck disable=SC2206
+extra=(${UN_DATASET_ARGS:-})
+toy_data=(--model "$model" --hf_dataset python-stdlib --ctx_len "${ctx:-}" --n_seq "${n_seq:-}" --mix_tokens "${mix:-}"
+          "${extra[@]}" "${overwrite[@]}")
+if [ -n "$preset" ] && [ "${#untrained[@]}" -eq 0 ] && [ "${#missing_ds[@]}" -eq 0 ]; then
+  ask data make_dataset.py "${toy_data[@]}"   # present, but made with these settings?
+  answer_all
+fi
+need_data=0
+if [ "${#missing_ds[@]}" -gt 0 ] || { [ -n "$preset" ] && ! is_done data; }; then
+  need_data=1
+  if [ -z "$preset" ] && [ "${UN_MAKE_DATASET:-0}" != 1 ] && [ "$dry_run" != 1 ]; then
     echo "missing token datasets under $dataset_root: ${missing_ds[*]}" >&2
     echo "make them first (needs the hub), e.g. sbatch slurm/make_dataset.sbatch --model $model" \
          "--hf_dataset EleutherAI/pile --ctx_len 512 --mix_tokens 10m 100m, or rerun with UN_MAKE_DATASET=1" >&2
     exit 2
   fi
 fi
+inputs_stay=0
+[ "${#untrained[@]}" -gt 0 ] || [ "$need_data" = 1 ] || inputs_stay=1
+
+# shellcheck disable=SC2206
+corr_extra=(${UN_CORR_ARGS:-} "${overwrite[@]}")
+# shellcheck disable=SC2206
+weights_extra=(${UN_WEIGHTS_ARGS:-} "${overwrite[@]}")
+# shellcheck disable=SC2206
+summary_extra=(${UN_SUMMARY_ARGS:-} "${overwrite[@]}")
+df_args=(--model "$model" --others "${others[@]}" --dataset "$corr_ds" --activation_datasets "${summary_list[@]}"
+         "${overwrite[@]}")
+# Round 1: the stages whose inputs stay as they are (the others are redone)
+[ "${#untrained[@]}" -gt 0 ] || ask weights weights.py --model "$model" "${weights_extra[@]}"
+if [ "$inputs_stay" = 1 ]; then
+  for other in "${others[@]}"; do
+    ask "corr $other" correlations_fast.py --model_1_name "$model" --model_2_name "$other" --token_dataset "$corr_ds" \
+      --baseline none rotation "${corr_extra[@]}"
+  done
+  for ds in "${summary_list[@]}"; do ask "summary $ds" summary.py --model "$model" --token_dataset "$ds" "${summary_extra[@]}"; done
+  ask neuron-df neuron-df "${df_args[@]}"
+fi
+answer_all
+corr_todo=()
+for other in "${others[@]}"; do is_done "corr $other" || corr_todo+=("$other"); done
+summary_todo=()
+for i in "${!summary_list[@]}"; do is_done "summary ${summary_list[$i]}" || summary_todo+=("$i"); done
+need_df=0
+if [ "$inputs_stay" = 0 ] || [ "${#corr_todo[@]}" -gt 0 ] || [ "${#summary_todo[@]}" -gt 0 ] || ! is_done weights \
+   || ! is_done neuron-df; then
+  need_df=1
+fi
+
+# Round 2: what reads the neuron dataframe, when it stays as it is
+# shellcheck disable=SC2206
+explain_extra=(${UN_EXPLAIN_ARGS:-} "${overwrite[@]}")
+explain_args=(--model "$model" --dataset "$explain_ds" --neuron_df_path "$explain_csv" "${explain_extra[@]}")
+# shellcheck disable=SC2206
+intervention_extra=(${UN_INTERVENTION_ARGS-$intervention_args} "${overwrite[@]}")
+subsets=()
+[ "$neurons" = none ] || read -ra subsets <<< "$neurons"
+declare -A resolved=()
+for subset in "${subsets[@]}"; do
+  resolved[$subset]=$subset
+  if [ "$subset" = auto ] && [ "$need_df" = 0 ]; then
+    resolved[$subset]=$(python "$UN_REPO/slurm/entropy_neuron.py" "$model")
+  fi
+done
+intervention_base() {  # intervention_base SUBSET: entropy_intervention.py's flags of SUBSET, without the values
+  base=(--model "$model" --token_dataset "$intervention_ds" --neuron_subset "${resolved[$1]}"
+        --intervention_type fixed_activation "${intervention_extra[@]}")
+}
+if [ "$need_df" = 0 ]; then
+  for ((l = 0; l < n_layers; l++)); do
+    explain_empty "$l" || ask "explain $l" explain.py "${explain_args[@]}" --layer "$l"
+  done
+  for subset in "${subsets[@]}"; do
+    intervention_base "$subset"
+    for v in "${value_list[@]}"; do
+      ask "intervention $subset $v" entropy_intervention.py "${base[@]}" --no_summary --intervention_param "$v"
+    done
+    ask "intervention-summary $subset" entropy_intervention.py "${base[@]}" --intervention_param "${value_list[@]}"
+  done
+  answer_all
+fi
+
+# Submissions --------------------------------------------------------------------------------------
+
+# 1. Zoo and token datasets (toy families: trained and built here; the paper's: expected to exist)
+zoo_job=""
+if [ "${#untrained[@]}" -gt 0 ]; then
+  submit zoo_job zoo "" 1 "" zoo.sbatch --preset "$preset" --n_seeds "${#models[@]}"
+fi
+data_job=""
+if [ "$need_data" = 1 ]; then
+  if [ -n "$preset" ]; then
+    submit data_job dataset "$zoo_job" 0 "" make_dataset.sbatch "${toy_data[@]}"
+  elif [ "${UN_MAKE_DATASET:-0}" = 1 ]; then
+    submit data_job dataset "" 0 "" make_dataset.sbatch --model "$model" --hf_dataset EleutherAI/pile \
+      --ctx_len 512 --mix_tokens 10m 100m "${extra[@]}" "${overwrite[@]}"
+  else
+    note "missing token datasets under $dataset_root: ${missing_ds[*]}"
+  fi
+fi
 input_jobs=$(join_ids "$zoo_job" "$data_job")
 
 # 2. Correlations: shard arrays, each followed by its merge
-# shellcheck disable=SC2206
-corr_extra=(${UN_CORR_ARGS:-})
-todo=()
-for other in "${others[@]}"; do corr_done "$other" || todo+=("$other"); done
-if [ "$pairs_per_pass" = all ]; then passes=("${todo[*]}"); else passes=("${todo[@]}"); fi
+if [ "$pairs_per_pass" = all ]; then passes=("${corr_todo[*]}"); else passes=("${corr_todo[@]}"); fi
 merge_jobs=()
 shard_job=""
 for pass in "${passes[@]}"; do
@@ -275,13 +353,11 @@ for pass in "${passes[@]}"; do
   submit merge_job merge "$shard_job" 1 "" correlations_merge.sbatch "${corr_args[@]}"
   merge_jobs+=("$merge_job")
 done
-[ "${#todo[@]}" -gt 0 ] || note "correlations of $model with ${others[*]} on $corr_ds: done"
+[ "${#corr_todo[@]}" -gt 0 ] || note "correlations of $model with ${others[*]} on $corr_ds: done"
 
 # 3. Weight summaries
 weights_job=""
-# shellcheck disable=SC2206
-weights_extra=(${UN_WEIGHTS_ARGS:-})
-if weights_done; then
+if is_done weights; then
   note "weight summaries of $model: done"
 else
   submit weights_job weights "$zoo_job" 1 "" weights.sbatch --model "$model" "${weights_extra[@]}"
@@ -289,23 +365,18 @@ fi
 
 # 4. Activation summaries: an array over the datasets not summarised yet (task i = dataset i)
 summary_job=""
-todo=()
-for i in "${!summary_list[@]}"; do summary_done "${summary_list[$i]}" || todo+=("$i"); done
-if [ "${#todo[@]}" -gt 0 ]; then
-  # shellcheck disable=SC2206
-  summary_extra=(${UN_SUMMARY_ARGS:-})
-  submit summary_job summary "$input_jobs" 1 "$(ranges "${todo[@]}")" summary.sbatch "${summary_list[*]}" \
+if [ "${#summary_todo[@]}" -gt 0 ]; then
+  submit summary_job summary "$input_jobs" 1 "$(ranges "${summary_todo[@]}")" summary.sbatch "${summary_list[*]}" \
     --model "$model" "${summary_extra[@]}"
 else
   note "activation summaries of $model: done"
 fi
 
 # 5. The neuron dataframe, after everything it reads
-df_deps=$(join_ids "${merge_jobs[@]}" "$weights_job" "$summary_job")
 df_job=""
-if [ -n "$df_deps" ] || [ ! -f "$dataframe_root/neuron_dfs/$model.csv" ] || [ ! -f "$universal_csv" ]; then
-  submit df_job neuron-df "$df_deps" 0 "" neuron_df.sbatch --model "$model" --others "${others[@]}" \
-    --dataset "$corr_ds" --activation_datasets "${summary_list[@]}"
+if [ "$need_df" = 1 ]; then
+  submit df_job neuron-df "$(join_ids "${merge_jobs[@]}" "$weights_job" "$summary_job")" 0 "" neuron_df.sbatch \
+    "${df_args[@]}"
 else
   note "neuron dataframe of $model: done"
 fi
@@ -313,44 +384,33 @@ fi
 # 6. Explanations of the universal neurons: an array over layers (task i = layer i)
 todo=()
 for ((l = 0; l < n_layers; l++)); do
-  [ -z "$df_job" ] && explain_done "$l" || todo+=("$l")
+  if [ "$need_df" = 1 ] || { ! explain_empty "$l" && ! is_done "explain $l"; }; then todo+=("$l"); fi
 done
 if [ "${#todo[@]}" -gt 0 ]; then
-  # shellcheck disable=SC2206
-  explain_extra=(${UN_EXPLAIN_ARGS:-})
-  submit explain_job explain "$df_job" 1 "$(ranges "${todo[@]}")" explain.sbatch --model "$model" \
-    --dataset "$explain_ds" --neuron_df_path "$explain_csv" "${explain_extra[@]}"
+  submit explain_job explain "$df_job" 1 "$(ranges "${todo[@]}")" explain.sbatch "${explain_args[@]}"
 else
   note "explanations of $model on $explain_ds: done"
 fi
 
-# 7. Entropy interventions: per neuron subset, an array over the values (task i = value i), then
-#    one job that writes the summary CSV over all values (and runs anything an array task left)
-if [ "$neurons" != none ]; then
-  # shellcheck disable=SC2206
-  intervention_extra=(${UN_INTERVENTION_ARGS-$intervention_args})
-  for subset in $neurons; do
-    resolved=$subset
-    if [ "$subset" = auto ] && [ -z "$df_job" ]; then
-      resolved=$(python "$UN_REPO/slurm/entropy_neuron.py" "$model")
-    fi
-    todo=()
-    for i in "${!value_list[@]}"; do
-      { [ "$resolved" != auto ] && [ -z "$df_job" ] && intervention_done "$resolved" "${value_list[$i]}"; } || todo+=("$i")
-    done
-    args=("${value_list[*]}" --model "$model" --token_dataset "$intervention_ds" --neuron_subset "$resolved"
-          --intervention_type fixed_activation "${intervention_extra[@]}")
-    values_job=""
-    if [ "${#todo[@]}" -gt 0 ]; then
-      submit values_job intervention "$df_job" 1 "$(ranges "${todo[@]}")" intervention.sbatch "${args[@]}"
-    fi
-    if [ -n "$values_job" ] || [ ! -f "$(intervention_dir "$resolved")/summary_fixed_activation.csv" ]; then
-      submit collect_job intervention-summary "$(join_ids "$values_job" "$df_job")" 1 "" intervention.sbatch "${args[@]}"
-    else
-      note "interventions on $model $resolved: done"
-    fi
+# 7. Entropy interventions: per neuron subset, an array over the values (task i = value i, runs only),
+#    then one job that writes the summary CSV over all values (and runs anything an array task left)
+for subset in "${subsets[@]}"; do
+  todo=()
+  for i in "${!value_list[@]}"; do
+    { [ "$need_df" = 0 ] && is_done "intervention $subset ${value_list[$i]}"; } || todo+=("$i")
   done
-fi
+  intervention_base "$subset"
+  args=("${value_list[*]}" "${base[@]}")
+  values_job=""
+  if [ "${#todo[@]}" -gt 0 ]; then
+    submit values_job intervention "$df_job" 1 "$(ranges "${todo[@]}")" intervention.sbatch "${args[@]}"
+  fi
+  if [ -n "$values_job" ] || ! is_done "intervention-summary $subset"; then
+    submit collect_job intervention-summary "$(join_ids "$values_job" "$df_job")" 1 "" intervention.sbatch "${args[@]}"
+  else
+    note "interventions on $model ${resolved[$subset]}: done"
+  fi
+done
 
 if [ "$dry_run" = 1 ]; then
   echo "# $n_jobs job(s)"

@@ -98,16 +98,17 @@ def test_n_seq_has_one_meaning_in_every_cli(script, n_seq):
 
 
 def test_pipeline_never_reads_a_killed_writers_temporary(tmp_path):
-    """`universal-neurons run` picks the intervention's scale from the first summary folder: a killed
-    summary.py's temporary (sorted first: it starts with '.') must not be it."""
-    from types import SimpleNamespace
-
-    from universal_neurons import pipeline
+    """`universal-neurons run` picks the intervention's scale from the first finished summary
+    (activation_summary.summary_datasets): a killed summary.py's temporary (sorted first: it starts
+    with '.') and a folder without its histograms must not be it."""
+    from universal_neurons.activation_summary import summary_datasets
 
     target = paths.activation_summary_path("m", "b.ds")
-    _killed_writer(str(target))
+    _killed_writer(str(target), files=3)
+    (paths.activation_summary_path("m", "a.ds")).mkdir(parents=True)  # no histograms: not finished
     (paths.activation_summary_path("m", "c.ds")).mkdir(parents=True)
-    assert pipeline.stage_summary_first(SimpleNamespace(a="m")) == "c.ds"
+    (paths.activation_summary_path("m", "c.ds") / "neuron_bin_counts.pt").write_bytes(b"")
+    assert summary_datasets("m") == ["c.ds"]
 
 
 def test_common_flags_have_one_definition():
@@ -117,8 +118,8 @@ def test_common_flags_have_one_definition():
     import dataclasses
     import importlib
 
+    from universal_neurons import cli
     from universal_neurons.flags import FIELDS, CommonOptions
-    from universal_neurons.pipeline import add_arguments
 
     parsers = {}
     for script in sorted(SCRIPTS_WITH_N_SEQ) + ["weights.py"]:
@@ -137,9 +138,8 @@ def test_common_flags_have_one_definition():
             from universal_neurons.correlations import build_parser
             cap["p"] = build_parser()
         parsers[script] = cap["p"]
-    run = argparse.ArgumentParser()
-    add_arguments(run)
-    parsers["universal-neurons run"] = run
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parsers["universal-neurons run"] = sub.choices["run"]
     seen = 0
     for script, p in parsers.items():
         actions = {a.dest: a for a in p._actions}

@@ -62,6 +62,33 @@ def base_env(**extra) -> dict:
     return env
 
 
+# An sbatch that runs each job at once, in submission order (dependencies hold): every array task in
+# turn, with SLURM_ARRAY_TASK_ID set; each (job, task, exit status) is appended to $SBATCH_RAN.
+EXEC_SBATCH = """#!/usr/bin/env python3
+import json, os, subprocess, sys
+argv = sys.argv[1:]
+k = next(i for i, a in enumerate(argv) if not a.startswith("-"))
+opts = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in argv[:k])
+tasks = [None]
+if "array" in opts:
+    tasks = []
+    for part in opts["array"].split(","):
+        lo, _, hi = part.partition("-")
+        tasks += list(range(int(lo), int(hi or lo) + 1))
+log = os.environ["SBATCH_RAN"]
+n = sum(1 for _ in open(log)) if os.path.exists(log) else 0
+for t in tasks:
+    env = dict(os.environ, SLURM_JOB_ID=str(500 + n))
+    if t is not None:
+        env["SLURM_ARRAY_TASK_ID"] = str(t)
+    p = subprocess.run(["bash", argv[k], *argv[k + 1:]], env=env, capture_output=True, text=True)
+    with open(log, "a") as f:
+        f.write(json.dumps({"job": opts["job-name"], "task": t, "rc": p.returncode,
+                            "tail": (p.stdout + p.stderr)[-1500:]}) + "\\n")
+print(f"{500 + n};local")
+"""
+
+
 def fake_sbatch_env(tmp_path: Path, **extra) -> dict:
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir(exist_ok=True)
@@ -146,43 +173,42 @@ def test_toy_tiny_grid_jobs_and_dependencies(tmp_path, tiny_zoo3):
     assert "9 job(s) submitted" in out.stdout
 
 
-def test_resubmission_skips_finished_work(tmp_path, tiny_zoo3):
-    """Final artifacts at the places the stages write them: nothing is submitted again; one missing
-    summary dataset: its array task and everything after it."""
-    from universal_neurons import explanations, interventions
+def exec_sbatch_env(tmp_path: Path, **extra) -> dict:
+    """The driver's environment with EXEC_SBATCH: jobs run here, one after the other."""
+    bin_dir = tmp_path / "execbin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sbatch").write_text(EXEC_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    env = base_env(**extra)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    env["SBATCH_RAN"] = str(tmp_path / "ran.jsonl")
+    return env
 
+
+def test_resubmission_asks_the_stages(tmp_path, tiny_zoo3):
+    """The grid's jobs run (here, at once); asked again, the stages' records say what is done:
+    - the same settings: nothing is submitted;
+    - one summary removed: its array task and what reads it;
+    - another setting (a summary flag, the dataset's rows): the grid stops with the stage's message
+      and submits nothing, until UN_OVERWRITE=1, which passes --overwrite to the jobs;
+    - a file touched where an artifact belongs (no record): stops too, never skipped as done."""
     a, b, c = tiny_zoo3
-    ctx, corr_ds = 32, "python-stdlib.all-8k.32"
-    subsets = [f"python-stdlib.{s}.{ctx}" for s in ("prose", "code", "tests")]
-    for ds in [corr_ds, *subsets]:
-        paths.token_dataset_path("toy", ds).mkdir(parents=True)
-    for other in (b, c):
-        for base in ("none", "rotation"):
-            for f in ("correlation_summary.pt", "correlation_summary_T.pt"):
-                touch(paths.correlation_path(a, other, corr_ds, "pearson", base) / f)
-    for f in ("neuron_stats.csv", "k_comps.pt", "q_comps.pt", "v_comps.pt", "o_comps.pt", "vocab_comps.pt",
-              "neuron_comps.pt"):
-        touch(paths.weights_summary_path(a) / f)
-    for ds in subsets:
-        for f in ("neuron_bin_counts.pt", "neuron_bin_edges.pt", "neuron_max_activating_index.pt",
-                  "neuron_max_activating_value.pt"):
-            touch(paths.activation_summary_path(a, ds) / f)
-    paths.neuron_df_path(a).parent.mkdir(parents=True)
-    paths.neuron_df_path(a).write_text("layer,neuron,w_out_norm,vocab_var\n0,5,1.0,0.1\n1,7,2.0,0.3\n1,9,3.0,0.2\n")
-    (paths.interpretable_neurons_path(a)).mkdir(parents=True)
-    (paths.interpretable_neurons_path(a) / "universal.csv").write_text("layer,neuron\n1,7\n")  # none in layer 0
-    touch(explanations.layer_dir(a, corr_ds, "token", 1) / explanations.VR_FILE)
-    subset = [(1, 9)]     # auto: the entropy candidate (largest w_out_norm, lower vocab_var) of the last layer
-    for v in (0, 3):
-        touch(interventions.run_dir(None, a, corr_ds, interventions.neuron_label(subset),
-                                    interventions.intervention_name("fixed_activation", float(v))) / "meta.json")
-    touch(interventions.summary_path(None, a, corr_ds, subset, "fixed_activation"))
+    corr_ds = "python-stdlib.all-8k.32"
+    explain_csv = tmp_path / "explain.csv"
+    explain_csv.write_text("layer,neuron\n1,3\n1,77\n")  # the tiny models have no universal neuron
+    run = exec_sbatch_env(tmp_path, UN_EXPLAIN_NEURONS=str(explain_csv), UN_SHARDS="1")  # shards: test_toy_tiny_grid_on_slurm
+    out = run_driver("toy-tiny", run)
+    ran = [json.loads(line) for line in Path(run["SBATCH_RAN"]).read_text().splitlines()]
+    assert [r for r in ran if r["rc"] != 0] == [], out.stdout
+    assert [r["job"] for r in ran] == ["un-dataset", "un-corr", "un-merge", "un-weights"] + \
+        ["un-summary"] * 3 + ["un-neuron-df"] + ["un-explain"] * 2 + ["un-intervention"] * 2 + ["un-intervention-summary"]
 
-    env = fake_sbatch_env(tmp_path)
+    env = fake_sbatch_env(tmp_path, UN_EXPLAIN_NEURONS=str(explain_csv), UN_SHARDS="1")
     out = run_driver("toy-tiny", env)
     assert sbatch_calls(env) == [], out.stdout
-    assert "0 job(s) submitted" in out.stdout and "interventions on toy-gpt2-tiny-a 1.9: done" in out.stdout
+    assert "0 job(s) submitted" in out.stdout and re.search(r"interventions on toy-gpt2-tiny-a \d+\.\d+: done", out.stdout)
 
+    subsets = [f"python-stdlib.{s}.32" for s in ("prose", "code", "tests")]
     shutil.rmtree(paths.activation_summary_path(a, subsets[1]))
     out = run_driver("toy-tiny", env)
     calls = by_name(sbatch_calls(env))
@@ -190,7 +216,24 @@ def test_resubmission_skips_finished_work(tmp_path, tiny_zoo3):
     assert calls["summary"][0]["opts"]["array"] == "1"
     assert deps(calls["neuron-df"][0]) == {calls["summary"][0]["id"]}
     assert calls["explain"][0]["opts"]["array"] == "0-1"    # the dataframe is redone: so is what reads it
-    assert "auto" in calls["intervention"][0]["args"]
+    assert "auto" in calls["intervention"][0]["args"] and "--overwrite" not in calls["summary"][0]["args"]
+    Path(env["SBATCH_LOG"]).unlink()
+
+    out = run_driver("toy-tiny", {**env, "UN_SUMMARY_ARGS": "--n_bins 100"}, check=False)
+    assert out.returncode == 2 and not Path(env["SBATCH_LOG"]).exists(), out.stdout + out.stderr
+    assert "n_bins 256 -> 100; pass --overwrite" in out.stderr and "UN_OVERWRITE=1" in out.stderr
+    out = run_driver("toy-tiny", {**env, "UN_TOY_N_SEQ": "200"}, check=False)
+    assert out.returncode == 2 and "n_seq 300 -> 200" in out.stderr and not Path(env["SBATCH_LOG"]).exists()
+
+    out = run_driver("toy-tiny", {**env, "UN_SUMMARY_ARGS": "--n_bins 100", "UN_OVERWRITE": "1"})
+    calls = by_name(sbatch_calls(env))
+    assert calls["summary"][0]["opts"]["array"] == "0-2" and "--overwrite" in calls["summary"][0]["args"]
+    assert all("--overwrite" in c["args"] for c in sum(calls.values(), []))
+    Path(env["SBATCH_LOG"]).unlink()
+
+    touch(paths.correlation_path(a, c, corr_ds, "pearson", "permutation") / "correlation_summary.pt")
+    out = run_driver("toy-tiny", {**env, "UN_CORR_ARGS": "--baseline none rotation permutation"}, check=False)
+    assert out.returncode == 2 and "pearson.permutation has no record of its settings" in out.stderr
 
 
 def test_dry_run_prints_a_runnable_script(tmp_path, tiny_zoo3):
@@ -222,8 +265,14 @@ def test_paper_families(tmp_path, family, n_layers, others, neurons):
         "arxiv bookcorpus2 books3 dm_mathematics enron_emails europarl freelaw github gutenberg hackernews "
         "nih_exporter opensubtitles openwebtext2 philpapers pile_cc pubmed_abstracts pubmed_central stackexchange "
         "ubuntu_irc uspto_backgrounds wikipedia youtubesubtitles").split()]
-    for ds in pile:
-        paths.token_dataset_path(dfamily, ds).mkdir(parents=True)
+    import numpy as np
+
+    from universal_neurons.token_datasets import save_token_dataset
+    from universal_neurons.tokenizer import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    for ds in pile:  # one-row stand-ins: the grid checks them (they exist, are datasets), the jobs would read them
+        save_token_dataset(np.zeros((1, 512), dtype=np.int64), dfamily, ds, tok)
     out = run_driver(family, env)
     calls = by_name(sbatch_calls(env))
     model = family if family.startswith("pythia") else f"{family}-a"
@@ -302,7 +351,7 @@ def test_array_tasks_pick_their_item(fake_repo):
     args, _ = run_job(fake_repo, "summary.sbatch", "d0 d1 d2", "--model", "m", task=1)
     assert args == ["--model", "m", "--token_dataset", "d1"]
     args, _ = run_job(fake_repo, "intervention.sbatch", "-0.17 0 1", "--model", "m", "--neuron_subset", "1.2", task=0)
-    assert args == ["--model", "m", "--neuron_subset", "1.2", "--intervention_param", "-0.17"]
+    assert args == ["--model", "m", "--neuron_subset", "1.2", "--no_summary", "--intervention_param", "-0.17"]  # runs only
     args, _ = run_job(fake_repo, "intervention.sbatch", "-0.17 0 1", "--model", "m", "--neuron_subset", "1.2")
     assert args == ["--model", "m", "--neuron_subset", "1.2", "--intervention_param", "-0.17", "0", "1"]
     with pytest.raises(AssertionError, match="only 3 item"):
@@ -325,7 +374,7 @@ def test_intervention_auto_neuron(fake_repo):
     # 1.1 wins (largest norm, lowest vocab_var of the last layer), not 0.3 (larger norm, another layer)
     df.write_text("layer,neuron,w_out_norm,vocab_var\n0,3,9.0,0.0\n1,0,1.5,0.03\n1,1,4.0,0.02\n1,2,-2.0,0.5\n")
     args, log = run_job(fake_repo, "intervention.sbatch", "5", "--model", "m", "--neuron_subset", "auto", task=0)
-    assert args == ["--model", "m", "--neuron_subset", "1.1", "--intervention_param", "5"]
+    assert args == ["--model", "m", "--neuron_subset", "1.1", "--no_summary", "--intervention_param", "5"]
     out = subprocess.run([sys.executable, str(REPO / "slurm" / "entropy_neuron.py"), "other"], env=base_env(),
                          capture_output=True, text=True)
     assert out.returncode == 2 and "no neuron dataframe" in out.stderr

@@ -141,7 +141,8 @@ def test_artifacts_schema_and_rerun(adversarial, tmp_path):
             for m in ("mean", "var", "skew", "kurt"):
                 assert s[f"comp_{m}"].dtype == torch.float32 and s[f"comp_{m}"].shape == (L, D_MLP)
 
-    # a rerun skips finished files; force rewrites them; a missing group is recomputed alone
+    # a rerun skips finished files; a missing group is recomputed alone; force (--overwrite) keeps what
+    # this record made and replaces everything made under another record
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     W.save_weight_summaries(adversarial, out)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
@@ -150,7 +151,14 @@ def test_artifacts_schema_and_rerun(adversarial, tmp_path):
     now = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert now["vocab_comps.pt"] == mtimes["vocab_comps.pt"] and now["k_comps.pt"] != mtimes["k_comps.pt"]
     W.save_weight_summaries(adversarial, out, force=True)
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()}["vocab_comps.pt"] != mtimes["vocab_comps.pt"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == now
+    record = json.loads((out / W.RUN_FILE).read_text())
+    (out / W.RUN_FILE).write_text(json.dumps({**record, "model_fingerprint": "other-weights"}))
+    with pytest.raises(W.UserError, match="model_fingerprint 'other-weights' ->"):
+        W.save_weight_summaries(adversarial, out)
+    W.save_weight_summaries(adversarial, out, force=True)
+    assert all(p.stat().st_mtime_ns != now[p.name] for p in out.iterdir() if p.name in now)
+    assert json.loads((out / W.RUN_FILE).read_text()) == record
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 

@@ -93,6 +93,15 @@ def load_activations(path: str | Path) -> torch.Tensor:
     return dequantize(obj) if isinstance(obj, dict) else obj.float()
 
 
+def read_cache(model: str, dataset: str, file: str, root: str | Path | None = None) -> torch.Tensor:
+    """The one reader of a cache folder's tensors: `file` (e.g. '3.17.pt', '2.all.none.all.pt', 'loss.pt')
+    of paths.activation_cache_path(model, dataset, root), 8-bit codes dequantized."""
+    path = paths.activation_cache_path(model, dataset, root) / file
+    if not path.is_file():
+        raise UserError(f"no cached activations {path} (run activations.py --model {model} --token_dataset {dataset})")
+    return load_activations(path)
+
+
 def read_cache_config(folder: str | Path) -> dict | None:
     """A cache folder's activation_config.json (None when the folder has none)."""
     import json
@@ -362,8 +371,7 @@ class ActivationsConfig(StageConfig):
 
 
 def activation_folder(model_name: str, dataset: str, output_dir: str | Path | None = None) -> Path:
-    root = paths.activation_dir() if output_dir is None else Path(output_dir)
-    return root / paths.model_dirname(model_name) / dataset
+    return paths.activation_cache_path(model_name, dataset, output_dir)
 
 
 def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre", batch_size: int = 32,

@@ -50,8 +50,20 @@ Neuron = tuple[int, int]
 
 
 def output_dir(model: str, dataset: str, layer: int, head: int, root=None) -> Path:
-    base = Path(root) if root is not None else paths.results_dir() / "attention_deactivation"
-    return base / paths.model_dirname(model) / dataset / f"{layer}.{head}"
+    return paths.attention_deactivation_path(model, dataset, layer, head, root)
+
+
+def read_run(folder: str | Path) -> dict:
+    """The one reader of a run folder: {'corr_dict', 'records', 'heuristic_ranking' (DataFrame), 'meta'}."""
+    import pandas as pd
+
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        raise UserError(f"no finished attention deactivation run at {folder} (run attention_deactivation.py)")
+    return {"corr_dict": torch.load(folder / "corr_dict.pt", weights_only=True),
+            "records": torch.load(folder / "records.pt", weights_only=True),
+            "heuristic_ranking": pd.read_csv(folder / "heuristic_ranking.csv"),
+            "meta": json.loads((folder / "meta.json").read_text())}
 
 
 def _device(model) -> torch.device:

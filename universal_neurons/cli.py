@@ -1,77 +1,61 @@
-"""The `universal-neurons` command: `zoo` trains the seed zoo, `run` is the main job."""
+"""The `universal-neurons` command.
+
+    zoo         train (or find) the seed zoo and print its table        zoo.ZooConfig
+    neuron-df   the neuron dataframe and universal.csv                   neuron_df.NeuronDfConfig
+    view        the neuron viewer                                        viewer.ViewConfig
+    run         the main job: every stage (pipeline.py)                  pipeline.PipelineConfig
+    done        which stage runs are finished (the Slurm grid asks it)   artifacts.check_runs
+
+Every subcommand's flags are generated from its config dataclass (flags.py).
+"""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .errors import cli_entry
-from .neuron_df import UNIVERSAL_THRESHOLD
+from .flags import add_dataclass
 
 
-def _zoo(args):
-    from . import zoo
+def _configs() -> dict:
+    from .neuron_df import NeuronDfConfig
+    from .pipeline import PipelineConfig
+    from .viewer import ViewConfig
+    from .zoo import ZooConfig
 
-    metas = zoo.train_zoo(args.preset, args.n_seeds, progress=True, workers=args.workers)
-    print(zoo.format_zoo_table(metas))
-
-
-def _neuron_df(args):
-    from .neuron_df import make_neuron_df, universal_share_by_layer, write_neuron_df
-    from .models import load_model
-
-    cfg = load_model(args.model).cfg
-    df = make_neuron_df(args.model, args.others, args.dataset, cfg.n_layers, cfg.d_mlp, args.activation_datasets)
-    out, uni = write_neuron_df(df, args.model, args.threshold)
-    share = universal_share_by_layer(df, args.threshold)
-    print(f"wrote {out} ({len(df)} neurons) and {uni} ({int((df['excess_corr'] > args.threshold).sum())} universal)")
-    print("universal share per layer: " + ", ".join(f"L{l}: {100 * v:.2f}%" for l, v in share.items()))
+    return {"zoo": (ZooConfig, "train (or find) the seed zoo and print its table"),
+            "neuron-df": (NeuronDfConfig, "build dataframes/neuron_dfs/<model>.csv and universal.csv from the summaries"),
+            "view": (ViewConfig, "the neuron viewer in the browser, over the working directory's artifacts"),
+            "run": (PipelineConfig, "the main job: the whole pipeline on the embedded default or given models")}
 
 
-def _view(args):
-    from .viewer import serve
+def _done(_args) -> None:
+    from .artifacts import check_runs
 
-    serve(args.model, args.host, args.port)
-
-
-def _run(args):
-    from . import pipeline
-
-    pipeline.run(args)
+    for line in check_runs(sys.stdin.read().splitlines()):
+        print(line, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="universal-neurons", description=__doc__)
+    p = argparse.ArgumentParser(prog="universal-neurons", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    z = sub.add_parser("zoo", help="train (or find) the seed zoo and print its table")
-    z.add_argument("--preset", default="default", help="default | tiny")
-    z.add_argument("--n_seeds", type=int, default=5)
-    z.add_argument("--workers", type=int, default=None,
-                   help="seeds trained side by side (default: one per core, up to the number of seeds)")
-    z.set_defaults(func=_zoo)
-    d = sub.add_parser("neuron-df", help="build dataframes/neuron_dfs/<model>.csv and universal.csv from the summaries")
-    d.add_argument("--model", required=True, help="seed a (the model whose neurons are rows)")
-    d.add_argument("--others", nargs="+", required=True, help="the other seeds it was correlated with")
-    d.add_argument("--dataset", required=True, help="token dataset of the correlations")
-    d.add_argument("--activation_datasets", nargs="*", default=None,
-                   help="datasets whose summary.py histograms to sum (default: all present)")
-    d.add_argument("--threshold", type=float, default=UNIVERSAL_THRESHOLD, help="excess_corr above which a neuron is universal")
-    d.set_defaults(func=_neuron_df)
-    v = sub.add_parser("view", help="the neuron viewer in the browser, over the working directory's artifacts")
-    v.add_argument("--model", required=True)
-    v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
-    v.set_defaults(func=_view)
-    r = sub.add_parser("run", help="the main job: the whole pipeline on the embedded default or given models")
-    from .pipeline import add_arguments
-
-    add_arguments(r)
-    r.set_defaults(func=_run)
+    for name, (cls, help) in _configs().items():
+        s = sub.add_parser(name, help=help, description=cls.__doc__)
+        add_dataclass(s, cls)
+        s.set_defaults(config=cls)
+    d = sub.add_parser("done", help="read stage command lines on stdin (e.g. 'summary.py --model m --token_dataset d'); "
+                                    "print per line: done, todo <what>, stale <why> or error <why>")
+    d.set_defaults(config=None)
     return p
 
 
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.func(args)
+    if args.config is None:
+        return _done(args)
+    args.config.from_args(args).run()
 
 
 if __name__ == "__main__":

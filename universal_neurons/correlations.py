@@ -85,6 +85,9 @@ class CorrelationConfig(StageConfig):
     tf32: bool = field(default=False, metadata={"action": "store_true", "help": "same as --gemm_dtype tf32"})
     overwrite: bool = field(default=False, metadata={"common": True})
 
+    def run(self) -> list[Path]:
+        return run_correlations(self)
+
 
 
 def build_parser(defaults: dict | None = None, description: str | None = None) -> argparse.ArgumentParser:

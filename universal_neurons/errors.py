@@ -12,6 +12,19 @@ class UserError(Exception):
 EXIT_USER_ERROR = 2
 
 
+class Pending(Exception):
+    """Check mode (runs.checking): the stage has work to do; the message says which."""
+
+
+_CHECKING: list[bool] = []  # non-empty inside runs.checking(): decide, never compute or write
+
+
+def would(what: str) -> None:
+    """Called before work that check mode must not do (compute, write, train, download)."""
+    if _CHECKING:
+        raise Pending(what)
+
+
 def cli_entry(func):
     """Decorator for script `main` functions: UserError -> 'error: ...' on stderr, exit 2."""
 

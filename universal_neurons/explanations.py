@@ -48,9 +48,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import runs
+from . import paths, runs
 from .flags import StageConfig
-from .paths import atomic_path, explanation_dir, model_dirname
+from .paths import atomic_path
 from .token_datasets import run_inputs
 
 VR_FILE = "variance_reduction.csv"
@@ -212,7 +212,7 @@ def explain_layer(acts, tokens, vocab_df: pd.DataFrame, mask=None, layer: int = 
 
 
 def layer_dir(model: str, dataset: str, feature_type: str, layer: int) -> Path:
-    return explanation_dir() / model_dirname(model) / dataset / f"{feature_type}_feature" / f"layer_{layer}"
+    return paths.explanation_path(model, dataset, feature_type, layer)
 
 
 def write_layer(vr: pd.DataFrame, prev_vr: pd.DataFrame, model: str, dataset: str, feature_type: str,
@@ -333,7 +333,7 @@ def cached_activation_batches(activation_path: str | Path, model: str, dataset: 
     from .activation_cache import load_activations, read_cache_config
     from .errors import UserError
 
-    folder = Path(activation_path) / model_dirname(model) / dataset
+    folder = paths.activation_cache_path(model, dataset, activation_path)
     if not folder.is_dir():
         folder = Path(activation_path)
     cfg = read_cache_config(folder)
@@ -461,7 +461,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     if activation_path:  # the cache's own record (its files: the neurons explained here) stands for its numbers
         from .activation_cache import read_cache_config
 
-        folder = Path(activation_path) / model_dirname(model_name) / dataset
+        folder = paths.activation_cache_path(model_name, dataset, activation_path)
         folder = folder if folder.is_dir() else Path(activation_path)
         cache = read_cache_config(folder) or {"location": "mlp.hook_pre"}
         used = {f"{l}.{n}.pt" for l, ns in neurons.items() for n in ns} | {f"{l}.all.none.all.pt" for l in neurons}

@@ -55,8 +55,9 @@ def add_dataclass(parser: argparse.ArgumentParser, cls, defaults: dict | None = 
     defaults = defaults or {}
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
-        if meta.pop("common", False):
-            add_common(parser, f.name, **({f.name: defaults[f.name]} if f.name in defaults else {}))
+        if meta.pop("common", False):  # the field may carry its own default (e.g. run's --device cpu)
+            default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else FIELDS[f.name].default)
+            add_common(parser, f.name, **{f.name: default})
             continue
         kw = {k: meta[k] for k in ("help", "choices", "nargs", "action", "required") if k in meta}
         if f.default is not dataclasses.MISSING:

@@ -101,8 +101,7 @@ def check_neurons(model, neurons: list[Neuron]) -> None:
 
 
 def run_dir(output_dir, model: str, dataset: str, *parts: str) -> Path:
-    root = Path(output_dir) if output_dir is not None else paths.intervention_dir()
-    return root.joinpath(paths.model_dirname(model), dataset, *parts)
+    return paths.intervention_path(model, dataset, *parts, root=output_dir)
 
 
 # Hooks ----------------------------------------------------------------------------------------
@@ -354,7 +353,7 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
                              values: list[float] | None, intervention_type: str = "fixed_activation",
                              location: str = "mlp.hook_post", n_random_baselines: int = 0, seed: int = 0,
                              output_dir=None, batch_size: int = 32, device=None, n_seq: int = -1,
-                             overwrite: bool = False, progress: bool = True) -> dict:
+                             overwrite: bool = False, progress: bool = True, summary: bool = True) -> dict:
     """entropy_intervention.py and the paper's entropy-neuron experiment.
 
     The neurons of `neuron_subset` are intervened on together, once per value in `values`; then
@@ -366,7 +365,9 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
         intervention_type, value, mean_loss, mean_entropy, mean_scale, mean_recip_rank,
         delta_<metric> (run minus clean), n_tokens, seed
     with means over `position_mask(tokens, tokenizer, last=False)` positions (not BOS / EOS / padding,
-    not the last position: the original left out position ctx-1 and token 50256). Returns {'runs': [folders], 'clean': folder, 'summary': csv}.
+    not the last position: the original left out position ctx-1 and token 50256). The CSV is rewritten only
+    when its content changes; summary=False (a Slurm array task) leaves it to the job that collects all values.
+    Returns {'runs': [folders], 'clean': folder, 'summary': csv or None}.
     """
     neurons = parse_neuron_subset(neuron_subset)
     values = [0.0] if not values and intervention_type not in NEEDS_PARAM else values
@@ -395,6 +396,8 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
                                      f"{label} {intervention_type} {v}", overwrite))
             rows.append({"group": group, "label": label, "neurons": neuron_label(ns),
                          "intervention_type": intervention_type, "value": float(v), "folder": folders[-1]})
+    if not summary:
+        return {"runs": folders, "clean": clean, "summary": None}
 
     mask = position_mask(tokens, model.tokenizer, special=False, last=False)
     base = run_means(clean, mask)
@@ -408,8 +411,10 @@ def run_entropy_intervention(model_name: str, dataset: str, neuron_subset: str |
     df["n_tokens"] = int(mask.sum())
     df["seed"] = seed
     out = summary_path(output_dir, model_name, dataset, neurons, intervention_type)
-    with paths.atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
+    text = df.to_csv(index=False)
+    if not (out.is_file() and out.read_text() == text):  # a derived file: the same runs give the same text
+        with paths.atomic_path(out) as tmp:
+            tmp.write_text(text)
     return {"runs": folders, "clean": clean, "summary": out}
 
 
@@ -464,9 +469,12 @@ class EntropyConfig(_RunFlags):
     n_random_baselines: int = field(default=0, metadata={"type": int, "help":
                                     "also intervene on this many random sets of last-layer neurons (the paper: 20)"})
     seed: int = field(default=0, metadata={"type": int, "help": "seed of the random baselines"})
+    no_summary: bool = field(default=False, metadata={"action": "store_true", "help":
+                             "write the runs only, not summary_<type>.csv (a Slurm array task: the job that "
+                             "collects every value writes it)"})
 
     def run(self, progress: bool = True) -> dict:
         return run_entropy_intervention(self.model, self.token_dataset, self.neuron_subset, self.values,
                                         self.intervention_type, self.activation_location, self.n_random_baselines,
                                         self.seed, self.output_dir, self.batch_size, self.device, self.n_seq,
-                                        overwrite=self.overwrite, progress=progress)
+                                        overwrite=self.overwrite, progress=progress, summary=not self.no_summary)

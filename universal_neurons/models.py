@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .device import resolve_device, resolve_dtype
-from .errors import UserError
+from .errors import UserError, would
 
 _SMALL = ["alias-gpt2-small-x21", "battlestar-gpt2-small-x49", "caprica-gpt2-small-x81",
           "darkmatter-gpt2-small-x343", "expanse-gpt2-small-x777"]
@@ -98,6 +98,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _cached_snapshot(repo: str) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo, local_files_only=True)
+    except Exception:  # the hub client raises many types; all mean "not in the cache"
+        return None
+
+
 def _resolve_folder(name: str) -> str:
     """A local folder to load `name` from, or the hub id when the hub is reachable; else UserError."""
     from . import zoo
@@ -109,14 +118,13 @@ def _resolve_folder(name: str) -> str:
     if Path(name).exists():
         raise UserError(f"{name!r} is a path but not a Hugging Face model folder (no config.json in it)")
     repo = hub_id(name)
+    cached = _cached_snapshot(repo)
+    if cached is None:
+        would(f"download {repo}")  # check mode never downloads
     if _hub_reachable():
         return repo
-    try:  # offline: a copy already in the Hugging Face cache still works
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(repo, local_files_only=True)
-    except Exception:
-        pass
+    if cached is not None:  # offline: a copy already in the Hugging Face cache still works
+        return cached
     tried = [f"zoo name (toy-gpt2-a..e, toy-gpt2-tiny-a..e): no", f"local folder {name!r}: not found"]
     tried.append(f"hub id {repo!r}: {HUB_HOST} unreachable and not in the local Hugging Face cache")
     raise UserError(f"cannot load model {name!r}; tried " + "; ".join(tried))
@@ -124,6 +132,15 @@ def _resolve_folder(name: str) -> str:
 
 def load_model(name: str, device: str = "cpu", dtype: str | None = None, compatibility_mode: bool = True):
     """Load `name` as a TransformerBridge on `device` (see module docstring)."""
+    from . import runs
+
+    if runs.is_checking():  # a check (runs.checking) loads each model once, on the CPU
+        return runs.memo(("model", name, dtype, compatibility_mode),
+                         lambda: _load_model(name, "cpu", dtype, compatibility_mode))
+    return _load_model(name, device, dtype, compatibility_mode)
+
+
+def _load_model(name: str, device: str, dtype: str | None, compatibility_mode: bool):
     from transformer_lens.model_bridge import TransformerBridge
 
     from . import quiet_hf
@@ -204,10 +221,8 @@ def model_fingerprint(name: str) -> str:
     elif is_local_folder(name):
         folder = Path(name)
     else:
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(hub_id(name), local_files_only=True))
-        except Exception:  # not cached: the name is all we know before loading
+        cached = _cached_snapshot(hub_id(name))
+        if cached is None:  # not cached: the name is all we know before loading
             return f"hub:{hub_id(name)}"
+        folder = Path(cached)
     return _folder_fingerprint(folder) or f"folder:{folder.resolve().name}"

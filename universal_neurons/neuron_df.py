@@ -2,6 +2,8 @@
 
     dataframes/neuron_dfs/<model>.csv                       all neurons, columns NEURON_DF_COLUMNS
     dataframes/interpretable_neurons/<model>/universal.csv  rows with excess_corr > threshold (0.5)
+    dataframes/neuron_dfs/<model>.run.json                  the record (runs.py): model, others, datasets,
+                                                            threshold, the sha1 of every input's record, code
 
 Columns (the paper's, in its order):
     layer, neuron
@@ -18,15 +20,18 @@ Columns (the paper's, in its order):
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import paths
+from . import paths, runs
 from .activation_summary import histogram_fraction_above, histogram_moments
 from .errors import UserError
+from .flags import StageConfig
 
 NEURON_DF_COLUMNS = ["layer", "neuron", "max_corr", "mean_corr", "min_corr", "max_baseline", "min_baseline",
                      "mean_baseline", "w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty",
@@ -172,10 +177,86 @@ def write_neuron_df(df: pd.DataFrame, model: str, threshold: float = UNIVERSAL_T
     return out, uni
 
 
+def record_path(model: str) -> Path:
+    return paths.neuron_df_path(model).with_suffix(".run.json")
+
+
+def input_records(model: str, others: list[str], dataset: str, activation_datasets: list[str]) -> dict[str, str]:
+    """{input artifact: sha1 of its record}: the correlation folders, weights/ and the summaries read."""
+    from .activation_summary import summary_path
+    from .correlations import RUN_FILE
+
+    files = {f"correlations {o} {b}": paths.correlation_path(model, o, dataset, "pearson", b) / RUN_FILE
+             for o in others for b in ("none", "rotation")}
+    files["weights"] = paths.weights_summary_path(model) / RUN_FILE
+    files.update({f"summary {d}": summary_path(model, d) / RUN_FILE for d in activation_datasets})
+    out = {}
+    for k, f in files.items():
+        try:
+            out[k] = hashlib.sha1(f.read_bytes()).hexdigest()[:16]
+        except OSError:
+            out[k] = None  # an input without a record (an earlier version): the reader says what is missing
+    return out
+
+
+@dataclass(kw_only=True)
+class NeuronDfConfig(StageConfig):
+    """`universal-neurons neuron-df`: the dataframe of seed `model` against `others`; `run()`.
+
+    A rerun whose record (settings and the inputs' records) matches skips; one made otherwise stops
+    with the differences unless --overwrite (runs.py)."""
+
+    model: str = field(metadata={"required": True, "help": "seed a (the model whose neurons are rows)"})
+    others: list[str] = field(metadata={"required": True, "nargs": "+", "help": "the other seeds it was correlated with"})
+    dataset: str = field(metadata={"required": True, "help": "token dataset of the correlations"})
+    activation_datasets: list[str] | None = field(default=None, metadata={"nargs": "*", "help":
+                                                  "datasets whose summary.py histograms to sum (default: all present)"})
+    threshold: float = field(default=UNIVERSAL_THRESHOLD, metadata={"type": float,
+                             "help": "excess_corr above which a neuron is universal"})
+    overwrite: bool = field(default=False, metadata={"common": True})
+
+    def run(self, progress: bool = True) -> pd.DataFrame:
+        from .activation_summary import summary_datasets
+        from .models import load_model
+
+        datasets = self.activation_datasets if self.activation_datasets is not None else summary_datasets(self.model)
+        want = {"model": self.model, "others": list(self.others), "dataset": self.dataset,
+                "activation_datasets": list(datasets), "threshold": self.threshold,
+                "inputs": input_records(self.model, self.others, self.dataset, datasets),
+                "code_version": runs.code_version()}
+        out, uni = paths.neuron_df_path(self.model), paths.interpretable_neurons_path(self.model) / "universal.csv"
+        missing = [k for k, v in want["inputs"].items() if v is None]
+        if missing:  # made later by the stages before it (a check: todo); a run says which input is missing
+            runs.would(f"build {out} once its inputs exist ({', '.join(missing)})")
+        elif out.exists() and runs.decide(record_path(self.model), want, self.overwrite, [out, uni], f"neuron dataframe {out}"):
+            if progress:
+                print(f"{out} exists with these settings and inputs: skipped")
+            return load_neuron_df(self.model)
+        runs.would(f"build {out}")
+        cfg = load_model(self.model).cfg
+        df = make_neuron_df(self.model, list(self.others), self.dataset, cfg.n_layers, cfg.d_mlp, list(datasets))
+        record_path(self.model).unlink(missing_ok=True)  # the old record never vouches for new files
+        out, uni = write_neuron_df(df, self.model, self.threshold)
+        runs.write_record(record_path(self.model), want)
+        if progress:
+            share = universal_share_by_layer(df, self.threshold)
+            print(f"wrote {out} ({len(df)} neurons) and {uni} ({int((df['excess_corr'] > self.threshold).sum())} "
+                  f"universal)")
+            print("universal share per layer: " + ", ".join(f"L{l}: {100 * v:.2f}%" for l, v in share.items()))
+        return df
+
+
 def load_neuron_df(model: str) -> pd.DataFrame:
     f = paths.neuron_df_path(model)
     if not f.exists():
         raise UserError(f"no neuron dataframe at {f} (run universal-neurons neuron-df --model {model} ...)")
+    return pd.read_csv(f)
+
+
+def load_universal(model: str) -> pd.DataFrame:
+    f = paths.interpretable_neurons_path(model) / "universal.csv"
+    if not f.exists():
+        raise UserError(f"no universal neurons at {f} (run universal-neurons neuron-df --model {model} ...)")
     return pd.read_csv(f)
 
 

@@ -4,15 +4,18 @@ Defaults are the original code's folder names relative to the working directory;
 moved with an environment variable (the original used DATASET_DIR and RESULTS_DIR):
 
     DATASET_DIR        token_datasets        <family>/<dataset name>  (datasets.save_to_disk)
-    RESULTS_DIR        correlation_results   <m1>+<m2>/<dataset>/<sim>.<baseline>/
+    RESULTS_DIR        correlation_results   <m1>+<m2>/<dataset>/<sim>.<baseline>/,
+                                             attention_deactivation/<model>/<dataset>/<layer>.<head>/
     SUMMARY_DIR        summary_data          <model>/weights/, <model>/activations/<dataset>/
     ACTIVATION_DIR     cached_activations    <model>/<dataset>/
-    INTERVENTION_DIR   intervention_results  <model>/<dataset>/...
-    DATAFRAME_DIR      dataframes            neuron_dfs/<model>.csv, interpretable_neurons/...
+    INTERVENTION_DIR   intervention_results  <model>/<dataset>/<neurons>/<type>_<param>/, .../clean.n<rows>/
+    DATAFRAME_DIR      dataframes            neuron_dfs/<model>.csv, interpretable_neurons/<model>/universal.csv
     EXPLANATION_DIR    $RESULTS_DIR/explanations (results/explanations when RESULTS_DIR is unset, as the
-                       original explain.py)
-    REPORT_DIR         reports
-    UNIVERSAL_NEURONS_ZOO   ~/.cache/universal_neurons/zoo   trained toy models (HF folders)
+                       original explain.py)  <model>/<dataset>/<type>_feature/layer_<l>/
+    REPORT_DIR         reports               <model>/report.md
+    UNIVERSAL_NEURONS_ZOO   ~/.cache/universal_neurons/zoo   <name>/: trained toy models (HF folders)
+
+Each artifact kind, with its writer and its one reader: universal_neurons/artifacts.py.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import would
 
 
 _OVERRIDES: dict[str, str] = {}  # set only inside `overriding(...)`
@@ -112,6 +117,33 @@ def interpretable_neurons_path(model: str) -> Path:
     return dataframe_dir() / "interpretable_neurons" / model_dirname(model)
 
 
+def activation_cache_path(model: str, dataset: str, root: str | Path | None = None) -> Path:
+    return (Path(root) if root is not None else activation_dir()) / model_dirname(model) / dataset
+
+
+def explanation_path(model: str, dataset: str, feature_type: str, layer: int) -> Path:
+    return explanation_dir() / model_dirname(model) / dataset / f"{feature_type}_feature" / f"layer_{layer}"
+
+
+def intervention_path(model: str, dataset: str, *parts: str, root: str | Path | None = None) -> Path:
+    """<root>/<model>/<dataset>/<parts...>: parts e.g. ('11.3030', 'fixed_activation_3.0') or ('clean.n256',)."""
+    return (Path(root) if root is not None else intervention_dir()).joinpath(model_dirname(model), dataset, *parts)
+
+
+def attention_deactivation_path(model: str, dataset: str, layer: int, head: int, root: str | Path | None = None) -> Path:
+    base = Path(root) if root is not None else results_dir() / "attention_deactivation"
+    return base / model_dirname(model) / dataset / f"{layer}.{head}"
+
+
+def report_path(model: str) -> Path:
+    """The report's folder: report.md, figures, explained_neurons.csv."""
+    return report_dir() / model_dirname(model)
+
+
+def zoo_model_path(name: str) -> Path:
+    return zoo_dir() / name
+
+
 # Atomic writes ----------------------------------------------------------------------------------
 
 def artifact_names(root: str | Path) -> list[str]:
@@ -167,6 +199,7 @@ def atomic_path(path: str | Path):
     import shutil
 
     path = Path(path)
+    would(f"write {path}")  # check mode (runs.checking) writes nothing
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))

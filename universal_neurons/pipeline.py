@@ -15,8 +15,8 @@ Every stage skips work whose artifacts exist, so a rerun only rebuilds the repor
 """
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,32 +25,47 @@ import torch
 
 from . import paths, token_datasets, zoo
 from .models import load_model, load_tokenizer, model_family
-from .flags import add_common
+from .flags import StageConfig
 from .neuron_df import UNIVERSAL_THRESHOLD, entropy_candidate, select_universal  # noqa: F401 (one definition)
 
 PAPER_VALUES = [-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # the paper's fixed values for GPT-2 entropy neurons
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+", default=None,
-                   help="seed a first, then the others (default: toy-gpt2-a .. e; --quick: toy-gpt2-tiny-a .. e)")
-    p.add_argument("--dataset", default="python-stdlib",
-                   help="corpus given to make_dataset.py (default the built-in one); the correlations use its "
-                        "all-<N> mix, the summaries each subset")
-    p.add_argument("--corr_dataset", default=None, help="use this existing token dataset for correlations instead")
-    p.add_argument("--summary_datasets", nargs="*", default=None, help="existing token datasets to summarise instead")
-    p.add_argument("--quick", action="store_true", help="tiny zoo and small datasets (CI, smoke tests)")
-    add_common(p, "device", "batch_size", "overwrite", device="cpu")  # the embedded default runs on the CPU
-    p.add_argument("--threshold", type=float, default=UNIVERSAL_THRESHOLD, help="excess_corr above which a neuron is universal")
-    p.add_argument("--ctx_len", type=int, default=None, help="context of the token datasets (default: the zoo's, or 512)")
-    p.add_argument("--mix_tokens", default=None, help="size of the correlation mix (default 1m; --quick 32k)")
-    p.add_argument("--skip", nargs="*", default=[], help="stages to skip (explanations intervention attention ...)")
-    p.add_argument("--exclude_special_tokens", action="store_true",
-                   help="leave BOS/EOS/padding positions out of the summaries and explanations (default: count "
-                        "every position, as the original)")
-    p.add_argument("--drop_newlines", choices=["single", "all", "none"], default="single",
-                   help="correlations: leave out the one-token newline (single, the original's), every "
-                        "newline-only token (all) or none")
+@dataclass(kw_only=True)
+class PipelineConfig(StageConfig):
+    """`universal-neurons run`'s flags; `run()` runs every stage (see the module docstring)."""
+
+    models: list[str] | None = field(default=None, metadata={"nargs": "+", "help":
+                                     "seed a first, then the others (default: toy-gpt2-a .. e; --quick: "
+                                     "toy-gpt2-tiny-a .. e)"})
+    dataset: str = field(default="python-stdlib", metadata={"help":
+                         "corpus given to make_dataset.py (default the built-in one); the correlations use its "
+                         "all-<N> mix, the summaries each subset"})
+    corr_dataset: str | None = field(default=None, metadata={"help":
+                                     "use this existing token dataset for correlations instead"})
+    summary_datasets: list[str] | None = field(default=None, metadata={"nargs": "*", "help":
+                                               "existing token datasets to summarise instead"})
+    quick: bool = field(default=False, metadata={"action": "store_true", "help":
+                        "tiny zoo and small datasets (CI, smoke tests)"})
+    device: str = field(default="cpu", metadata={"common": True})  # the embedded default runs on the CPU
+    batch_size: int = field(default=32, metadata={"common": True})
+    overwrite: bool = field(default=False, metadata={"common": True})
+    threshold: float = field(default=UNIVERSAL_THRESHOLD, metadata={"type": float, "help":
+                             "excess_corr above which a neuron is universal"})
+    ctx_len: int | None = field(default=None, metadata={"type": int, "help":
+                                "context of the token datasets (default: the zoo's, or 512)"})
+    mix_tokens: str | None = field(default=None, metadata={"help": "size of the correlation mix (default 1m; --quick 32k)"})
+    skip: list[str] = field(default_factory=list, metadata={"nargs": "*", "help":
+                            "stages to skip (explanations intervention attention ...)"})
+    exclude_special_tokens: bool = field(default=False, metadata={"action": "store_true", "help":
+                                         "leave BOS/EOS/padding positions out of the summaries and explanations "
+                                         "(default: count every position, as the original)"})
+    drop_newlines: str = field(default="single", metadata={"choices": ["single", "all", "none"], "help":
+                               "correlations: leave out the one-token newline (single, the original's), every "
+                               "newline-only token (all) or none"})
+
+    def run(self) -> Path:
+        return run(self)
 
 
 def settings(args) -> SimpleNamespace:
@@ -88,7 +103,10 @@ def stage_datasets(args, s) -> list[str]:
     """Token datasets: the correlation mix and the per-subset datasets (make_dataset.py)."""
     subsets = args.summary_datasets
     have = token_datasets.available_datasets(s.family)
-    if args.corr_dataset is None and (s.mix_name not in have):
+    local = args.dataset == token_datasets.BUILTIN or Path(args.dataset).is_dir()
+    # the built-in corpus and local folders: make_dataset.py's records decide (skip / build / stop);
+    # a hub corpus (network) is made once, when its mix is missing
+    if args.corr_dataset is None and (local or s.mix_name not in have):
         token_datasets.main_make_dataset(token_datasets.MakeDatasetConfig(
             model=s.a, hf_dataset=args.dataset, ctx_len=s.ctx_len, n_seq=s.n_seq, mix_tokens=[str(s.mix_tokens)],
             overwrite=args.overwrite))
@@ -111,10 +129,9 @@ def stage_correlations(args, s) -> None:
 
 
 def stage_weights(args, s) -> None:
-    from .weights import save_weight_summaries, weights_done
+    from .weights import WeightsConfig
 
-    if not weights_done(s.a):  # else: stops on files made from other weights, unless --overwrite
-        save_weight_summaries(load_model(s.a, device=args.device), force=args.overwrite, progress=True)
+    WeightsConfig(model=s.a, device=args.device, force=args.overwrite).run()
 
 
 def stage_summaries(args, s, subsets) -> None:
@@ -125,12 +142,10 @@ def stage_summaries(args, s, subsets) -> None:
 
 
 def stage_neuron_df(args, s, subsets) -> pd.DataFrame:
-    from .neuron_df import make_neuron_df, write_neuron_df
+    from .neuron_df import NeuronDfConfig
 
-    cfg = load_model(s.a).cfg
-    df = make_neuron_df(s.a, s.others, s.mix_name, cfg.n_layers, cfg.d_mlp, subsets)
-    write_neuron_df(df, s.a, args.threshold)
-    return df
+    return NeuronDfConfig(model=s.a, others=list(s.others), dataset=s.mix_name, activation_datasets=list(subsets),
+                          threshold=args.threshold, overwrite=args.overwrite).run()
 
 
 def explained_neurons(df: pd.DataFrame, threshold: float, n_min: int = 20) -> pd.DataFrame:
@@ -143,7 +158,7 @@ def stage_explanations(args, s, df) -> pd.DataFrame | None:
     from .explanations import ExplainConfig
 
     chosen = explained_neurons(df, args.threshold)
-    sel = paths.report_dir() / paths.model_dirname(s.a) / "explained_neurons.csv"
+    sel = paths.report_path(s.a) / "explained_neurons.csv"
     sel.parent.mkdir(parents=True, exist_ok=True)
     chosen[["layer", "neuron"]].to_csv(sel, index=False)
     layers = sorted(chosen["layer"].unique())
@@ -162,8 +177,9 @@ def stage_intervention(args, s, df) -> pd.DataFrame:
 
     neuron = entropy_candidate(df)
     if s.toy:  # the toy's activations have their own scale: span 0 .. 3x the neuron's typical range
-        top = torch.load(paths.activation_summary_path(s.a, stage_summary_first(s)) / "neuron_max_activating_value.pt",
-                         weights_only=True)
+        from .activation_summary import read_summary, summary_datasets
+
+        top = read_summary(s.a, summary_datasets(s.a)[0])["neuron_max_activating_value"]
         l, n = map(int, neuron.split("."))
         vmax = float(torch.nan_to_num(top[l, n].float(), nan=0.0).max())
         values = [round(v, 3) for v in (-0.17, 0.0, vmax / 2, vmax, 2 * vmax, 3 * vmax)]
@@ -175,11 +191,6 @@ def stage_intervention(args, s, df) -> pd.DataFrame:
     from .interventions import read_summary
 
     return read_summary(out["summary"])
-
-
-def stage_summary_first(s) -> str:
-    root = paths.summary_dir() / paths.model_dirname(s.a) / "activations"
-    return paths.artifact_names(root)[0]
 
 
 @torch.no_grad()
@@ -206,8 +217,9 @@ def stage_attention(args, s) -> dict | None:
     folder = AttentionConfig(model=s.a, token_dataset=s.mix_name, layer=layer, head=head, top_k=5,
                              batch_size=args.batch_size, device=args.device, n_seq=s.attention_rows,
                              overwrite=args.overwrite).run()
-    corr = torch.load(Path(folder) / "corr_dict.pt", weights_only=True)
-    return {"layer": layer, "head": head, "correlations": corr}
+    from .attention_deactivation import read_run
+
+    return {"layer": layer, "head": head, "correlations": read_run(folder)["corr_dict"]}
 
 
 def correlation_partners(s, df: pd.DataFrame) -> pd.DataFrame:

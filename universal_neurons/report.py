@@ -57,7 +57,7 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
     """Write reports/<model>/report.md with its figures; returns the Markdown path.
 
     conventions: lines saying which positions each statistic counted (`pipeline.conventions`)."""
-    out_dir = out_dir or paths.report_dir() / paths.model_dirname(model)
+    out_dir = out_dir or paths.report_path(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     is_u = df["excess_corr"] > threshold
     n_u, n = int(is_u.sum()), len(df)

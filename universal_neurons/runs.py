@@ -14,16 +14,50 @@ plus the inputs' fingerprints and the code version:
     another / no record               -> UserError naming the differing settings and --overwrite,
                                          or False with overwrite=True (replace it)
 so a rerun with other settings never serves the old result as new and never destroys it silently.
+
+Check mode (`with checking():`, the `universal-neurons done` command the Slurm grid asks): a stage
+runs its usual decisions without computing or writing anything. Where it would compute (finished()
+-> False), write (paths.atomic_path), train a zoo model or download, `Pending` is raised instead; a
+stage that returns normally had nothing to do; a stale artifact raises the usual UserError.
 """
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import paths
-from .errors import UserError
+from .errors import _CHECKING, Pending, UserError, would  # noqa: F401 (check mode lives beside UserError)
 
 FORMAT_VERSION = 1
+
+
+_MEMO: dict = {}  # check mode: what several checks share (loaded models), dropped when it ends
+
+
+@contextmanager
+def checking():
+    """Within the block, stages decide but never compute or write (see the module docstring)."""
+    _CHECKING.append(True)
+    try:
+        yield
+    finally:
+        _CHECKING.pop()
+        if not _CHECKING:
+            _MEMO.clear()
+
+
+def is_checking() -> bool:
+    return bool(_CHECKING)
+
+
+def memo(key, make):
+    """Check mode: make() once per key for the whole check (e.g. a model every stage check loads)."""
+    if key not in _MEMO:
+        _MEMO[key] = make()
+    return _MEMO[key]
+
+
 
 
 def code_version() -> str:
@@ -49,8 +83,16 @@ def write_record(path: Path, record: dict) -> None:
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def differences(have: dict, want: dict) -> list[str]:
-    return [f"{k} {have.get(k)!r} -> {want.get(k)!r}" for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+def differences(have: dict, want: dict, prefix: str = "") -> list[str]:
+    """'key old -> new' for every differing setting (nested dicts as 'key.sub')."""
+    out = []
+    for k in sorted(set(have) | set(want)):
+        h, w = have.get(k), want.get(k)
+        if isinstance(h, dict) and isinstance(w, dict):
+            out += differences(h, w, f"{prefix}{k}.")
+        elif h != w:
+            out.append(f"{prefix}{k} {h!r} -> {w!r}")
+    return out
 
 
 def finished(folder: Path, record_file: str, want: dict, overwrite: bool, files: tuple[str, ...] = (),
@@ -63,16 +105,26 @@ def finished(folder: Path, record_file: str, want: dict, overwrite: bool, files:
     record = folder / record_file
     if not folder.exists() or (not record.exists() and not any(p for p in folder.iterdir()
                                                                  if not p.name.startswith("."))):
+        would(f"compute {what or folder}")
         return False  # nothing there (a killed writer's temporaries do not count)
+    return decide(record, want, overwrite, [folder / f for f in files], what or str(folder), project)
+
+
+def decide(record: Path, want: dict, overwrite: bool, files: list[Path] = (), what: str | None = None,
+           project: tuple[str, ...] | None = None) -> bool:
+    """finished()'s decision for an artifact that exists (a folder or a file) and its record file."""
+    record = Path(record)
     have = read_record(record)
+    record_file = record.name
     if have is not None and project is not None:
         have = {k: have.get(k) for k in project}
-    if have == want and all((folder / f).exists() for f in files):
+    if have == want and all(Path(f).exists() for f in files):
         return True
     if overwrite or have == want:  # the same run with a file missing: recompute it
+        would(f"compute {what or record.parent}")
         return False
     if have is None:
         why = f"has no record of its settings ({record_file}: an interrupted run or an earlier version)"
     else:
         why = "was made with other settings: " + ", ".join(differences(have, want))
-    raise UserError(f"{what or folder} {why}; pass --overwrite to replace it")
+    raise UserError(f"{what or record.parent} {why}; pass --overwrite to replace it")

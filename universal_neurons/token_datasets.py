@@ -67,6 +67,11 @@ def parse_count(text: str) -> int:
     return int(float(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}[m.group(2)])
 
 
+def dataset_record(settings: dict, name: str, tokenizer) -> dict:
+    """A token dataset's record (dataset_config.json): make_dataset.py's settings, its name, the tokenizer."""
+    return {**settings, "name": name, "tokenizer": tokenizer_fingerprint(tokenizer)}
+
+
 def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, subset: list[str] | None = None,
                        record: dict | None = None, overwrite: bool = False) -> Path:
     """Atomically write a token dataset (and its tokenizer and content fingerprints) to
@@ -76,7 +81,7 @@ def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, su
 
     out = paths.token_dataset_path(family, name)
     if record is not None:
-        record = {**record, "name": name, "tokenizer": tokenizer_fingerprint(tokenizer)}
+        record = dataset_record(record, name, tokenizer)
         if runs.finished(out, RECORD_FILE, record, overwrite, (FINGERPRINT_FILE,), what=f"token dataset {name!r}"):
             return out  # the same settings made it: the same rows
     from datasets import Dataset
@@ -117,7 +122,11 @@ def load_token_dataset(name: str, family: str, tokenizer=None):
     if tokenizer is not None and fp.exists() and fp.read_text().strip() != tokenizer_fingerprint(tokenizer):
         raise UserError(f"token dataset {path} was made with a different tokenizer than this model's; "
                         f"rebuild it with make_dataset.py --model <this model>")
-    return load_from_disk(str(path))
+    try:
+        return load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:  # an empty, foreign or damaged folder
+        raise UserError(f"{path} is not a readable token dataset ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                        f"remake it with make_dataset.py (--overwrite)") from None
 
 
 def token_tensor(dataset, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -272,6 +281,9 @@ class MakeDatasetConfig(StageConfig):
     seed: int = field(default=0, metadata={"type": int, "help": "seed of the mixes' row sampling"})
     overwrite: bool = field(default=False, metadata={"common": True})
 
+    def run(self) -> list[Path]:
+        return main_make_dataset(self)
+
 
 
 def main_make_dataset(args: MakeDatasetConfig) -> list[Path]:
@@ -302,18 +314,45 @@ def _make_dataset(args) -> list[Path]:
         import platform
 
         record.update(split="heldout", python=platform.python_version(), corpus_version=corpus.VERSION)
+        parts = [f"{BUILTIN}.{sub}.{args.ctx_len}" for sub in corpus.SUBSETS]
+        if _all_finished(family, parts, mixes, f"{BUILTIN}.all-{{}}.{args.ctx_len}", record, args, tokenizer):
+            return _print_written([paths.token_dataset_path(family, n) for n in parts] + [
+                paths.token_dataset_path(family, f"{BUILTIN}.all-{format_count(m)}.{args.ctx_len}") for m in mixes])
         written = build_builtin(tokenizer, family, args.ctx_len, mixes, args.seed, n_seq=args.n_seq, **over)
     elif Path(src).is_dir():
         record.update(source=str(Path(src).resolve()), split=None)
+        folder = Path(src)
+        parts = [f"{folder.name}.{f.stem}.{args.ctx_len}" for f in sorted(folder.iterdir()) if f.suffix in (".txt", ".jsonl")]
+        mix = f"{folder.name}.all-{{}}.{args.ctx_len}"
+        if parts and _all_finished(family, parts, mixes, mix, record, args, tokenizer):
+            return _print_written([paths.token_dataset_path(family, n) for n in parts] + [
+                paths.token_dataset_path(family, mix.format(format_count(m))) for m in mixes])
         written = build_local_folder(Path(src), tokenizer, family, args.ctx_len, mixes, args.seed, args.n_seq, **over)
     elif Path(src).exists():
         raise UserError(f"--hf_dataset {src!r} is a file; pass a folder of .txt/.jsonl files")
     else:
+        runs.would(f"download and tokenise {src}")  # check mode: the subsets are known only after the download
         written = build_hub(src, args.hf_dataset_split, tokenizer, family, args.ctx_len, mixes, args.seed, args.n_seq,
                             **over)
+    return _print_written(written)
+
+
+def _print_written(written: list[Path]) -> list[Path]:
     for w in written:
         print(w)
     return written
+
+
+def _all_finished(family: str, parts: list[str], mixes: list[int], mix_name: str, record: dict, args,
+                  tokenizer) -> bool:
+    """Whether every dataset a build would write is finished with these settings, decided before the
+    corpus is read (the rows are a function of the record); another record stops (runs.finished)."""
+    from . import runs
+
+    want = [(n, record) for n in parts] + [(mix_name.format(format_count(m)), _mix_record(record, args.seed))
+                                           for m in mixes]
+    return all([runs.finished(paths.token_dataset_path(family, n), RECORD_FILE, dataset_record(r, n, tokenizer),
+                              args.overwrite, (FINGERPRINT_FILE,), what=f"token dataset {n!r}") for n, r in want])
 
 
 def dataset_fingerprint(name: str, family: str) -> str:

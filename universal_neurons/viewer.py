@@ -28,6 +28,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +40,7 @@ import torch
 from . import paths, viewer_data as vd
 from .activation_summary import BIN_COUNTS
 from .errors import UserError
+from .flags import StageConfig
 
 from .neuron_df import UNIVERSAL_THRESHOLD  # noqa: E402  (the one definition)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -194,11 +196,10 @@ class ModelArtifacts:
         def make():
             root = paths.results_dir()
             out = []
-            if not root.is_dir():
-                return out
-            for pair in sorted(root.iterdir()):
-                first, sep, other = pair.name.partition("+")
-                if not sep or first != self.dirname or not pair.is_dir():
+            for name in paths.artifact_names(root):
+                pair = root / name
+                first, sep, other = name.partition("+")
+                if not sep or first != self.dirname:
                     continue
                 for ds in map(pair.joinpath, paths.artifact_names(pair)):
                     if (ds / "pearson.none" / SUMMARY_FILES[0]).is_file():
@@ -612,6 +613,18 @@ def make_server(model: str, host: str = "127.0.0.1", port: int = 0) -> tuple[Thr
     server = ThreadingHTTPServer((host, port), _handler(app, host in LOOPBACK_HOSTS))
     server.daemon_threads = True
     return server, app
+
+
+@dataclass(kw_only=True)
+class ViewConfig(StageConfig):
+    """`universal-neurons view`: the neuron viewer over the working directory's artifacts; `run()` serves."""
+
+    model: str = field(metadata={"required": True, "help": "the model whose neurons to browse"})
+    port: int = field(default=8000, metadata={"type": int, "help": "TCP port"})
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to bind (default loopback only)"})
+
+    def run(self) -> None:
+        serve(self.model, self.host, self.port)
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000) -> None:

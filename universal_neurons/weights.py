@@ -443,7 +443,8 @@ class WeightsConfig(StageConfig):
     block_size: int = field(default=DEFAULT_BLOCK_SIZE, metadata={"type": int, "help":
                             "neuron rows per block; peak memory ~ 10 x block_size x max(d_vocab, n_neurons) x 4 bytes"})
     force: bool = field(default=False, metadata={"action": "store_true", "aliases": ("--overwrite",), "help":
-                        "recompute files that already exist (also when they were made from other weights)"})
+                        "replace files made from other weights or code (default: stop and say so); files made "
+                        "by this run's record are kept"})
     causal_only: bool = field(default=False, metadata={"action": "store_true", "help":
                               "accepted for the original's command lines (unused)"})
     save_precision: int = field(default=8, metadata={"type": int, "choices": [8, 16, 32], "help":
@@ -462,6 +463,9 @@ class WeightsConfig(StageConfig):
         root = Path(self.save_path) if self.save_path is not None else paths.summary_dir()
         out_dir = root / paths.model_dirname(self.model) / "weights"
         check_block_size(self.block_size)  # before the (slow) model load
+        if weights_done(self.model, out_dir):
+            print(f"{out_dir} exists, made from these weights: skipped")
+            return out_dir
         model = load_model(self.model, device=str(device))
         return save_weight_summaries(model, out_dir, block_size=self.block_size, force=self.force, progress=progress)
 
@@ -498,7 +502,7 @@ def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: 
     """Compute and write the artifacts to `out_dir` (default paths.weights_summary_path(model.model_name)).
 
     Each group of files (neuron_stats / attention / vocab / neuron) is written atomically as soon
-    as it is computed; a group whose files all exist is skipped unless `force`. run.json records the
+    as it is computed; a group whose files exist under the same record is kept. run.json records the
     model, its weights' fingerprint and the code version: files made otherwise (another checkpoint
     under the same name, an earlier version) stop the run unless `force` (--overwrite). Returns out_dir.
     """
@@ -517,9 +521,11 @@ def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: 
         why = (f"has no record of its settings ({RUN_FILE})" if have is None else
                "was made from other weights or code: " + ", ".join(runs.differences(have, record)))
         raise UserError(f"{out_dir} {why}; pass --overwrite to replace it")
-    todo = [g for g in ARTIFACT_GROUPS if force or g not in present]
+    # groups made by this record are kept; --overwrite (force) replaces files made otherwise
+    todo = [g for g in ARTIFACT_GROUPS if g not in present] if have == record else list(ARTIFACT_GROUPS)
     if not todo:
         return out_dir
+    runs.would(f"compute {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     if have != record:  # replacing (force): no old group may survive under the new record if this run dies
         for g in ARTIFACT_GROUPS.values():

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from . import corpus, paths
-from .errors import UserError
+from .errors import UserError, would
+from .flags import StageConfig
 
 SEED_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -238,7 +239,7 @@ def train_model(preset: str, seed: int, out: Path, progress: bool | int = True) 
 
 
 def model_dir(name: str) -> Path:
-    return paths.zoo_dir() / name
+    return paths.zoo_model_path(name)
 
 
 def is_trained(name: str) -> bool:
@@ -262,6 +263,7 @@ def ensure_model(name: str, progress: bool = True) -> Path:
     """The folder of zoo model `name`, training it first if it is missing or stale."""
     parsed = _check_name(name)
     if not is_trained(name):
+        would(f"train zoo model {name}")
         train_model(*parsed, model_dir(name), progress=progress)
     return model_dir(name)
 
@@ -304,6 +306,8 @@ def ensure_models(names: list[str], workers: int | None = None, progress: bool =
     for n in names:
         _check_name(n)
     missing = [n for n in names if not is_trained(n)]
+    if missing:
+        would(f"train zoo models {', '.join(missing)}")
     for preset in {parse_zoo_name(n)[0] for n in missing}:
         preset_data(preset)  # tokenizer and tokenised corpus once, before the workers read them
     workers = workers or default_workers(len(missing))
@@ -325,6 +329,22 @@ def train_zoo(preset: str = "default", n_seeds: int = 5, progress: bool = True,
               workers: int | None = None) -> list[dict]:
     """Train (or find) seeds a.. of a preset; returns their zoo.json records."""
     return ensure_models([zoo_name(preset, s) for s in range(n_seeds)], workers, progress)
+
+
+@dataclass(kw_only=True)
+class ZooConfig(StageConfig):
+    """`universal-neurons zoo`: train (or find) seeds a.. of a preset and print their table; `run()`."""
+
+    preset: str = dataclasses.field(default="default", metadata={"help": "default | tiny"})
+    n_seeds: int = dataclasses.field(default=5, metadata={"type": int, "help": "seeds a, b, ... to train"})
+    workers: int | None = dataclasses.field(default=None, metadata={"type": int, "help":
+                                            "seeds trained side by side (default: one per core, up to the number "
+                                            "of seeds)"})
+
+    def run(self, progress: bool = True) -> list[dict]:
+        metas = train_zoo(self.preset, self.n_seeds, progress=progress, workers=self.workers)
+        print(format_zoo_table(metas))
+        return metas
 
 
 def format_zoo_table(metas: list[dict]) -> str:
