@@ -7,6 +7,7 @@
 - Tests never touch the network: HF_HUB_OFFLINE=1.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("UNIVERSAL_NEURONS_ZOO", str(REPO / ".pytest_cache" / "zoo"))
 os.environ["HF_HUB_OFFLINE"] = "1"
+QUICK_MODELS = [f"toy-gpt2-tiny-{s}" for s in "abcde"]  # universal-neurons run --quick
+QUICK_DATASET = "python-stdlib.all-32k.32"
 ARTIFACT_VARS = ("DATASET_DIR", "RESULTS_DIR", "SUMMARY_DIR", "ACTIVATION_DIR", "INTERVENTION_DIR",
                  "DATAFRAME_DIR", "EXPLANATION_DIR", "REPORT_DIR")
 
@@ -26,6 +29,19 @@ def _workdir(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def quick_artifacts(tmp_path_factory, tiny_zoo):
+    """Folder with every artifact of `universal-neurons run --quick` (tiny zoo, a against b..e)."""
+    root = tmp_path_factory.mktemp("quick_run")
+    env = {k: v for k, v in os.environ.items() if k not in ARTIFACT_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-m", "universal_neurons.cli", "run", "--quick"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (root / "dataframes" / "neuron_dfs" / f"{QUICK_MODELS[0]}.csv").exists()
+    return root
 
 
 @pytest.fixture(scope="session")

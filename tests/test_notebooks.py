@@ -45,22 +45,6 @@ def test_notebooks_match_generator_and_have_no_outputs():
         assert all(not c.get("outputs") for c in on_disk.cells if c.cell_type == "code")
 
 
-@pytest.fixture(scope="session")
-def quick_artifacts(tmp_path_factory):
-    """Folder with every artifact of `universal-neurons run --quick` (tiny zoo, a against b..e)."""
-    for mod in ("universal_neurons.correlations", "universal_neurons.weights"):
-        if importlib.util.find_spec(mod) is None:
-            pytest.skip(f"{mod} is not on this branch yet: the quick pipeline cannot run")
-    root = tmp_path_factory.mktemp("quick_run")
-    env = {k: v for k, v in os.environ.items() if k not in ARTIFACT_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-m", "universal_neurons.cli", "run", "--quick"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (root / "dataframes" / "neuron_dfs" / f"{QUICK_MODELS[0]}.csv").exists()
-    return root
-
-
 def _stream_text(nb) -> str:
     return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                      for o in c.get("outputs", []) if o.get("output_type") == "stream")
