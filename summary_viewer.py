@@ -31,24 +31,14 @@ __all__ = ["load_dataset_summary", "load_all_summaries", "load_weights_summary",
            "panel_attention_composition", "panel_max_activating_examples"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="the model whose neurons the table lists")
-    p.add_argument("--port", type=int, default=8000, help="0: any free port")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface to bind (default loopback only; another address serves other machines)")
-
-
-def run_viewer(args) -> None:
-    from universal_neurons.viewer import serve
-
-    serve(args.model, args.host, args.port)
-
-
 @cli_entry
 def main(argv=None):
+    from universal_neurons.flags import add_dataclass
+    from universal_neurons.viewer import ViewConfig
+
     p = argparse.ArgumentParser(description="The neuron viewer in the browser, over the artifacts of the working directory.")
-    add_arguments(p)
-    run_viewer(p.parse_args(argv))
+    add_dataclass(p, ViewConfig)
+    ViewConfig.from_args(p.parse_args(argv)).run()
 
 
 if __name__ == "__main__":

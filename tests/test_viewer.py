@@ -174,13 +174,17 @@ def test_missing_artifacts_name_the_command(tmp_path):
     assert status == 200 and png[:4] == b"\x89PNG"
 
 
-def test_cli_parses_defaults():
-    import argparse
-
+def test_cli_parses_defaults(monkeypatch):
+    """summary_viewer.py and `universal-neurons view` share ViewConfig's flags and serve through it."""
     import summary_viewer
 
-    p = argparse.ArgumentParser()
-    summary_viewer.add_arguments(p)
-    a = p.parse_args(["--model", MODEL])
-    assert (a.model, a.host, a.port) == (MODEL, "127.0.0.1", 8000)
+    from universal_neurons import artifacts, viewer
+
+    served = []
+    monkeypatch.setattr(viewer, "serve", lambda *a: served.append(a))
+    summary_viewer.main(["--model", MODEL])
+    from universal_neurons.cli import main as cli_main
+    cli_main(["view", "--model", MODEL, "--port", "0"])
+    assert served == [(MODEL, "127.0.0.1", 8000), (MODEL, "127.0.0.1", 0)]
+    assert artifacts.stage_config("view", ["--model", MODEL]) == viewer.ViewConfig(model=MODEL)
     assert callable(summary_viewer.display_summary)  # the notebook re-exports stay

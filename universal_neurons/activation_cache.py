@@ -131,6 +131,7 @@ def _folder_record(folder: Path, want: dict, overwrite: bool) -> dict:
         why = (f"holds activations with no record of their settings ({CONFIG_FILE})" if unrecorded else
                "holds activations cached with other settings: " + ", ".join(runs.differences(have, want)))
         raise UserError(f"{folder} {why}; pass --overwrite to replace them (or another --output_dir)")
+    runs.would(f"replace the activations in {folder}")
     for f in folder.glob("*.pt"):
         f.unlink()
     return {**want, "files": {}}
@@ -374,6 +375,38 @@ def activation_folder(model_name: str, dataset: str, output_dir: str | Path | No
     return paths.activation_cache_path(model_name, dataset, output_dir)
 
 
+def _check_args(location: str, aggregation: str, save_precision: int, batch_size: int, n_seq: int,
+                neuron_mode: bool, neuron_subset: list[str] | None) -> None:
+    """activations.py's flags, checked before anything loads."""
+    if location not in LOCATIONS:
+        raise UserError(f"unknown --activation_location {location!r}; choose from {', '.join(LOCATIONS)}")
+    if aggregation not in AGGREGATIONS:
+        raise UserError(f"unknown --activation_aggregation {aggregation!r}; choose from {AGGREGATIONS}")
+    if save_precision not in PRECISIONS:
+        raise UserError(f"--save_precision must be one of {PRECISIONS} (got {save_precision})")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1 (got {batch_size})")
+    check_n_seq(n_seq)
+    if neuron_mode and aggregation != "none":
+        raise UserError("--activation_aggregation applies to layer mode only: neuron mode keeps every position")
+    for spec in neuron_subset or []:  # malformed specs fail before the model loads
+        [parse_neuron(part) for part in str(spec).split(",") if part.strip()]
+
+
+def _wanted_files(model, neurons: list[tuple[int, int]] | None, aggregation: str, save_precision: int,
+                  exclude_special: bool) -> dict[str, tuple[dict, object]]:
+    """{file name: (its per-file settings, what computes it)}: a neuron (l, n) or 'next_token' in neuron
+    mode (`neurons` given), a layer index in layer mode."""
+    if neurons is not None:
+        per_file = {"save_precision": 32 if save_precision == 32 else 16}
+        out = {f"{l}.{n}.pt": (per_file, (l, n)) for l, n in neurons}
+        out.update({f"{s}.pt": ({}, "next_token") for s in ("loss", "entropy", "rank")})
+        return out
+    per_file = {"save_precision": save_precision,
+                "exclude_special_tokens": bool(exclude_special and aggregation in ("mean", "max"))}
+    return {f"{l}.all.{aggregation}.all.pt": (per_file, l) for l in range(model.cfg.n_layers)}
+
+
 def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre", batch_size: int = 32,
                     aggregation: str = "none", neuron_subset: list[str] | None = None,
                     neuron_subset_file: str | Path | None = None, save_precision: int = 8,
@@ -384,24 +417,11 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
     from .models import load_model, model_family
     from .token_datasets import load_token_dataset, token_tensor
 
-    if location not in LOCATIONS:
-        raise UserError(f"unknown --activation_location {location!r}; choose from {', '.join(LOCATIONS)}")
-    if aggregation not in AGGREGATIONS:
-        raise UserError(f"unknown --activation_aggregation {aggregation!r}; choose from {AGGREGATIONS}")
-    if save_precision not in PRECISIONS:
-        raise UserError(f"--save_precision must be one of {PRECISIONS} (got {save_precision})")
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1 (got {batch_size})")
-    check_n_seq(n_seq)
     neuron_mode = bool(neuron_subset) or neuron_subset_file is not None
-    if neuron_mode and aggregation != "none":
-        raise UserError("--activation_aggregation applies to layer mode only: neuron mode keeps every position")
-    for spec in neuron_subset or []:  # malformed specs and a missing dataset fail before the model loads
-        [parse_neuron(part) for part in str(spec).split(",") if part.strip()]
-    load_token_dataset(dataset, model_family(model_name))
+    _check_args(location, aggregation, save_precision, batch_size, n_seq, neuron_mode, neuron_subset)
+    load_token_dataset(dataset, model_family(model_name))  # a missing dataset fails before the model loads
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
-    width = getattr(model.cfg, LOCATIONS[location])
     folder = activation_folder(model_name, dataset, output_dir)
     data = load_token_dataset(dataset, model.family, model.tokenizer)
     tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None)
@@ -410,31 +430,25 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
     want = {"location": location, "model": model_name, "dataset": dataset, "n_seq": n_seq,
             **run_inputs(model_name, dataset, model.family)}
     record = _folder_record(folder, want, overwrite)
+    neurons = None
     if neuron_mode:
-        neurons = parse_neuron_subset(neuron_subset, neuron_subset_file, model.cfg.n_layers, width)
+        neurons = parse_neuron_subset(neuron_subset, neuron_subset_file, model.cfg.n_layers,
+                                      getattr(model.cfg, LOCATIONS[location]))
         if not neurons:
             raise UserError("the neuron subset is empty")
-        per_file = {"save_precision": 32 if save_precision == 32 else 16}
-        wanted = {f"{l}.{n}.pt": per_file for l, n in neurons}
-        wanted.update({f"{s}.pt": {} for s in ("loss", "entropy", "rank")})
-        todo_files = _plan_files(record, folder, wanted, overwrite)
-        if not todo_files:
-            return []
-        todo = [(l, n) for l, n in neurons if f"{l}.{n}.pt" in todo_files]
-        next_token = any(f"{s}.pt" in todo_files for s in ("loss", "entropy", "rank"))
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_record(folder, record)  # explain.py reads the location from it, even mid-run
-        written = cache_neurons(model, tokens, todo, folder, location, batch_size, save_precision, next_token, progress)
+    files = _wanted_files(model, neurons, aggregation, save_precision, exclude_special)
+    wanted = {name: settings for name, (settings, _) in files.items()}
+    todo_files = _plan_files(record, folder, wanted, overwrite)
+    if not todo_files:
+        return []
+    runs.would(f"compute {', '.join(todo_files[:3])}{' ...' if len(todo_files) > 3 else ''} in {folder}")
+    todo = [files[f][1] for f in todo_files]
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_record(folder, record)  # explain.py reads the location from it, even mid-run
+    if neuron_mode:
+        written = cache_neurons(model, tokens, [t for t in todo if t != "next_token"], folder, location, batch_size,
+                                save_precision, "next_token" in todo, progress)
     else:
-        per_file = {"save_precision": save_precision,
-                    "exclude_special_tokens": bool(exclude_special and aggregation in ("mean", "max"))}
-        wanted = {f"{l}.all.{aggregation}.all.pt": per_file for l in range(model.cfg.n_layers)}
-        todo_files = _plan_files(record, folder, wanted, overwrite)
-        if not todo_files:
-            return []
-        todo = [l for l in range(model.cfg.n_layers) if f"{l}.all.{aggregation}.all.pt" in todo_files]
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_record(folder, record)
         written = cache_layers(model, tokens, folder, location, aggregation, batch_size, save_precision, todo,
                                exclude_special, progress)
     record["files"].update({p.name: wanted[p.name] for p in written})

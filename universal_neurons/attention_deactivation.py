@@ -288,6 +288,20 @@ class AttentionConfig(StageConfig):
                                           ranks=ranks, overwrite=self.overwrite, progress=progress)
 
 
+def _rows(tokens: torch.Tensor, dataset: str, context_length: int | None, after_pos: int) -> torch.Tensor:
+    """The rows [n_seq, ctx] the run uses (the first `context_length` positions), checked."""
+    if context_length is not None:
+        if context_length < 2:
+            raise UserError(f"--context_length must be >= 2, got {context_length}")
+        tokens = tokens[:, :context_length]
+    n, ctx = tokens.shape
+    if n == 0:
+        raise UserError(f"token dataset {dataset!r} is empty")
+    if not 1 <= after_pos < ctx:
+        raise UserError(f"--after_pos must be in [1, {ctx}) for sequences of {ctx} tokens, got {after_pos}")
+    return tokens
+
+
 def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: int, neurons: list[str] | None = None,
                                top_k: int | None = None, after_pos: int = 1, batch_size: int = 32, device=None,
                                n_seq: int = -1, neuron_chunk: int = 8, results_root=None,
@@ -307,26 +321,15 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
     from .models import load_model
     from .token_datasets import load_token_dataset, token_tensor
 
-    if neurons:  # malformed specs fail before the model loads
-        for spec in neurons:
-            for s in str(spec).split(","):
-                if s.strip():
-                    parse_neuron(s)
+    for spec in neurons or []:  # malformed specs fail before the model loads
+        [parse_neuron(part) for part in str(spec).split(",") if part.strip()]
     check_n_seq(n_seq)
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     _check_head(model, layer, head)
     ds = load_token_dataset(dataset, model.family, model.tokenizer)
-    tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
-    if context_length is not None:
-        if context_length < 2:
-            raise UserError(f"--context_length must be >= 2, got {context_length}")
-        tokens = tokens[:, :context_length]
+    tokens = _rows(token_tensor(ds, 0, n_seq if n_seq > 0 else None), dataset, context_length, after_pos)
     n, ctx = tokens.shape
-    if n == 0:
-        raise UserError(f"token dataset {dataset!r} is empty")
-    if not 1 <= after_pos < ctx:
-        raise UserError(f"--after_pos must be in [1, {ctx}) for sequences of {ctx} tokens, got {after_pos}")
 
     k_bos = bos_key(model, tokens[:batch_size], layer, head)
     ranking = ranking_frame(heuristic_scores(model, layer, head, k_bos))

@@ -424,6 +424,32 @@ def _act_fn_or_none(model):
         return None
 
 
+def _source(activation_path, model_name: str, dataset: str, location: str, neurons: dict) -> str | dict:
+    """Where the activations come from, for the record: the hook location, or the cache folder with its
+    own record (its entries of the files used here stand for their numbers)."""
+    if not activation_path:
+        return location
+    from .activation_cache import read_cache_config
+
+    folder = paths.activation_cache_path(model_name, dataset, activation_path)
+    folder = folder if folder.is_dir() else Path(activation_path)
+    cache = read_cache_config(folder) or {"location": "mlp.hook_pre"}
+    used = {f"{l}.{n}.pt" for l, ns in neurons.items() for n in ns} | {f"{l}.all.none.all.pt" for l in neurons}
+    files = {k: v for k, v in cache.get("files", {}).items() if k in used}
+    return {"cache": str(folder.resolve()), **{k: v for k, v in cache.items() if k != "files"}, "files": files}
+
+
+def _features(model, tokens: torch.Tensor, mask: torch.Tensor, feature_type: str, min_count: int, min_forms: int):
+    """(vocab_df, None) for token features (unigram counts from these tokens), (None, decoded vocab) for
+    sequence features."""
+    from .token_features import decoded_vocab, make_vocab_df
+
+    if feature_type == "token":
+        counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0])
+        return make_vocab_df(model.tokenizer, model.W_E, model.W_U, counts.numpy(), min_count, min_forms), None
+    return None, decoded_vocab(model.tokenizer)
+
+
 def run_explanations(model_name: str, dataset: str, feature_type: str = "token", layer: int = -1,
                      neuron_df_path: str | None = None, activation_path: str | None = None, batch_size: int = 32,
                      device: str | None = None, n_seq: int = -1, location: str = "mlp.hook_post",
@@ -442,7 +468,6 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     from tqdm.auto import tqdm
 
     from .sequence_features import load_spacy
-    from .token_features import decoded_vocab, make_vocab_df
 
     from .capture import mlp_activations, position_mask
     from .device import resolve_device
@@ -457,17 +482,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     neurons = select_neurons(model.cfg.n_layers, model.cfg.d_mlp, layer, neuron_df_path)
-    source = {"activations": location}
-    if activation_path:  # the cache's own record (its files: the neurons explained here) stands for its numbers
-        from .activation_cache import read_cache_config
-
-        folder = paths.activation_cache_path(model_name, dataset, activation_path)
-        folder = folder if folder.is_dir() else Path(activation_path)
-        cache = read_cache_config(folder) or {"location": "mlp.hook_pre"}
-        used = {f"{l}.{n}.pt" for l, ns in neurons.items() for n in ns} | {f"{l}.all.none.all.pt" for l in neurons}
-        files = {k: v for k, v in cache.get("files", {}).items() if k in used}
-        source = {"activations": {"cache": str(folder.resolve()), **{k: v for k, v in cache.items() if k != "files"},
-                                  "files": files}}
+    source = {"activations": _source(activation_path, model_name, dataset, location, neurons)}
     base = {"model": model_name, "dataset": dataset, "feature_type": feature_type, "n_seq": n_seq, **source,
             "exclude_special_tokens": bool(exclude_special), "min_count": min_count, "min_forms": min_forms,
             **run_inputs(model_name, dataset, model.family)}
@@ -482,11 +497,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     ds = load_token_dataset(dataset, model.family, model.tokenizer)
     tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
     mask = position_mask(tokens, model.tokenizer, special=not exclude_special)
-    if feature_type == "token":
-        counts = torch.bincount(tokens[mask], minlength=model.W_E.shape[0])
-        vocab_df, vocab = make_vocab_df(model.tokenizer, model.W_E, model.W_U, counts.numpy(), min_count, min_forms), None
-    else:
-        vocab_df, vocab = None, decoded_vocab(model.tokenizer)
+    vocab_df, vocab = _features(model, tokens, mask, feature_type, min_count, min_forms)
 
     starts = range(0, len(tokens), batch_size)
     cached = (cached_activation_batches(activation_path, model_name, dataset, neurons, len(tokens), tokens.shape[1],

@@ -620,8 +620,9 @@ class ViewConfig(StageConfig):
     """`universal-neurons view`: the neuron viewer over the working directory's artifacts; `run()` serves."""
 
     model: str = field(metadata={"required": True, "help": "the model whose neurons to browse"})
-    port: int = field(default=8000, metadata={"type": int, "help": "TCP port"})
-    host: str = field(default="127.0.0.1", metadata={"help": "interface to bind (default loopback only)"})
+    port: int = field(default=8000, metadata={"type": int, "help": "TCP port (0: any free port)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to bind (default loopback only; another "
+                                                             "address serves other machines)"})
 
     def run(self) -> None:
         serve(self.model, self.host, self.port)

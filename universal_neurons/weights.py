@@ -497,6 +497,28 @@ def weights_done(model_name: str, out_dir: str | Path | None = None) -> bool:
         runs.read_record(out_dir / RUN_FILE) == weights_record(model_name)
 
 
+def _groups_to_compute(out_dir: Path, record: dict, force: bool) -> list[str]:
+    """The artifact groups to compute: those missing under the same record; every group when files were
+    made otherwise and `force` (their old files removed, the new record written first, so no old group
+    survives under it if this run dies); otherwise such files stop the run."""
+    have = runs.read_record(out_dir / RUN_FILE)
+    present = [g for g, files in ARTIFACT_GROUPS.items() if all((out_dir / f).exists() for f in files)]
+    if present and have != record and not force:
+        why = (f"has no record of its settings ({RUN_FILE})" if have is None else
+               "was made from other weights or code: " + ", ".join(runs.differences(have, record)))
+        raise UserError(f"{out_dir} {why}; pass --overwrite to replace it")
+    todo = [g for g in ARTIFACT_GROUPS if g not in present] if have == record else list(ARTIFACT_GROUPS)
+    if not todo:
+        return []
+    runs.would(f"compute {out_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if have != record:
+        for f in (f for g in ARTIFACT_GROUPS.values() for f in g):
+            (out_dir / f).unlink(missing_ok=True)
+    runs.write_record(out_dir / RUN_FILE, record)  # groups present later belong to this record
+    return todo
+
+
 def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                           device=None, force: bool = False, progress: bool = False) -> Path:
     """Compute and write the artifacts to `out_dir` (default paths.weights_summary_path(model.model_name)).
@@ -513,26 +535,10 @@ def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: 
             raise UserError("the model has no model_name: pass out_dir explicitly")
         out_dir = paths.weights_summary_path(name)
     out_dir = Path(out_dir)
-    name = getattr(model, "model_name", None) or out_dir.parent.name
-    record = weights_record(name)
-    have = runs.read_record(out_dir / RUN_FILE)
-    present = [g for g, files in ARTIFACT_GROUPS.items() if all((out_dir / f).exists() for f in files)]
-    if present and have != record and not force:
-        why = (f"has no record of its settings ({RUN_FILE})" if have is None else
-               "was made from other weights or code: " + ", ".join(runs.differences(have, record)))
-        raise UserError(f"{out_dir} {why}; pass --overwrite to replace it")
-    # groups made by this record are kept; --overwrite (force) replaces files made otherwise
-    todo = [g for g in ARTIFACT_GROUPS if g not in present] if have == record else list(ARTIFACT_GROUPS)
+    record = weights_record(getattr(model, "model_name", None) or out_dir.parent.name)
+    todo = _groups_to_compute(out_dir, record, force)
     if not todo:
         return out_dir
-    runs.would(f"compute {out_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if have != record:  # replacing (force): no old group may survive under the new record if this run dies
-        for g in ARTIFACT_GROUPS.values():
-            for f in g:
-                (out_dir / f).unlink(missing_ok=True)
-        todo = list(ARTIFACT_GROUPS)
-    runs.write_record(out_dir / RUN_FILE, record)  # groups present later belong to this record
     w = extract_weights(model, device)
     with torch.no_grad():
         if "neuron_stats" in todo:
