@@ -159,8 +159,10 @@ def stage_explanations(args, s, df) -> pd.DataFrame | None:
 
     chosen = explained_neurons(df, args.threshold)
     sel = paths.report_path(s.a) / "explained_neurons.csv"
-    sel.parent.mkdir(parents=True, exist_ok=True)
-    chosen[["layer", "neuron"]].to_csv(sel, index=False)
+    text = chosen[["layer", "neuron"]].to_csv(index=False)
+    if not (sel.is_file() and sel.read_text() == text):  # derived: rewritten only when the selection changes
+        with paths.atomic_path(sel) as tmp:
+            tmp.write_text(text)
     layers = sorted(chosen["layer"].unique())
     ExplainConfig(model=s.a, dataset=s.mix_name, neuron_df_path=str(sel), batch_size=args.batch_size,
                   device=args.device, min_count=30 if args.quick else 300,
