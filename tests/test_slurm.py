@@ -89,15 +89,20 @@ print(f"{500 + n};local")
 """
 
 
-def fake_sbatch_env(tmp_path: Path, **extra) -> dict:
-    bin_dir = tmp_path / "fakebin"
+def _sbatch_env(tmp_path: Path, sbatch: str, folder: str, **extra) -> dict:
+    """The driver's environment with `sbatch` (a script's text) first on PATH."""
+    bin_dir = tmp_path / folder
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").write_text(sbatch)
     (bin_dir / "sbatch").chmod(0o755)
     env = base_env(**extra)
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
-    env["SBATCH_LOG"] = str(tmp_path / "sbatch.log")
     return env
+
+
+def fake_sbatch_env(tmp_path: Path, **extra) -> dict:
+    """FAKE_SBATCH: records each submission in $SBATCH_LOG, runs nothing."""
+    return {**_sbatch_env(tmp_path, FAKE_SBATCH, "fakebin", **extra), "SBATCH_LOG": str(tmp_path / "sbatch.log")}
 
 
 def run_driver(family: str, env: dict, *flags: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -174,15 +179,8 @@ def test_toy_tiny_grid_jobs_and_dependencies(tmp_path, tiny_zoo3):
 
 
 def exec_sbatch_env(tmp_path: Path, **extra) -> dict:
-    """The driver's environment with EXEC_SBATCH: jobs run here, one after the other."""
-    bin_dir = tmp_path / "execbin"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "sbatch").write_text(EXEC_SBATCH)
-    (bin_dir / "sbatch").chmod(0o755)
-    env = base_env(**extra)
-    env["PATH"] = f"{bin_dir}:{env['PATH']}"
-    env["SBATCH_RAN"] = str(tmp_path / "ran.jsonl")
-    return env
+    """EXEC_SBATCH: jobs run here, one after the other, logged in $SBATCH_RAN."""
+    return {**_sbatch_env(tmp_path, EXEC_SBATCH, "execbin", **extra), "SBATCH_RAN": str(tmp_path / "ran.jsonl")}
 
 
 def test_resubmission_asks_the_stages(tmp_path, tiny_zoo3):
