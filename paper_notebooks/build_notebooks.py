@@ -513,16 +513,15 @@ BOS = [
            "output norm."),
     ("code", '''\
 with section("attention deactivation"):
-    import json
+    from universal_neurons.attention_deactivation import read_run
 
-    root = paths.results_dir() / "attention_deactivation" / paths.model_dirname(MODEL) / DATASET
-    runs = sorted(p.parent for p in root.glob("*/corr_dict.pt")) if root.is_dir() else []
+    root = paths.attention_deactivation_path(MODEL, DATASET, 0, 0).parent
+    runs = [root / name for name in paths.artifact_names(root) if (root / name / "meta.json").is_file()]
     need(runs, f"attention deactivation results under {root}",
          f"python attention_deactivation.py --model {MODEL} --token_dataset {DATASET} --layer <l> --head <h>")
     for run in runs:
-        meta = json.loads((run / "meta.json").read_text())
-        corr = torch.load(run / "corr_dict.pt", weights_only=True)
-        rank = pd.read_csv(run / "heuristic_ranking.csv")
+        found = read_run(run)
+        meta, corr, rank = found["meta"], found["corr_dict"], found["heuristic_ranking"]
         rank.index = rank["layer"].astype(str) + "." + rank["neuron"].astype(str)
         measured = pd.DataFrame({n: {f"{k}_{m}": v[m] for k, v in c.items() for m in v} for n, c in corr.items()}).T
         measured["score"] = rank["score"].reindex(measured.index)
@@ -538,7 +537,7 @@ with section("attention deactivation"):
             axes[1].annotate(n, (r["score"], r["bos_attn_pearson"]), fontsize=7)
         axes[1].axhline(0, color="k", lw=0.5)
         axes[1].set_xlabel("heuristic score"); axes[1].set_ylabel("Pearson r with activation"); axes[1].legend(fontsize=8)
-        rec = torch.load(run / "records.pt", weights_only=True)
+        rec = found["records"]
         top = measured["bos_attn_pearson"].abs().idxmax()
         r = rec[top]
         axes[2].scatter(r["activation"].float().ravel(), r["bos_attn"].float().ravel(), s=3, alpha=0.5)

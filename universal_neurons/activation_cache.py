@@ -89,7 +89,7 @@ def dequantize(q: dict) -> torch.Tensor:
 
 def load_activations(path: str | Path) -> torch.Tensor:
     """A cached activation file as float32 (fp16 / fp32 tensors, or quantised dicts)."""
-    obj = torch.load(path, weights_only=True)
+    obj = paths.torch_load(path)
     return dequantize(obj) if isinstance(obj, dict) else obj.float()
 
 

@@ -391,7 +391,7 @@ def read_summary(model_name: str, dataset: str, output_dir: str | Path | None = 
     if not files:
         raise UserError(f"no activation summary at {folder}: run python summary.py --model {model_name} "
                         f"--token_dataset {dataset}")
-    return {p.stem: torch.load(p, weights_only=True, mmap=True) for p in files}
+    return {p.stem: paths.torch_load(p, mmap=True) for p in files}
 
 
 def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Path | None = None, *,

@@ -60,8 +60,8 @@ def read_run(folder: str | Path) -> dict:
     folder = Path(folder)
     if not (folder / "meta.json").is_file():
         raise UserError(f"no finished attention deactivation run at {folder} (run attention_deactivation.py)")
-    return {"corr_dict": torch.load(folder / "corr_dict.pt", weights_only=True),
-            "records": torch.load(folder / "records.pt", weights_only=True),
+    return {"corr_dict": paths.torch_load(folder / "corr_dict.pt"),
+            "records": paths.torch_load(folder / "records.pt"),
             "heuristic_ranking": pd.read_csv(folder / "heuristic_ranking.csv"),
             "meta": json.loads((folder / "meta.json").read_text())}
 

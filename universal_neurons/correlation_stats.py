@@ -473,10 +473,9 @@ class CorrelationStats:
     @classmethod
     def load(cls, path, device="cpu", **kwargs) -> tuple["CorrelationStats", dict]:
         """-> (stats, the whole saved dict, whose extra entries hold e.g. progress)."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as e:
-            raise UserError(f"cannot read correlation statistics {path}: {e}") from None
+        from .paths import torch_load
+
+        state = torch_load(path)  # a damaged or crafted file: one UserError naming it
         return cls.from_state_dict(state, device, **kwargs), state
 
     # per-neuron moments ------------------------------------------------------------------------

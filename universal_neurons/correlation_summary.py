@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from . import paths
+
 from .correlation_stats import N_BINS, N_EDGES, N_TAIL, CorrelationStats, bin_edges
 from .errors import UserError
 
@@ -356,7 +358,7 @@ def quantize_rows_int8(m: torch.Tensor, layers_1: int, layers_2: int) -> dict:
 
 def load_correlation_matrix(path) -> torch.Tensor:
     """correlation.pt at any save precision -> float32 [L1, D1, L2, D2] (NaN at dead neurons)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = paths.torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == "int8-symmetric-per-row":
         q = obj["q"]
         out = q.float() * obj["scale"][:, :, None, None]
@@ -375,10 +377,7 @@ def read_correlation_summary(folder, transposed: bool = False, mmap: bool = Fals
     f = Path(folder) / SUMMARY_FILES[int(transposed)]
     if not f.is_file():
         raise UserError(f"missing correlation summary {f}" + (f" (run {hint})" if hint else ""))
-    try:
-        return torch.load(f, mmap=mmap, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise UserError(f"cannot read correlation summary {f}: {e}") from None
+    return paths.torch_load(f, mmap=mmap)
 
 
 def finalize(stats: CorrelationStats, full_matrix: bool = False, block_rows: int | None = None) -> dict:

@@ -353,7 +353,7 @@ def cached_activation_batches(activation_path: str | Path, model: str, dataset: 
         for n in ns.tolist():
             path = folder / f"{l}.{n}.pt"
             if path.is_file():
-                t = torch.load(path, mmap=True, weights_only=True).reshape(-1)
+                t = paths.torch_load(path, mmap=True).reshape(-1)
             elif layer_file.is_file():
                 if l not in flat:  # the whole layer, dequantised once
                     flat[l] = load_activations(layer_file)

@@ -239,7 +239,7 @@ def write_run(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Pat
 def load_run(folder: Path) -> dict[str, torch.Tensor]:
     """The tensors of a run folder, {'loss', 'entropy', 'rank'[, 'scale']}."""
     folder = Path(folder)
-    return {name: torch.load(folder / f"{name}.pt", weights_only=True) for name in METRIC_FILES if (folder / f"{name}.pt").exists()}
+    return {name: paths.torch_load(folder / f"{name}.pt") for name in METRIC_FILES if (folder / f"{name}.pt").exists()}
 
 
 def _run_once(model, tokens, folder: Path, hooks, meta: dict, batch_size: int, record_scale: bool,

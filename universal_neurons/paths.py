@@ -213,6 +213,26 @@ def atomic_path(path: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def torch_load(path: str | Path, mmap: bool = False):
+    """The one way an artifact's .pt file is read: weights_only=True (tensors, dicts, lists, numbers and
+    strings only, so a crafted pickle in a shared results folder can never run code), on the CPU.
+    A file holding anything else, or a damaged one, is one UserError naming it."""
+    import pickle
+
+    import torch
+
+    from .errors import UserError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain data (a foreign or "
+                        f"crafted file; nothing in it was run): {str(e).splitlines()[0][:200]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is damaged or "
+                        f"not an artifact of this tool: remake it (--overwrite)") from None
+
+
 def torch_save_atomic(obj, path: str | Path) -> None:
     """torch.save through a temporary file and a rename."""
     import torch

@@ -12,7 +12,7 @@ Routes (everything else is 404):
 Every route takes an optional ?model=<name> (default: the --model); the name must be one of the
 models found on disk, and artifacts are located only through paths.py from discovered names, so
 no part of a URL is ever joined into a file path. layer / neuron are ints checked against the
-model's shape. Loading is lazy and memory-mapped (torch.load(mmap=True, weights_only=True)): a
+model's shape. Loading is lazy and memory-mapped (paths.torch_load(mmap=True): weights_only): a
 neuron page reads only that neuron's slices; rendered pages and PNGs of recent neurons are cached.
 
 Security: the server binds 127.0.0.1 unless --host names another interface explicitly (then it

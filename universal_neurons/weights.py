@@ -480,7 +480,7 @@ def read_weight_summaries(model_name: str, out_dir: str | Path | None = None) ->
     for files in ARTIFACT_GROUPS.values():
         for f in files:
             if f.endswith(".pt") and (root / f).is_file():
-                out[f[:-3]] = torch.load(root / f, weights_only=True, mmap=True)
+                out[f[:-3]] = paths.torch_load(root / f, mmap=True)
     return out
 
 
