@@ -294,7 +294,7 @@ def test_make_dataset_builtin_cli(tmp_path, tiny_zoo):
 def test_cli_errors_exit_2_with_one_message(tmp_path):
     r = _run([str(REPO / "make_dataset.py"), "--model", "no-such-model-xyz", "--hf_dataset", "python-stdlib"], tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip().startswith("error: cannot load") and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error: unknown model 'no-such-model-xyz'") and "Traceback" not in r.stderr
     assert not (tmp_path / "token_datasets").exists()
 
 

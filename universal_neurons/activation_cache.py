@@ -414,11 +414,12 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
                     exclude_special: bool = False, overwrite: bool = False, progress: bool = True) -> list[Path]:
     """activations.py: neuron mode when a subset is given, else layer mode. Returns the files written."""
     from .device import resolve_device
-    from .models import load_model, model_family
+    from .models import check_model_name, load_model, model_family
     from .token_datasets import load_token_dataset, token_tensor
 
     neuron_mode = bool(neuron_subset) or neuron_subset_file is not None
     _check_args(location, aggregation, save_precision, batch_size, n_seq, neuron_mode, neuron_subset)
+    check_model_name(model_name)  # an unknown model is said as such, not as a missing dataset
     load_token_dataset(dataset, model_family(model_name))  # a missing dataset fails before the model loads
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))

@@ -407,7 +407,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
     interrupted run leaves nothing half-written.
     """
     from .device import resolve_device
-    from .models import load_model, model_family
+    from .models import check_model_name, load_model, model_family
     from .token_datasets import load_token_dataset, token_tensor
 
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
@@ -419,6 +419,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
         raise UserError(f"need --top_k_dataset_examples >= 1 and --top_vocab_k_truncate >= -1 (got {top_k}, {vocab_k})")
     settings = dict(n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k, vocab_k=vocab_k, n_seq=n_seq,
                     exclude_special_tokens=exclude_special)
+    check_model_name(model_name)  # an unknown model is said as such, not as a missing dataset
     family = model_family(model_name)
     todo = []
     for ds in datasets:

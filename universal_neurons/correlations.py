@@ -85,6 +85,11 @@ class CorrelationConfig(StageConfig):
     tf32: bool = field(default=False, metadata={"action": "store_true", "help": "same as --gemm_dtype tf32"})
     overwrite: bool = field(default=False, metadata={"common": True})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not math.isfinite(self.jaccard_threshold):
+            raise UserError(f"--jaccard_threshold must be a finite number, got {self.jaccard_threshold}")
+
     def run(self) -> list[Path]:
         return run_correlations(self)
 

@@ -45,7 +45,7 @@ def cli_entry(func):
 def parse_neuron(spec: str) -> tuple[int, int]:
     """'3.1024' -> (3, 1024). Rejects '3.99999'-style floats only by range check later; rejects junk now."""
     parts = str(spec).strip().split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):  # ASCII: never superscripts
         raise UserError(f"malformed neuron spec {spec!r}: expected LAYER.NEURON, e.g. 3.1024")
     return int(parts[0]), int(parts[1])
 

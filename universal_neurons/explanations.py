@@ -258,6 +258,12 @@ def select_neurons(n_layers: int, d_mlp: int, layer: int = -1, neuron_df_path: s
         raise UserError(f"cannot read neuron dataframe {neuron_df_path}: {e}") from None
     if not {"layer", "neuron"} <= set(df.columns):
         raise UserError(f"{neuron_df_path} needs 'layer' and 'neuron' columns (has {list(df.columns)[:8]})")
+    for col in ("layer", "neuron"):  # 1.999 must never become neuron 1
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = df[col][values.isna() | (values != values.round())]
+        if len(bad):
+            raise UserError(f"{neuron_df_path}: {col} {bad.iloc[0]!r} (row {bad.index[0] + 2}) is not a whole number")
+        df[col] = values.astype(np.int64)
     bad = df[(df.layer < 0) | (df.layer >= n_layers) | (df.neuron < 0) | (df.neuron >= d_mlp)]
     if len(bad):
         raise UserError(f"{neuron_df_path}: neuron {bad.layer.iloc[0]}.{bad.neuron.iloc[0]} is out of range for "

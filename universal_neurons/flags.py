@@ -29,7 +29,17 @@ FIELDS = {f.name: f for f in dataclasses.fields(CommonOptions)}
 
 
 class StageConfig:
-    """Base of the stage configs (dataclasses): `from_args` turns parsed flags into the typed config."""
+    """Base of the stage configs (dataclasses): `from_args` turns parsed flags into the typed config.
+    The common fields a config has are checked when it is made (CLI, pipeline and Slurm alike)."""
+
+    def __post_init__(self):
+        from .errors import UserError, check_n_seq
+
+        batch_size = getattr(self, "batch_size", None)
+        if batch_size is not None and batch_size < 1:
+            raise UserError(f"--batch_size must be >= 1 (got {batch_size})")
+        if hasattr(self, "n_seq"):
+            check_n_seq(self.n_seq)
 
     @classmethod
     def from_args(cls, ns):

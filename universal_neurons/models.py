@@ -107,6 +107,37 @@ def _cached_snapshot(repo: str) -> str | None:
         return None
 
 
+def known_hub_name(name: str) -> bool:
+    """A paper alias, a TransformerLens alias or an 'org/name' hub id (not a typo of a short name)."""
+    return name in PAPER_MODELS or name in _transformer_lens_aliases() or "/" in name
+
+
+def check_model_name(name: str) -> None:
+    """One clear error for a name that is no zoo model, local folder or loadable hub model, before any
+    stage blames a dataset for it (nothing is loaded, trained or downloaded)."""
+    from . import zoo
+
+    if zoo.is_zoo_name(name):
+        zoo.get_preset(zoo.parse_zoo_name(name)[0])
+        return
+    if is_local_folder(name):
+        return
+    if Path(name).exists():
+        raise UserError(f"{name!r} is a path but not a Hugging Face model folder (no config.json in it)")
+    if _cached_snapshot(hub_id(name)) is not None:
+        return
+    if known_hub_name(name):
+        would(f"download {hub_id(name)}")  # a check (login node) leaves the download to the job
+        if _hub_reachable():
+            return
+        raise UserError(f"cannot load model {name!r}: {HUB_HOST} unreachable and {hub_id(name)!r} not in the local "
+                        f"Hugging Face cache")
+    if _hub_reachable():  # another short hub name: the hub answers
+        return
+    raise UserError(f"unknown model {name!r}: not a zoo model (toy-gpt2-a..e, toy-gpt2-tiny-a..e), a local model "
+                    f"folder, a paper alias (stanford-gpt2-small-a, pythia-160m, ...) or an org/name hub id")
+
+
 def _resolve_folder(name: str) -> str:
     """A local folder to load `name` from, or the hub id when the hub is reachable; else UserError."""
     from . import zoo
@@ -153,8 +184,14 @@ def _load_model(name: str, device: str, dtype: str | None, compatibility_mode: b
         warnings.simplefilter("ignore")  # alias deprecation and folding chatter
         try:
             model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=torch_dtype)
-        except OSError as e:
-            raise UserError(f"cannot load model {name!r} from {source!r}: {str(e).splitlines()[0]}") from None
+        except (OSError, ValueError, RuntimeError, KeyError) as e:  # missing, damaged or foreign weight files
+            first = (str(e).splitlines() or [""])[0][:300]
+            raise UserError(f"cannot load model {name!r} from {source!r} ({type(e).__name__}: {first})") from None
+        except Exception as e:  # safetensors' own error type and other loader failures
+            if type(e).__name__ not in ("SafetensorError", "HeaderTooLarge", "UnpicklingError"):
+                raise
+            raise UserError(f"cannot load model {name!r} from {source!r}: a weight file is damaged "
+                            f"({type(e).__name__}: {str(e)[:200]})") from None
         if compatibility_mode:
             model.enable_compatibility_mode()
     model.eval()
@@ -176,8 +213,9 @@ def load_tokenizer(name: str):
         return AutoTokenizer.from_pretrained(str(zoo.ensure_model(name)))
     if is_local_folder(name):
         return AutoTokenizer.from_pretrained(name)
-    if model_family(name) == "gpt2":
+    if model_family(name) == "gpt2" and known_hub_name(name):
         return gpt2_tokenizer()  # the exact GPT-2 BPE, no network needed
+    check_model_name(name)  # 'gpt2-typo' is an error, never the GPT-2 tokenizer
     source = _resolve_folder(name)
     try:
         return AutoTokenizer.from_pretrained(source)

@@ -19,6 +19,7 @@ Each artifact kind, with its writer and its one reader: universal_neurons/artifa
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import tempfile
@@ -188,6 +189,19 @@ def clean_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
+
+
+def _write_error(path: Path, e: OSError):
+    from .errors import UserError
+
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EROFS: "the file system is read-only", errno.ENOTDIR: "a part of the path is a file, not a folder",
+           errno.EEXIST: "a part of the path is a file, not a folder"}.get(e.errno, "permission denied")
+    return UserError(f"cannot write {path}: {why} ({e.strerror}); nothing was written there; choose another output "
+                     f"folder (e.g. --output_dir or the *_DIR variables)")
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
@@ -200,15 +214,22 @@ def atomic_path(path: str | Path):
 
     path = Path(path)
     would(f"write {path}")  # check mode (runs.checking) writes nothing
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise _write_error(path, e) from None
     target = tmp / path.name
     try:
         yield target
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(target, path)
+    except OSError as e:
+        if e.errno in _WRITE_ERRNOS:
+            raise _write_error(path, e) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -25,6 +25,7 @@ import torch
 
 from . import paths, token_datasets, zoo
 from .models import load_model, load_tokenizer, model_family
+from .errors import UserError
 from .flags import StageConfig
 from .neuron_df import UNIVERSAL_THRESHOLD, entropy_candidate, select_universal  # noqa: F401 (one definition)
 
@@ -64,6 +65,11 @@ class PipelineConfig(StageConfig):
                                "correlations: leave out the one-token newline (single, the original's), every "
                                "newline-only token (all) or none"})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ctx_len is not None and self.ctx_len < 2:
+            raise UserError(f"--ctx_len must be >= 2 (BOS and one token), got {self.ctx_len}")
+
     def run(self) -> Path:
         return run(self)
 
@@ -72,7 +78,7 @@ def settings(args) -> SimpleNamespace:
     preset = "tiny" if args.quick else "default"
     models = args.models or [zoo.zoo_name(preset, s) for s in range(5)]
     toy = all(zoo.is_zoo_name(m) for m in models)
-    ctx = args.ctx_len or (zoo.get_preset(zoo.parse_zoo_name(models[0])[0]).ctx_len if toy else 512)
+    ctx = args.ctx_len if args.ctx_len is not None else (zoo.get_preset(zoo.parse_zoo_name(models[0])[0]).ctx_len if toy else 512)
     mix = token_datasets.parse_count(args.mix_tokens) if args.mix_tokens else (32_000 if args.quick else 10 ** 6)
     return SimpleNamespace(
         preset=preset, models=models, a=models[0], others=models[1:], toy=toy, ctx_len=ctx,

@@ -80,6 +80,9 @@ def save_token_dataset(tokens: np.ndarray, family: str, name: str, tokenizer, su
     from . import runs
 
     out = paths.token_dataset_path(family, name)
+    if len(tokens) == 0:
+        raise UserError(f"token dataset {name!r} would have no rows: its text is shorter than one row of "
+                        f"{tokens.shape[1] if tokens.ndim == 2 else '?'} tokens (use more text or a smaller --ctx_len)")
     if record is not None:
         record = dataset_record(record, name, tokenizer)
         if runs.finished(out, RECORD_FILE, record, overwrite, (FINGERPRINT_FILE,), what=f"token dataset {name!r}"):
@@ -156,6 +159,8 @@ def shard_rows(n_rows: int, num_shards: int, shard_index: int) -> tuple[int, int
 def make_mix(parts: dict[str, np.ndarray], n_tokens: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """A seeded random mix of rows from several subsets totalling n_tokens (rows x ctx) tokens."""
     ctx = next(iter(parts.values())).shape[1]
+    if n_tokens < 1:
+        raise UserError(f"--mix_tokens must be a positive number of tokens, got {n_tokens}")
     n_rows = -(-n_tokens // ctx)  # ceil, as the original: at least n_tokens tokens
     labels = np.concatenate([np.full(len(v), k, dtype=object) for k, v in parts.items()])
     rows = np.concatenate(list(parts.values()))
@@ -192,6 +197,23 @@ def build_builtin(tokenizer, family: str, ctx_len: int, mix_sizes: list[int], se
     return written
 
 
+def _read_jsonl(path: Path) -> list[str]:
+    """The 'text' field of each line of a .jsonl file; a malformed line is one error naming it."""
+    docs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            text = obj["text"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path}:{n}: not a JSON object with a 'text' field ({type(e).__name__}: {e})") from None
+        if not isinstance(text, str):
+            raise UserError(f"{path}:{n}: 'text' is {type(text).__name__}, not a string")
+        docs.append(text)
+    return docs
+
+
 def build_local_folder(folder: Path, tokenizer, family: str, ctx_len: int, mix_sizes: list[int], seed: int = 0,
                        n_seq: int = -1, record: dict | None = None, overwrite: bool = False) -> list[Path]:
     """<folder>.<stem>.<ctx> for every .txt / .jsonl file (jsonl: the 'text' field of each line)."""
@@ -203,7 +225,7 @@ def build_local_folder(folder: Path, tokenizer, family: str, ctx_len: int, mix_s
         if f.suffix == ".txt":
             docs = [f.read_text(encoding="utf-8", errors="replace")]
         else:
-            docs = [json.loads(line)["text"] for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+            docs = _read_jsonl(f)
         rows = tokenize_and_concatenate(docs, tokenizer, ctx_len, max_rows=None if n_seq < 0 else n_seq)
         parts[f.stem] = rows
         written.append(save_token_dataset(rows, family, f"{folder.name}.{f.stem}.{ctx_len}", tokenizer,

@@ -610,7 +610,11 @@ def _handler(app: ViewerApp, loopback: bool):
 def make_server(model: str, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, ViewerApp]:
     """A server for `model` (port 0: a free port, read it from server.server_address)."""
     app = ViewerApp(model)
-    server = ThreadingHTTPServer((host, port), _handler(app, host in LOOPBACK_HOSTS))
+    try:
+        server = ThreadingHTTPServer((host, port), _handler(app, host in LOOPBACK_HOSTS))
+    except OSError as e:
+        raise UserError(f"cannot serve on {host}:{port}: {e.strerror} (another viewer running? pass --port 0 for a "
+                        f"free port)") from None
     server.daemon_threads = True
     return server, app
 

@@ -264,6 +264,11 @@ def ensure_model(name: str, progress: bool = True) -> Path:
     parsed = _check_name(name)
     if not is_trained(name):
         would(f"train zoo model {name}")
+        import sys
+
+        have = [n for n in (zoo_name(parsed[0], s) for s in range(len(SEED_LETTERS))) if is_trained(n)]
+        print(f"note: zoo model {name} (preset {parsed[0]}, seed {parsed[1]}) is not trained yet: training it now "
+              f"(trained: {', '.join(have) or 'none'})", file=sys.stderr)
         train_model(*parsed, model_dir(name), progress=progress)
     return model_dir(name)
 
@@ -340,6 +345,14 @@ class ZooConfig(StageConfig):
     workers: int | None = dataclasses.field(default=None, metadata={"type": int, "help":
                                             "seeds trained side by side (default: one per core, up to the number "
                                             "of seeds)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 1 <= self.n_seeds <= len(SEED_LETTERS):
+            raise UserError(f"--n_seeds must be in [1, {len(SEED_LETTERS)}] (seeds a..{SEED_LETTERS[-1]}), "
+                            f"got {self.n_seeds}")
+        if self.workers is not None and self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
 
     def run(self, progress: bool = True) -> list[dict]:
         metas = train_zoo(self.preset, self.n_seeds, progress=progress, workers=self.workers)
