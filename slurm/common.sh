@@ -17,6 +17,16 @@ fi
 export PYTHONPATH="$UN_REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
+# A job the grid sent to a GPU (UN_REQUIRE_CUDA=1) stops at once when torch sees no GPU, instead of
+# running for days on the CPU.
+if [ "${UN_REQUIRE_CUDA:-0}" = 1 ]; then
+  python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)' || {
+    echo "error: this job asked for a GPU but torch sees none on $(hostname) (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}," \
+         "torch CUDA build: $(python -c 'import torch; print(torch.version.cuda)' 2>/dev/null))" >&2
+    exit 2
+  }
+fi
+
 # un_run CMD ARGS...: print what runs where, run it, print how long it took; its exit status is the job's.
 un_run() {
   local start=$SECONDS rc=0

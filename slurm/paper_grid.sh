@@ -191,6 +191,8 @@ submit() {
   [ -z "${UN_MEM:-}" ] || opts+=(--mem="$UN_MEM")
   # shellcheck disable=SC2206  # option strings are split into words on purpose
   [ "$gpu" = 0 ] || opts+=($gpu_opts)
+  # a job given a GPU fails fast without one (slurm/common.sh)
+  [ "$gpu" = 0 ] || [ -z "$gpu_opts" ] || opts+=(--export=ALL,UN_REQUIRE_CUDA=1)
   # shellcheck disable=SC2206
   opts+=(${UN_SBATCH_OPTS:-})
   n_jobs=$((n_jobs + 1))

@@ -301,6 +301,7 @@ def test_settings_reach_sbatch(tmp_path, tiny_zoo3):
         assert c["opts"]["partition"] == "gpu" and c["opts"]["time"] == "2:00:00" and c["opts"]["mem"] == "32G"
         assert c["opts"]["account"] == "lab" and c["opts"]["qos"] == "high" and c["opts"]["output"].startswith("logs/")
         assert ("gres" in c["opts"]) == (c["name"] not in ("dataset", "neuron-df"))
+        assert (c["opts"].get("export") == "ALL,UN_REQUIRE_CUDA=1") == ("gres" in c["opts"])  # GPU jobs fail fast
 
 
 def test_bad_usage(tmp_path):
@@ -503,3 +504,17 @@ def test_toy_tiny_grid_on_slurm(slurm_cluster, tiny_zoo3, tmp_path, capsys):
               f"COMPLETED {n_tasks} in {grid_s:.0f} s; {SHARDS} correlation shards merged = single-process run "
               f"(full float32 matrices max |diff| {worst:.1e}); neuron dataframe {len(df)} rows; resubmission: "
               f"0 jobs; test {time.monotonic() - t0:.0f} s")
+
+
+def test_a_gpu_job_without_a_gpu_fails_fast(fake_repo):
+    """UN_REQUIRE_CUDA=1 (set by the grid on jobs given a GPU): on this CPU machine the job stops before
+    the stage starts, with one error naming the host."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the fail-fast path is not taken")
+    env = {**base_env(), "UN_REPO": str(fake_repo), "UN_REQUIRE_CUDA": "1"}
+    out = subprocess.run(["bash", str(fake_repo / "slurm" / "weights.sbatch"), "--model", "m"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "asked for a GPU but torch sees none" in out.stderr
+    assert "ARGS" not in out.stdout                       # the stage never ran

@@ -415,7 +415,7 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
     """activations.py: neuron mode when a subset is given, else layer mode. Returns the files written."""
     from .device import resolve_device
     from .models import check_model_name, load_model, model_family
-    from .token_datasets import load_token_dataset, token_tensor
+    from .token_datasets import load_token_dataset, model_rows
 
     neuron_mode = bool(neuron_subset) or neuron_subset_file is not None
     _check_args(location, aggregation, save_precision, batch_size, n_seq, neuron_mode, neuron_subset)
@@ -424,10 +424,7 @@ def run_activations(model_name: str, dataset: str, location: str = "mlp.hook_pre
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     folder = activation_folder(model_name, dataset, output_dir)
-    data = load_token_dataset(dataset, model.family, model.tokenizer)
-    tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None)
-    if len(tokens) and int(tokens.max()) >= model.cfg.d_vocab:
-        raise UserError(f"the token dataset holds token id {int(tokens.max())}, outside the model's vocabulary")
+    tokens = model_rows(model, dataset, n_seq)  # [n_seq, ctx]
     want = {"location": location, "model": model_name, "dataset": dataset, "n_seq": n_seq,
             **run_inputs(model_name, dataset, model.family)}
     record = _folder_record(folder, want, overwrite)

@@ -408,7 +408,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
     """
     from .device import resolve_device
     from .models import check_model_name, load_model, model_family
-    from .token_datasets import load_token_dataset, token_tensor
+    from .token_datasets import load_token_dataset, model_rows
 
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     if batch_size < 1:
@@ -438,8 +438,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
     model = load_model(model_name, device=str(dev))
     for ds, folder, record in todo:
         record = {**record, **run_inputs(model_name, ds, model.family)}  # after the load: trained / downloaded
-        data = load_token_dataset(ds, model.family, model.tokenizer)
-        tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None)
+        tokens = model_rows(model, ds, n_seq)  # [n_seq, ctx]
         result = summarize_tokens(model, tokens, n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k,
                                   vocab_k=vocab_k, batch_size=batch_size, max_memory_gb=max_memory_gb,
                                   exclude_special=exclude_special, progress=progress)

@@ -319,7 +319,7 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
 
     from .device import resolve_device
     from .models import load_model
-    from .token_datasets import load_token_dataset, token_tensor
+    from .token_datasets import model_rows
 
     for spec in neurons or []:  # malformed specs fail before the model loads
         [parse_neuron(part) for part in str(spec).split(",") if part.strip()]
@@ -327,8 +327,7 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     _check_head(model, layer, head)
-    ds = load_token_dataset(dataset, model.family, model.tokenizer)
-    tokens = _rows(token_tensor(ds, 0, n_seq if n_seq > 0 else None), dataset, context_length, after_pos)
+    tokens = _rows(model_rows(model, dataset, n_seq), dataset, context_length, after_pos)
     n, ctx = tokens.shape
 
     k_bos = bos_key(model, tokens[:batch_size], layer, head)

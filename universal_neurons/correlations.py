@@ -299,10 +299,13 @@ class _Run:
         """One pass over this shard's batches per tile; returns {model 2: finaliser} (None when sharded)."""
         import time
 
-        from .token_datasets import load_token_dataset, shard_rows
+        from .token_datasets import check_fits, load_token_dataset, shard_rows
 
         args = self.args
         ds = load_token_dataset(args.token_dataset, self.model_1.family, self.model_1.tokenizer)
+        if len(ds) == 0:
+            raise UserError(f"token dataset {args.token_dataset!r} is empty: remake it with make_dataset.py")
+        check_fits([self.model_1, *self.models_2.values()], args.token_dataset, len(ds[0]["tokens"]))
         n_seq = len(ds) if args.n_seq < 0 else min(args.n_seq, len(ds))
         n_batches = math.ceil(n_seq / args.batch_size)
         b_start, b_stop = shard_rows(n_batches, args.num_shards, args.shard_index) if self.sharded else (0, n_batches)

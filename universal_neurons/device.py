@@ -28,7 +28,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if _CHECKING:
         return torch.device("cpu")
     if device is None or str(device) == "auto":
-        return torch.device(default_device())
+        dev = torch.device(default_device())
+        why = ""
+        if dev.type == "cpu" and torch.version.cuda is not None:  # a CUDA build that finds no usable GPU
+            why = " (auto: this torch is built for CUDA but finds no usable GPU: check the driver / CUDA_VISIBLE_DEVICES)"
+        elif dev.type == "cpu":
+            why = " (auto: no CUDA on this machine)"
+        _announce(dev, why)
+        return dev
     try:
         dev = torch.device(device)
     except RuntimeError as e:
@@ -41,7 +48,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise UserError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device {device!r} requested but MPS is not available")
+    _announce(dev, "")
     return dev
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def _announce(dev: torch.device, why: str) -> None:
+    """Say once per process which device a stage runs on (a GPU job silently on the CPU runs for days)."""
+    if str(dev) not in _ANNOUNCED:
+        _ANNOUNCED.add(str(dev))
+        name = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
+        print(f"device: {dev}{name}{why}", flush=True)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

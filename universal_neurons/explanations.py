@@ -262,7 +262,7 @@ def select_neurons(n_layers: int, d_mlp: int, layer: int = -1, neuron_df_path: s
         values = pd.to_numeric(df[col], errors="coerce")
         bad = df[col][values.isna() | (values != values.round())]
         if len(bad):
-            raise UserError(f"{neuron_df_path}: {col} {bad.iloc[0]!r} (row {bad.index[0] + 2}) is not a whole number")
+            raise UserError(f"{neuron_df_path}: {col} {bad.iloc[0]} (row {bad.index[0] + 2}) is not a whole number")
         df[col] = values.astype(np.int64)
     bad = df[(df.layer < 0) | (df.layer >= n_layers) | (df.neuron < 0) | (df.neuron >= d_mlp)]
     if len(bad):
@@ -479,7 +479,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     from .device import resolve_device
     from .errors import UserError, check_n_seq
     from .models import load_model
-    from .token_datasets import load_token_dataset, token_tensor
+    from .token_datasets import model_rows
 
     if feature_type not in ("token", "sequence"):
         raise UserError(f"unknown --feature_type {feature_type!r}: choose token or sequence")
@@ -500,8 +500,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
         if progress:
             print(f"explanations of {model_name} on {dataset} exist with these settings: skipped")
         return list(folders.values())
-    ds = load_token_dataset(dataset, model.family, model.tokenizer)
-    tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
+    tokens = model_rows(model, dataset, n_seq)  # [n_seq, ctx]
     mask = position_mask(tokens, model.tokenizer, special=not exclude_special)
     vocab_df, vocab = _features(model, tokens, mask, feature_type, min_count, min_forms)
 

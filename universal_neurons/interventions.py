@@ -255,15 +255,12 @@ def _run_once(model, tokens, folder: Path, hooks, meta: dict, batch_size: int, r
 def _load(model_name: str, dataset: str, device, n_seq: int):
     from .device import resolve_device
     from .models import load_model
-    from .token_datasets import load_token_dataset, token_tensor
+    from .token_datasets import model_rows
 
     check_n_seq(n_seq)
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
-    ds = load_token_dataset(dataset, model.family, model.tokenizer)
-    tokens = token_tensor(ds, 0, n_seq if n_seq > 0 else None)  # [n_seq, ctx]
-    if len(tokens) == 0:
-        raise UserError(f"token dataset {dataset!r} is empty")
+    tokens = model_rows(model, dataset, n_seq)  # [n_seq, ctx]
     return model, tokens
 
 

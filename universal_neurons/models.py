@@ -202,6 +202,19 @@ def _load_model(name: str, device: str, dtype: str | None, compatibility_mode: b
     return model
 
 
+def context_length(name: str) -> int | None:
+    """Positions the model reads, from its config alone (no weights loaded); None when unknown offline."""
+    from . import zoo
+
+    if zoo.is_zoo_name(name):
+        return zoo.get_preset(zoo.parse_zoo_name(name)[0]).ctx_len
+    folder = Path(name) if is_local_folder(name) else (Path(c) if (c := _cached_snapshot(hub_id(name))) else None)
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    cfg = json.loads((folder / "config.json").read_text())
+    return cfg.get("n_positions") or cfg.get("max_position_embeddings")
+
+
 def load_tokenizer(name: str):
     """The tokenizer of a model without loading its weights (GPT-2 family works offline)."""
     from transformers import AutoTokenizer

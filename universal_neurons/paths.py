@@ -189,6 +189,20 @@ def clean_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+def check_writable(folder: str | Path) -> None:
+    """Before a stage computes: `folder` (or its nearest existing ancestor) must be a writable folder, so
+    an unusable output is one message at the start, not after hours of work."""
+    from .errors import UserError
+
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"cannot write under {folder}: {p} is a file, not a folder; choose another output folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write under {folder}: {p} is not writable; choose another output folder")
+
+
 _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
 
 

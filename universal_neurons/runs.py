@@ -106,6 +106,7 @@ def finished(folder: Path, record_file: str, want: dict, overwrite: bool, files:
     if not folder.exists() or (not record.exists() and not any(p for p in folder.iterdir()
                                                                  if not p.name.startswith("."))):
         would(f"compute {what or folder}")
+        paths.check_writable(folder.parent)
         return False  # nothing there (a killed writer's temporaries do not count)
     return decide(record, want, overwrite, [folder / f for f in files], what or str(folder), project)
 
@@ -122,6 +123,7 @@ def decide(record: Path, want: dict, overwrite: bool, files: list[Path] = (), wh
         return True
     if overwrite or have == want:  # the same run with a file missing: recompute it
         would(f"compute {what or record.parent}")
+        paths.check_writable(record.parent)
         return False
     if have is None:
         why = f"has no record of its settings ({record_file}: an interrupted run or an earlier version)"

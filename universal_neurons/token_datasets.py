@@ -127,9 +127,32 @@ def load_token_dataset(name: str, family: str, tokenizer=None):
                         f"rebuild it with make_dataset.py --model <this model>")
     try:
         return load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as e:  # an empty, foreign or damaged folder
+    except (FileNotFoundError, ValueError, OSError, IndexError, KeyError) as e:  # an empty, foreign or damaged folder
         raise UserError(f"{path} is not a readable token dataset ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
                         f"remake it with make_dataset.py (--overwrite)") from None
+
+
+def check_fits(models, name: str, ctx: int) -> None:
+    """Rows of `ctx` tokens must fit every model's context (else the embedding fails deep inside)."""
+    for model in models:
+        n_ctx = getattr(model.cfg, "n_ctx", None)
+        if n_ctx is not None and ctx > n_ctx:
+            raise UserError(f"token dataset {name!r} has rows of {ctx} tokens but {getattr(model, 'model_name', 'the model')} "
+                            f"reads at most {n_ctx}: make a dataset with make_dataset.py --ctx_len {n_ctx} (or less)")
+
+
+def model_rows(model, name: str, n_seq: int = -1) -> torch.Tensor:
+    """The first n_seq rows (-1: all) of token dataset `name` for `model`, checked: its tokenizer made
+    them, they fit its context and vocabulary, there is at least one. LongTensor [n_seq, ctx]."""
+    data = load_token_dataset(name, model.family, model.tokenizer)
+    tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None) if len(data) else torch.zeros(0, 0)
+    if len(tokens) == 0:
+        raise UserError(f"token dataset {name!r} is empty: remake it with make_dataset.py")
+    check_fits([model], name, tokens.shape[1])
+    if int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0:
+        raise UserError(f"token dataset {name!r} holds token id {int(tokens.max())}, outside the model's vocabulary "
+                        f"of {model.cfg.d_vocab}")
+    return tokens
 
 
 def token_tensor(dataset, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -318,8 +341,13 @@ def main_make_dataset(args: MakeDatasetConfig) -> list[Path]:
 
 
 def _make_dataset(args) -> list[Path]:
-    from .models import load_tokenizer, model_family
+    from .models import context_length, load_tokenizer, model_family
 
+    if args.ctx_len < 2:
+        raise UserError(f"--ctx_len must be >= 2 (BOS and one token), got {args.ctx_len}")
+    n_ctx = context_length(args.model)
+    if n_ctx is not None and args.ctx_len > n_ctx:
+        raise UserError(f"--ctx_len {args.ctx_len} is longer than {args.model}'s context of {n_ctx} positions")
     tokenizer = load_tokenizer(args.model)
     family = model_family(args.model)
     src = args.hf_dataset
@@ -327,6 +355,8 @@ def _make_dataset(args) -> list[Path]:
         mixes = [10**6] if src == BUILTIN else []
     else:
         mixes = [parse_count(m) for m in args.mix_tokens]
+    if any(m < 1 for m in mixes):  # before any subset is written
+        raise UserError(f"--mix_tokens must be a positive number of tokens, got {args.mix_tokens}")
     from . import runs
 
     record = {"source": src, "split": args.hf_dataset_split, "ctx_len": args.ctx_len, "n_seq": args.n_seq,
