@@ -188,3 +188,60 @@ def test_cli_parses_defaults(monkeypatch):
     assert served == [(MODEL, "127.0.0.1", 8000), (MODEL, "127.0.0.1", 0)]
     assert artifacts.stage_config("view", ["--model", MODEL]) == viewer.ViewConfig(model=MODEL)
     assert callable(summary_viewer.display_summary)  # the notebook re-exports stay
+
+
+def test_hostile_names_links_and_loopback(tmp_path, monkeypatch):
+    """Model names are URL-encoded in links and cannot end the page's script; a symlink out of the
+    artifact folders is refused (its section shows a note); every loopback address checks Host."""
+    import os
+
+    from universal_neurons import paths, viewer
+
+    name = "a'b\"<c>&d </script>"
+    q = viewer._q(name)
+    assert q == "?model=a%27b%22%3Cc%3E%26d%20%3C%2Fscript%3E"
+    assert "</script" not in viewer._script_json(q + "</script><!--") and "<!--" not in viewer._script_json("<!--")
+    assert viewer.is_loopback("127.0.0.2") and viewer.is_loopback("::1") and viewer.is_loopback("localhost")
+    assert not viewer.is_loopback("0.0.0.0") and not viewer.is_loopback("10.0.0.1") and not viewer.is_loopback("evil.com")
+
+    secret = tmp_path / "outside" / "secret.csv"
+    secret.parent.mkdir()
+    secret.write_text("layer,neuron,excess_corr\n0,0,0.9\n")
+    monkeypatch.setenv("DATAFRAME_DIR", str(tmp_path / "dataframes"))
+    paths.neuron_df_path("m").parent.mkdir(parents=True)
+    os.symlink(secret, paths.neuron_df_path("m"))
+    art = viewer.ModelArtifacts("m")
+    assert art.neuron_df() is None
+    body = json.loads(art.neuron_df_json())
+    assert body["rows"] == [] and "links outside the artifact folders" in body["note"]
+    inside = tmp_path / "dataframes" / "real.csv"
+    inside.write_text("layer,neuron,excess_corr\n0,0,0.9\n")
+    os.unlink(paths.neuron_df_path("m"))
+    os.symlink(inside, paths.neuron_df_path("m"))                # a link within the artifact folders is fine
+    assert len(viewer.ModelArtifacts("m").neuron_df()) == 1
+
+
+def test_server_backlog_threads_and_idle_timeout():
+    import socket
+    import threading
+    import time
+
+    from universal_neurons import viewer
+
+    server, _ = viewer.make_server("m", "127.0.0.2", 0)
+    assert server.request_queue_size >= 128 and server.MAX_THREADS >= 4
+    host, port = server.server_address[:2]
+    old = viewer.IDLE_TIMEOUT_S
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        idle = [socket.create_connection((host, port)) for _ in range(3)]  # send nothing
+        time.sleep(0.2)
+        s = socket.create_connection((host, port), timeout=10)
+        s.sendall(b"GET / HTTP/1.0\r\nHost: evil.example\r\n\r\n")     # 127.0.0.2 is loopback: Host checked
+        assert b"403" in s.recv(200)
+        for c in idle:
+            c.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert old == viewer.IDLE_TIMEOUT_S and viewer._handler(None, True).timeout == viewer.IDLE_TIMEOUT_S

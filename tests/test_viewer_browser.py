@@ -104,3 +104,40 @@ def test_browse_table_neuron_and_partner(tiny_zoo, tmp_path, monkeypatch, browse
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_hostile_dataframe_runs_no_script(tiny_zoo, tmp_path, monkeypatch, browser):
+    """Column names and cells crafted to run script (and a model name full of HTML and URL characters)
+    are shown as text in the real page: no handler fires, the page's own script still works."""
+    import pandas as pd
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from universal_neurons import paths
+    from universal_neurons.viewer import make_server
+
+    root = write_zoo_artifacts(tmp_path / "artifacts")
+    for var, sub in ENV.items():
+        monkeypatch.setenv(var, str(root / sub))
+    evil = "<img src=x onerror=\"window.pwned=1\">"
+    df = pd.read_csv(paths.neuron_df_path(MODEL))
+    df = df.rename(columns={"max_corr": evil, "sparsity": "</script><script>window.pwned=2</script>"})
+    df["note"] = [evil if i % 2 else "<svg onload=window.pwned=3>" for i in range(len(df))]
+    df.to_csv(paths.neuron_df_path(MODEL), index=False)
+    server, _ = make_server(MODEL, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        browser.get(base + "/")
+        WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "status").text == "ready")
+        assert browser.execute_script("return window.pwned") is None
+        assert not browser.find_elements(By.CSS_SELECTOR, "#table img, #table svg, #table script")
+        headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#table th")]
+        assert any(evil in h for h in headers)                      # shown as the text it is
+        options = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#fcol option")]
+        assert evil in options
+        browser.get(base + "/neuron/1/7?model=" + MODEL)
+        assert browser.execute_script("return window.pwned") is None
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import os
 import re
 import threading
 import warnings
@@ -44,6 +45,18 @@ from .flags import StageConfig
 
 from .neuron_df import UNIVERSAL_THRESHOLD  # noqa: E402  (the one definition)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: bound there, the server checks the Host header (DNS rebinding)."""
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 PANELS = ("activation_percentiles", "activation_distribution", "top_tokens_max", "top_tokens_mean",
           "max_activating_examples", "weight_cosines", "top_vocab_tokens", "top_neurons", "attention_composition")
 N_PARTNERS = 5  # composition partners listed per kind
@@ -93,6 +106,36 @@ class ModelArtifacts:
         self._lock = threading.RLock()
         self._cache: dict = {}
 
+    def trees(self) -> dict[str, list[Path]]:
+        """The artifact folders / files the viewer reads for this model, by section."""
+        d = self.dirname
+        pairs = [paths.results_dir() / n for n in paths.artifact_names(paths.results_dir()) if n.startswith(d + "+")]
+        return {"summaries": [paths.summary_dir() / d / "activations"], "weights": [paths.summary_dir() / d / "weights"],
+                "neuron_df": [paths.neuron_df_path(self.model), paths.interpretable_neurons_path(self.model)],
+                "correlations": pairs, "explanations": [paths.explanation_dir() / d],
+                "interventions": [paths.intervention_dir() / d]}
+
+    def check_links(self, section: str) -> None:
+        """UserError when a symlink among `section`'s artifacts leads outside every artifact root (a shared
+        results folder must not let the viewer read, say, ~/.ssh): checked once per section."""
+        def make():
+            roots = [r.resolve() for r in (paths.dataset_dir(), paths.results_dir(), paths.summary_dir(),
+                                           paths.activation_dir(), paths.intervention_dir(), paths.dataframe_dir(),
+                                           paths.explanation_dir(), paths.report_dir())]
+            inside = lambda p: any(p == r or r in p.parents for r in roots)  # noqa: E731
+            for tree in self.trees()[section]:
+                found = [tree] if tree.is_symlink() else []
+                if tree.is_dir() and not tree.is_symlink():
+                    for top, dirs, files in os.walk(tree):
+                        found += [Path(top) / n for n in dirs + files if (Path(top) / n).is_symlink()]
+                for link in found:
+                    if not inside(link.resolve()):
+                        return f"{link} links outside the artifact folders (to {link.resolve()}): refused"
+            return None
+        why = self._once(("links", section), make)
+        if why:
+            raise UserError(why)
+
     def _once(self, key, make):
         with self._lock:
             if key not in self._cache:
@@ -112,6 +155,7 @@ class ModelArtifacts:
     def summaries(self) -> dict:
         """{short dataset name: {file stem: mmap tensor}}; {} when nothing is summarised."""
         def make():
+            self.check_links("summaries")
             try:
                 return vd.load_all_summaries(self.model)
             except UserError:
@@ -122,7 +166,7 @@ class ModelArtifacts:
         return self._once("full_names", lambda: vd.full_dataset_names(self.model))
 
     def weights(self) -> dict:
-        return self._once("weights", lambda: vd.load_weights_summary(self.model))
+        return self._once("weights", lambda: (self.check_links("weights"), vd.load_weights_summary(self.model))[1])
 
     def vocab(self) -> list[str] | None:
         def make():
@@ -136,8 +180,10 @@ class ModelArtifacts:
         def make():
             from .neuron_df import load_neuron_df
             try:
+                self.check_links("neuron_df")
                 return load_neuron_df(self.model)
-            except UserError:
+            except UserError as e:
+                self._cache["neuron_df_note"] = str(e)
                 return None
         return self._once("neuron_df", make)
 
@@ -146,8 +192,10 @@ class ModelArtifacts:
         def make():
             df = self.neuron_df()
             if df is None:
-                body = {"model": self.model, "columns": [], "rows": [], "threshold": UNIVERSAL_THRESHOLD,
-                        "note": f"no neuron dataframe at {paths.neuron_df_path(self.model)}: run {self.cmd_neuron_df()}"}
+                note = self._cache.get("neuron_df_note", "")
+                if "links outside" not in note:
+                    note = f"no neuron dataframe at {paths.neuron_df_path(self.model)}: run {self.cmd_neuron_df()}"
+                body = {"model": self.model, "columns": [], "rows": [], "threshold": UNIVERSAL_THRESHOLD, "note": note}
                 return json.dumps(body).encode()
             cols = {}
             for c in df.columns:  # 6 significant digits keep the JSON small (~5 MB for GPT2-small)
@@ -194,6 +242,7 @@ class ModelArtifacts:
         from .correlations import SUMMARY_FILES, read_correlation_summary
 
         def make():
+            self.check_links("correlations")
             root = paths.results_dir()
             out = []
             for name in paths.artifact_names(root):
@@ -250,7 +299,15 @@ def _note(text: str) -> str:
 
 
 def _q(model: str) -> str:
-    return "?model=" + html.escape(model, quote=True)
+    """The query string naming a model, URL-encoded (and still safe inside an HTML attribute)."""
+    from urllib.parse import quote
+
+    return "?model=" + quote(model, safe="")
+
+
+def _script_json(value) -> str:
+    """JSON that cannot end a <script> element or open a comment, whatever strings it holds."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 TABLE_JS = r"""
@@ -280,10 +337,25 @@ function render(){
   st.page = Math.min(st.page, pages - 1);
   const li = st.cols.indexOf('layer'), ni = st.cols.indexOf('neuron');
   const part = st.view.slice(st.page * st.per, (st.page + 1) * st.per);
-  const head = '<tr>' + st.cols.map((c, i) => `<th data-i="${i}">${c}${st.sort === i ? (st.desc ? ' ▼' : ' ▲') : ''}</th>`).join('') + '</tr>';
-  const body = part.map(r => '<tr>' + r.map((v, i) => i === ni
-      ? `<td><a class="nlink" href="/neuron/${r[li]}/${r[ni]}${MODEL_Q}">${v}</a></td>` : `<td>${fmt(v)}</td>`).join('') + '</tr>').join('');
-  $('table').innerHTML = head + body;
+  // every artifact string goes in as text (textContent), never as HTML
+  const el = (tag, props) => Object.assign(document.createElement(tag), props || {});
+  const table = $('table'); table.replaceChildren();
+  const hr = el('tr');
+  st.cols.forEach((c, i) => { const th = el('th', {textContent: c + (st.sort === i ? (st.desc ? ' ▼' : ' ▲') : '')});
+    th.dataset.i = i; hr.appendChild(th); });
+  table.appendChild(hr);
+  for (const r of part) {
+    const tr = el('tr');
+    r.forEach((v, i) => {
+      const td = el('td');
+      const l = Number(r[li]), k = Number(r[ni]);
+      if (i === ni && Number.isInteger(l) && Number.isInteger(k))
+        td.appendChild(el('a', {className: 'nlink', href: `/neuron/${l}/${k}${MODEL_Q}`, textContent: String(v)}));
+      else td.textContent = String(fmt(v));
+      tr.appendChild(td);
+    });
+    table.appendChild(tr);
+  }
   $('count').textContent = `${n} of ${st.rows.length} neurons, page ${st.page + 1} / ${pages}`;
   for (const th of $('table').querySelectorAll('th')) th.onclick = () => {
     const i = +th.dataset.i; st.desc = st.sort === i ? !st.desc : true; st.sort = i; apply(); };
@@ -291,7 +363,8 @@ function render(){
 fetch('/api/neurons' + MODEL_Q).then(r => r.json()).then(d => {
   st.rows = d.rows; st.cols = d.columns; st.threshold = d.threshold;
   if (d.note) { $('msg').innerHTML = ''; $('msg').appendChild(Object.assign(document.createElement('div'), {className: 'note', textContent: d.note})); }
-  $('fcol').innerHTML = '<option value="">(column)</option>' + d.columns.map(c => `<option>${c}</option>`).join('');
+  $('fcol').replaceChildren(Object.assign(document.createElement('option'), {value: '', textContent: '(column)'}),
+    ...d.columns.map(c => Object.assign(document.createElement('option'), {value: c, textContent: c})));
   const ec = d.columns.indexOf('excess_corr'); if (ec >= 0) { st.sort = ec; }
   apply(); $('status').textContent = 'ready';
 });
@@ -311,7 +384,7 @@ def table_page(art: ModelArtifacts) -> bytes:
             "<button id='prev'>&lt;</button><button id='next'>&gt;</button><span id='count'></span>"
             "<form id='go' style='display:inline'><input id='goto' placeholder='open L.N' size=8></form>"
             "<span id='status' style='color:#999'>loading</span></div><table id='table'></table>"
-            f"<script>const MODEL_Q = {json.dumps(_q(art.model))};{TABLE_JS}</script>")
+            f"<script>const MODEL_Q = {_script_json(_q(art.model))};{TABLE_JS}</script>")
     return _page(f"{art.model} neurons", body)
 
 
@@ -372,6 +445,7 @@ def _composition_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
 
 
 def _explanations_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
+    art.check_links("explanations")
     from .heuristic_explanation import top_features
     from .explanations import PREV_VR_FILE, VR_FILE, layer_dir
 
@@ -397,6 +471,7 @@ def _explanations_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
 
 
 def _interventions_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
+    art.check_links("interventions")
     from .interventions import read_summary
 
     root = paths.intervention_dir() / art.dirname
@@ -430,7 +505,7 @@ def _examples_html(art: ModelArtifacts, layer: int, neuron: int, n: int = 10) ->
 
 
 def neuron_page(app: "ViewerApp", art: ModelArtifacts, layer: int, neuron: int) -> bytes:
-    q = _q(art.model)
+    q = html.escape(_q(art.model), quote=True)
     d_mlp = art.dims()[1]
     imgs = "".join(f"<h3>{p.replace('_', ' ')}</h3><img class='panel' alt='{p}' "
                    f"src='/plot/{p}/{layer}/{neuron}.png{q}'>" for p in PANELS)
@@ -440,13 +515,19 @@ def neuron_page(app: "ViewerApp", art: ModelArtifacts, layer: int, neuron: int) 
         nav.append(f"<a href='/neuron/{layer}/{neuron - 1}{q}'>&larr; {layer}.{neuron - 1}</a>")
     if neuron + 1 < D:
         nav.append(f"<a href='/neuron/{layer}/{neuron + 1}{q}'>{layer}.{neuron + 1} &rarr;</a>")
+    def section(fn, *a) -> str:  # one unreadable artifact: a note in its section, the page still serves
+        try:
+            return fn(*a)
+        except Exception as e:
+            return _note(f"this section's artifact could not be read ({type(e).__name__}: {e})")
+
     body = (f"<p>{' | '.join(nav)}</p><h1>{html.escape(art.model)} neuron {layer}.{neuron}</h1>"
-            f"<h2>Neuron dataframe</h2>{_df_row_html(art, layer, neuron)}"
-            f"<h2>Best-correlated neuron in each other seed</h2>{_correlation_html(app, art, layer, neuron, d_mlp)}"
-            f"<h2>Composition partners (top by weight cosine)</h2>{_composition_html(art, layer, neuron)}"
-            f"<h2>Explanations (token features)</h2>{_explanations_html(art, layer, neuron)}"
-            f"<h2>Interventions</h2>{_interventions_html(art, layer, neuron)}"
-            f"<h2>Max-activating examples</h2>{_examples_html(art, layer, neuron)}"
+            f"<h2>Neuron dataframe</h2>{section(_df_row_html, art, layer, neuron)}"
+            f"<h2>Best-correlated neuron in each other seed</h2>{section(_correlation_html, app, art, layer, neuron, d_mlp)}"
+            f"<h2>Composition partners (top by weight cosine)</h2>{section(_composition_html, art, layer, neuron)}"
+            f"<h2>Explanations (token features)</h2>{section(_explanations_html, art, layer, neuron)}"
+            f"<h2>Interventions</h2>{section(_interventions_html, art, layer, neuron)}"
+            f"<h2>Max-activating examples</h2>{section(_examples_html, art, layer, neuron)}"
             f"<h2>Panels</h2>{imgs}")
     return _page(f"{art.model} {layer}.{neuron}", body)
 
@@ -573,20 +654,55 @@ class ViewerApp:
     @staticmethod
     def _png(art, panel, layer, neuron) -> bytes:
         with _RENDER_LOCK:
-            return render_png(panel_figure(art, panel, layer, neuron))
+            try:
+                fig = panel_figure(art, panel, layer, neuron)
+            except Exception as e:  # one corrupt artifact: a note on its panel, not a 500 page
+                fig = vd.panel_note(f"this panel's artifact could not be read ({type(e).__name__}: {str(e)[:200]})")
+            return render_png(fig)
 
     @staticmethod
     def not_found(message: str):
         return 404, "text/html; charset=utf-8", _page("not found", f"<h1>404</h1>{_note(message)}")
 
 
+class _Server(ThreadingHTTPServer):
+    """A listen backlog for bursts of clients, at most MAX_THREADS requests handled at once (the rest
+    wait in the backlog), and idle connections closed after IDLE_TIMEOUT_S (Handler.timeout)."""
+
+    request_queue_size = 128
+    daemon_threads = True
+    MAX_THREADS = 16
+
+    def __init__(self, *a, **kw):
+        self._slots = threading.BoundedSemaphore(self.MAX_THREADS)
+        super().__init__(*a, **kw)
+
+    def process_request(self, request, client_address):
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+IDLE_TIMEOUT_S = 20
+
+
 def _handler(app: ViewerApp, loopback: bool):
     class Handler(BaseHTTPRequestHandler):
         server_version = "universal-neurons-viewer"
+        timeout = IDLE_TIMEOUT_S  # a silent or slow client is dropped, its thread freed
 
         def do_GET(self):
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
-            if loopback and host not in LOOPBACK_HOSTS:
+            if loopback and not is_loopback(host):
                 status, ctype, body = 403, "text/plain", b"forbidden host header\n"
             else:
                 try:
@@ -611,7 +727,7 @@ def make_server(model: str, host: str = "127.0.0.1", port: int = 0) -> tuple[Thr
     """A server for `model` (port 0: a free port, read it from server.server_address)."""
     app = ViewerApp(model)
     try:
-        server = ThreadingHTTPServer((host, port), _handler(app, host in LOOPBACK_HOSTS))
+        server = _Server((host, port), _handler(app, is_loopback(host)))
     except OSError as e:
         raise UserError(f"cannot serve on {host}:{port}: {e.strerror} (another viewer running? pass --port 0 for a "
                         f"free port)") from None
@@ -643,9 +759,9 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     # so the server answers at once and the first neuron page does not wait for them
     threading.Thread(target=lambda: (art.neuron_df_json(), art.vocab()), daemon=True).start()
     h, p = server.server_address[:2]
-    if host not in LOOPBACK_HOSTS:
+    if not is_loopback(host):
         print(f"warning: serving on {host}, reachable from other machines")
-    print(f"neuron viewer for {model}: http://{'localhost' if host in LOOPBACK_HOSTS else h}:{p}/  (Ctrl-C stops)")
+    print(f"neuron viewer for {model}: http://{'localhost' if is_loopback(host) else h}:{p}/  (Ctrl-C stops)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
