@@ -136,7 +136,7 @@ ask_lines=()
 ask() {
   local key=$1 line
   shift
-  printf -v line '%q ' "$@"
+  printf -v line '%s\x1f' "$@"   # words joined by the unit separator: any character survives
   ask_keys+=("$key")
   ask_lines+=("$line")
 }
@@ -243,8 +243,8 @@ done
 extra=(${UN_DATASET_ARGS:-})
 toy_data=(--model "$model" --hf_dataset python-stdlib --ctx_len "${ctx:-}" --n_seq "${n_seq:-}" --mix_tokens "${mix:-}"
           "${extra[@]}" "${overwrite[@]}")
-if [ -n "$preset" ] && [ "${#untrained[@]}" -eq 0 ] && [ "${#missing_ds[@]}" -eq 0 ]; then
-  ask data make_dataset.py "${toy_data[@]}"   # present, but made with these settings?
+if [ -n "$preset" ] && [ "${#untrained[@]}" -eq 0 ]; then
+  ask data make_dataset.py "${toy_data[@]}"   # made with these settings? (stale stops the grid)
   answer_all
 fi
 need_data=0

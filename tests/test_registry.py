@@ -143,7 +143,13 @@ def test_done_answers_from_the_records_and_writes_nothing(in_quick_run):
     lines += [checks["corr"].replace("rotation", "permutation"),            # a baseline never computed
               checks["summary"] + " --overwrite",                           # same record: still done
               checks["intervention"].replace("--intervention_param ", "--intervention_param 9.5 "),  # one value more
-              f"summary.py --model {A} --token_dataset no-such-dataset"]
+              f"summary.py --model {A} --token_dataset no-such-dataset",
+              # a pair never computed first, then a pair made with other settings: stale outranks todo
+              checks["corr"].replace(f"--model_2_name {' '.join(OTHERS)}", f"--model_2_name {A} {OTHERS[0]}") + " --n_seq 16",
+              "\x1f".join(checks["weights"].split()),                      # the grid's separator
+              checks["corr"] + " --gemm_dtype tf32",                        # a GPU-only flag, checked on a CPU
+              f"neuron-df --model {A} --others {' '.join(OTHERS[::-1])} --dataset {DS} "
+              f"--activation_datasets {' '.join(SUBSETS[::-1])}"]                # another order: the same dataframe
     before = _snapshot(in_quick_run)
     answers = artifacts.check_runs(lines)
     assert _snapshot(in_quick_run) == before          # check mode computes and writes nothing
@@ -156,6 +162,8 @@ def test_done_answers_from_the_records_and_writes_nothing(in_quick_run):
     assert tail[1] == "done"
     assert tail[2].startswith("todo compute") and "fixed_activation_9.5" in tail[2]
     assert tail[3].startswith("error token dataset 'no-such-dataset' not found")
+    assert tail[4].startswith("stale ") and "n_seq -1 -> 16" in tail[4], tail[4]
+    assert tail[5:] == ["done", "done", "done"], tail[5:]
 
 
 def test_done_command_and_a_real_rerun_agree(in_quick_run):
@@ -212,6 +220,13 @@ def test_neuron_df_record_follows_its_inputs(tmp_path, monkeypatch):
     dataclasses.replace(cfg, overwrite=True).run(progress=False)
     assert paths.neuron_df_path("m-a").stat().st_mtime_ns != mtime
     cfg.run(progress=False)                                                                        # the new record
-    (paths.weights_summary_path("m-a") / "run.json").unlink()
+    (paths.weights_summary_path("m-a") / "run.json").unlink()                                    # an old version's
+    with pytest.raises(UserError, match=r"input weights .* has no record of its settings"):
+        cfg.run(progress=False)
+    import shutil
+
+    shutil.rmtree(paths.weights_summary_path("m-a"))                                              # not made yet
     with runs.checking(), pytest.raises(Pending, match=r"once its inputs exist \(weights\)"):
         cfg.run(progress=False)
+    with runs.checking(), pytest.raises(UserError, match=r"others \['m-b', 'm-c'\] -> \['m-b'\]"):
+        dataclasses.replace(cfg, others=["m-b"]).run(progress=False)  # settings still compared: stale, not todo

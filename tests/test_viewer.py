@@ -245,3 +245,36 @@ def test_server_backlog_threads_and_idle_timeout():
         server.shutdown()
         server.server_close()
     assert old == viewer.IDLE_TIMEOUT_S and viewer._handler(None, True).timeout == viewer.IDLE_TIMEOUT_S
+
+
+def test_panels_drawn_in_render_processes_equal_in_process(tiny_zoo, tmp_path, monkeypatch):
+    """make_server(render_workers=2) draws panels in other processes, side by side: the same PNG bytes
+    as drawn in the server itself, and a panel whose artifact is damaged is a note, not a 500."""
+    import threading
+    import urllib.request
+
+    from universal_neurons import paths
+    from universal_neurons.viewer import PANELS, ViewerApp, make_server
+
+    root = write_zoo_artifacts(tmp_path / "artifacts")
+    for var, sub in ENV.items():
+        monkeypatch.setenv(var, str(root / sub))
+    here = ViewerApp(MODEL)
+    server, app = make_server(MODEL, "127.0.0.1", 0, render_workers=2)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for p in PANELS[:3]:
+            with urllib.request.urlopen(f"{base}/plot/{p}/1/7.png", timeout=120) as r:
+                assert r.status == 200 and r.read() == here.handle(f"/plot/{p}/1/7.png")[2], p
+        weights = paths.weights_summary_path(MODEL) / "vocab_comps.pt"
+        weights.write_bytes(b"damaged")
+        fresh = ViewerApp(MODEL)
+        status, ctype, png = fresh.handle("/plot/top_vocab_tokens/1/8.png")
+        assert status == 200 and png[:4] == b"\x89PNG"
+        status, _, page = fresh.handle("/neuron/1/8")
+        assert status == 200 and b"could not be read" in page
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.close()

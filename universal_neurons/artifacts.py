@@ -120,31 +120,43 @@ def stage_config(script: str, argv: list[str]):
 
 def check(script: str, argv: list[str]) -> tuple[str, str]:
     """('done' | 'todo' | 'stale' | 'error', why) for one stage run, decided without computing or writing."""
+    from .errors import _DEFERRED
+
+    _DEFERRED.clear()
     try:
         if script == "view":
             raise UserError("view serves pages; it has no run to check")
         config = stage_config(script, argv)
-        with runs.checking(), contextlib.redirect_stdout(io.StringIO()):
+        with runs.checking(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             config.run()
     except Pending as e:
-        return "todo", str(e)
+        return "todo", (_DEFERRED or [str(e)])[0]
     except UserError as e:
         text = str(e)
-        return ("stale" if "pass --overwrite" in text else "error"), text
+        if "pass --overwrite" in text:
+            return "stale", text
+        if _DEFERRED:  # what went on "as if done" then missed a file it would have made: todo
+            return "todo", _DEFERRED[0]
+        return "error", text
     except Exception as e:  # a broken artifact or input: said here, before anything is submitted
+        if _DEFERRED:
+            return "todo", _DEFERRED[0]
         return "error", f"{script}: {type(e).__name__}: {e}"
-    return "done", ""
+    finally:
+        deferred = list(_DEFERRED)
+        _DEFERRED.clear()
+    return ("todo", deferred[0]) if deferred else ("done", "")
 
 
 def check_runs(lines: list[str]) -> list[str]:
-    """`universal-neurons done`: one answer line per stage command line ('<script> <flags...>', shell
-    quoting; blank lines and # comments answer 'skip'), in order: 'done', 'todo <what>', 'stale <why>'
+    """`universal-neurons done`: one answer line per stage command line ('<script> <flags...>' in shell
+    quoting, or its words joined by the unit separator \\x1f; a blank line answers 'skip'), in order: 'done', 'todo <what>', 'stale <why>'
     or 'error <why>'. Models that several checks load are loaded once (runs.memo)."""
     out = []
     with runs.checking():
         for line in lines:
-            try:
-                words = shlex.split(line, comments=True)
+            try:  # fields split by \x1f (what the Slurm grid sends: any character survives), else shell words
+                words = [w for w in line.split("\x1f") if w] if "\x1f" in line else shlex.split(line)
             except ValueError as e:
                 out.append(f"error cannot read {line!r}: {e}")
                 continue

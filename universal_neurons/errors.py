@@ -19,6 +19,18 @@ class Pending(Exception):
 _CHECKING: list[bool] = []  # non-empty inside runs.checking(): decide, never compute or write
 
 
+_DEFERRED: list[str] = []  # check mode: work a decision found, noted while the later decisions are made
+
+
+def defer(what: str) -> bool:
+    """A decision found work to do: in check mode note it and answer True ("as if done"), so that the
+    stage goes on to its other decisions (a later one may be stale, which outranks todo); else False."""
+    if _CHECKING:
+        _DEFERRED.append(what)
+        return True
+    return False
+
+
 def would(what: str) -> None:
     """Called before work that check mode must not do (compute, write, train, download)."""
     if _CHECKING:

@@ -192,10 +192,13 @@ def input_records(model: str, others: list[str], dataset: str, activation_datase
     files.update({f"summary {d}": summary_path(model, d) / RUN_FILE for d in activation_datasets})
     out = {}
     for k, f in files.items():
-        try:
+        if f.is_file():
             out[k] = hashlib.sha1(f.read_bytes()).hexdigest()[:16]
-        except OSError:
-            out[k] = None  # an input without a record (an earlier version): the reader says what is missing
+        elif f.parent.is_dir() and any(f.parent.iterdir()):  # made by an earlier version: nothing vouches for it
+            raise UserError(f"input {k} ({f.parent}) has no record of its settings ({f.name}); rerun that stage "
+                            f"with --overwrite")
+        else:
+            out[k] = None  # not made yet
     return out
 
 
@@ -220,13 +223,17 @@ class NeuronDfConfig(StageConfig):
         from .models import load_model
 
         datasets = self.activation_datasets if self.activation_datasets is not None else summary_datasets(self.model)
-        want = {"model": self.model, "others": list(self.others), "dataset": self.dataset,
-                "activation_datasets": list(datasets), "threshold": self.threshold,
+        want = {"model": self.model, "others": sorted(self.others), "dataset": self.dataset,  # order: no effect
+                "activation_datasets": sorted(datasets), "threshold": self.threshold,
                 "inputs": input_records(self.model, self.others, self.dataset, datasets),
                 "code_version": runs.code_version()}
         out, uni = paths.neuron_df_path(self.model), paths.interpretable_neurons_path(self.model) / "universal.csv"
         missing = [k for k, v in want["inputs"].items() if v is None]
-        if missing:  # made later by the stages before it (a check: todo); a run says which input is missing
+        if missing and out.exists():  # the inputs are made later: only the settings can be compared now
+            settings = {k: v for k, v in want.items() if k != "inputs"}
+            runs.decide(record_path(self.model), settings, self.overwrite, [], f"neuron dataframe {out}",
+                        project=tuple(settings))
+        if missing:  # a check: todo; a run: make_neuron_df says which input is missing
             runs.would(f"build {out} once its inputs exist ({', '.join(missing)})")
         elif out.exists() and runs.decide(record_path(self.model), want, self.overwrite, [out, uni], f"neuron dataframe {out}"):
             if progress:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from . import plots
 from .neuron_df import UNIVERSAL_THRESHOLD
-from . import paths
+from . import paths, runs
 
 
 def property_differences(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> pd.DataFrame:
@@ -58,6 +58,7 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
 
     conventions: lines saying which positions each statistic counted (`pipeline.conventions`)."""
     out_dir = out_dir or paths.report_path(model)
+    runs.would(f"write the report in {out_dir}")  # a check (runs.checking) draws no figure
     out_dir.mkdir(parents=True, exist_ok=True)
     is_u = df["excess_corr"] > threshold
     n_u, n = int(is_u.sum()), len(df)

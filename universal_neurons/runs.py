@@ -16,9 +16,11 @@ plus the inputs' fingerprints and the code version:
 so a rerun with other settings never serves the old result as new and never destroys it silently.
 
 Check mode (`with checking():`, the `universal-neurons done` command the Slurm grid asks): a stage
-runs its usual decisions without computing or writing anything. Where it would compute (finished()
--> False), write (paths.atomic_path), train a zoo model or download, `Pending` is raised instead; a
-stage that returns normally had nothing to do; a stale artifact raises the usual UserError.
+runs its usual decisions without computing or writing anything. A decision that finds work notes it
+(errors.defer) and answers "as if done", so every later decision is still made: a stale artifact
+anywhere raises the usual UserError, which outranks the noted work. Where a stage would write
+(paths.atomic_path), train a zoo model or download, `Pending` is raised. artifacts.check turns that
+into done / todo / stale / error.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import paths
-from .errors import _CHECKING, Pending, UserError, would  # noqa: F401 (check mode lives beside UserError)
+from .errors import _CHECKING, _DEFERRED, Pending, UserError, defer, would  # noqa: F401 (check mode lives beside UserError)
 
 FORMAT_VERSION = 1
 
@@ -105,7 +107,8 @@ def finished(folder: Path, record_file: str, want: dict, overwrite: bool, files:
     record = folder / record_file
     if not folder.exists() or (not record.exists() and not any(p for p in folder.iterdir()
                                                                  if not p.name.startswith("."))):
-        would(f"compute {what or folder}")
+        if defer(f"compute {what or folder}"):
+            return True
         paths.check_writable(folder.parent)
         return False  # nothing there (a killed writer's temporaries do not count)
     return decide(record, want, overwrite, [folder / f for f in files], what or str(folder), project)
@@ -122,7 +125,8 @@ def decide(record: Path, want: dict, overwrite: bool, files: list[Path] = (), wh
     if have == want and all(Path(f).exists() for f in files):
         return True
     if overwrite or have == want:  # the same run with a file missing: recompute it
-        would(f"compute {what or record.parent}")
+        if defer(f"compute {what or record.parent}"):
+            return True
         paths.check_writable(record.parent)
         return False
     if have is None:

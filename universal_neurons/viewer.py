@@ -590,12 +590,21 @@ def render_png(fig) -> bytes:
 class ViewerApp:
     """Routing and caches, independent of the socket (tests call `handle(path)` directly)."""
 
-    def __init__(self, model: str, cache_size: int = 8):
+    def __init__(self, model: str, cache_size: int = 8, render_workers: int = 0):
+        """render_workers > 0: panels are drawn in that many processes side by side (matplotlib is not
+        thread-safe, so in one process they are drawn one at a time)."""
         self.model = model
         self._arts: dict[str, ModelArtifacts] = {}
         self._lock = threading.Lock()
         self.pages = _LRU(cache_size)
         self.pngs = _LRU(cache_size * len(PANELS))
+        self._pool = None
+        if render_workers > 0:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            roots = {var: str(fn()) for var, fn in _ROOTS.items()}
+            self._pool = ProcessPoolExecutor(render_workers, mp.get_context("spawn"), _worker_init, (roots,))
 
     def models(self) -> list[str]:
         """The default model plus every model folder with summaries or a neuron dataframe."""
@@ -651,9 +660,18 @@ class ViewerApp:
             return self.not_found(f"neuron {layer}.{neuron} is out of range ({dims[0]} layers x {dims[1]} neurons)")
         return layer, neuron
 
-    @staticmethod
-    def _png(art, panel, layer, neuron) -> bytes:
-        with _RENDER_LOCK:
+    def _png(self, art, panel, layer, neuron) -> bytes:
+        if self._pool is not None:
+            return self._pool.submit(_render_in_worker, art.model, panel, layer, neuron).result()
+        return _render_here(art, panel, layer, neuron)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def _render_here(art, panel, layer, neuron) -> bytes:
+    with _RENDER_LOCK:
             try:
                 fig = panel_figure(art, panel, layer, neuron)
             except Exception as e:  # one corrupt artifact: a note on its panel, not a 500 page
@@ -671,7 +689,7 @@ class _Server(ThreadingHTTPServer):
 
     request_queue_size = 128
     daemon_threads = True
-    MAX_THREADS = 16
+    MAX_THREADS = 64
 
     def __init__(self, *a, **kw):
         self._slots = threading.BoundedSemaphore(self.MAX_THREADS)
@@ -692,7 +710,26 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
 
-IDLE_TIMEOUT_S = 20
+IDLE_TIMEOUT_S = 15
+
+
+_ROOTS = {"DATASET_DIR": paths.dataset_dir, "RESULTS_DIR": paths.results_dir, "SUMMARY_DIR": paths.summary_dir,
+          "ACTIVATION_DIR": paths.activation_dir, "INTERVENTION_DIR": paths.intervention_dir,
+          "DATAFRAME_DIR": paths.dataframe_dir, "EXPLANATION_DIR": paths.explanation_dir,
+          "REPORT_DIR": paths.report_dir, "UNIVERSAL_NEURONS_ZOO": paths.zoo_dir}
+_WORKER_ARTS: dict[str, ModelArtifacts] = {}
+
+
+def _worker_init(roots: dict[str, str]) -> None:
+    import os as _os
+
+    _os.environ.update({k: str(Path(v).resolve()) for k, v in roots.items()})  # the server's folders exactly
+
+
+def _render_in_worker(model: str, panel: str, layer: int, neuron: int) -> bytes:
+    """A panel PNG drawn in a render process (its own memory-mapped artifacts, loaded once)."""
+    art = _WORKER_ARTS.setdefault(model, ModelArtifacts(model))
+    return _render_here(art, panel, layer, neuron)
 
 
 def _handler(app: ViewerApp, loopback: bool):
@@ -723,9 +760,11 @@ def _handler(app: ViewerApp, loopback: bool):
     return Handler
 
 
-def make_server(model: str, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, ViewerApp]:
-    """A server for `model` (port 0: a free port, read it from server.server_address)."""
-    app = ViewerApp(model)
+def make_server(model: str, host: str = "127.0.0.1", port: int = 0, render_workers: int = 0
+                ) -> tuple[ThreadingHTTPServer, ViewerApp]:
+    """A server for `model` (port 0: a free port, read it from server.server_address); render_workers:
+    processes drawing panels side by side (`serve` uses one per core, up to 4)."""
+    app = ViewerApp(model, render_workers=render_workers)
     try:
         server = _Server((host, port), _handler(app, is_loopback(host)))
     except OSError as e:
@@ -753,7 +792,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000) -> None:
             not paths.neuron_df_path(model).exists():
         print(f"note: no artifacts of {model} under {paths.summary_dir()} or {paths.dataframe_dir()} "
               f"(working directory {Path.cwd()}); pages will say which commands make them")
-    server, app = make_server(model, host, port)
+    server, app = make_server(model, host, port, render_workers=min(4, os.cpu_count() or 1))
     art = app.artifacts(model)
     # the tokenizer (transformers' import is slow) and the table JSON are made in the background,
     # so the server answers at once and the first neuron page does not wait for them
