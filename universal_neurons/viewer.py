@@ -669,18 +669,18 @@ class ViewerApp:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
 
-
-def _render_here(art, panel, layer, neuron) -> bytes:
-    with _RENDER_LOCK:
-            try:
-                fig = panel_figure(art, panel, layer, neuron)
-            except Exception as e:  # one corrupt artifact: a note on its panel, not a 500 page
-                fig = vd.panel_note(f"this panel's artifact could not be read ({type(e).__name__}: {str(e)[:200]})")
-            return render_png(fig)
-
     @staticmethod
     def not_found(message: str):
         return 404, "text/html; charset=utf-8", _page("not found", f"<h1>404</h1>{_note(message)}")
+
+
+def _render_here(art, panel, layer, neuron) -> bytes:
+    with _RENDER_LOCK:
+        try:
+            fig = panel_figure(art, panel, layer, neuron)
+        except Exception as e:  # one corrupt artifact: a note on its panel, not a 500 page
+            fig = vd.panel_note(f"this panel's artifact could not be read ({type(e).__name__}: {str(e)[:200]})")
+        return render_png(fig)
 
 
 class _Server(ThreadingHTTPServer):
