@@ -83,6 +83,17 @@ def test_paper_aliases_and_families():
     assert hub_id("stanford-gpt2-small-a") == "stanford-crfm/alias-gpt2-small-x21"
     assert hub_id("stanford-gpt2-medium-e") == "stanford-crfm/eowyn-gpt2-medium-x777"
     assert hub_id("pythia-160m-seed2") == "EleutherAI/pythia-160m-seed2"
+    # the PolyPythias suite: five sizes, seeds 1..9 (seed 0 is the original Pythia)
+    assert hub_id("pythia-14m-seed9") == "EleutherAI/pythia-14m-seed9" and hub_id("pythia-410m") == "EleutherAI/pythia-410m"
+    assert hub_id("pythia-70m-seed10") == "pythia-70m-seed10" and model_family("pythia-31m-seed4") == "pythia"
+    import pytest as _pytest
+
+    from universal_neurons.errors import UserError
+    from universal_neurons.models import check_model_name
+    with _pytest.raises(UserError, match="hub unreachable|unreachable and 'EleutherAI/pythia-14m-seed3' not in the local"):
+        check_model_name("pythia-14m-seed3")    # a known name, offline and not cached: said so
+    with _pytest.raises(UserError, match="unknown model 'pythia-70m-seed10'"):
+        check_model_name("pythia-70m-seed10")   # no such seed: unknown, not a hub guess
     assert model_family("stanford-gpt2-small-c") == "gpt2"
     assert model_family("pythia-160m") == "pythia"
     assert model_family("toy-gpt2-tiny-a") == "toy"

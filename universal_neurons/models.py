@@ -35,8 +35,10 @@ _MEDIUM = ["arwen-gpt2-medium-x21", "beren-gpt2-medium-x49", "celebrimbor-gpt2-m
 PAPER_MODELS = {
     **{f"stanford-gpt2-small-{s}": f"stanford-crfm/{h}" for s, h in zip("abcde", _SMALL)},
     **{f"stanford-gpt2-medium-{s}": f"stanford-crfm/{h}" for s, h in zip("abcde", _MEDIUM)},
-    "pythia-160m": "EleutherAI/pythia-160m",
-    **{f"pythia-160m-seed{i}": f"EleutherAI/pythia-160m-seed{i}" for i in (1, 2, 3)},
+    # Pythia and the PolyPythias suite: pythia-<size> (seed 0) and pythia-<size>-seed1..9
+    **{f"pythia-{size}": f"EleutherAI/pythia-{size}" for size in ("14m", "31m", "70m", "160m", "410m")},
+    **{f"pythia-{size}-seed{i}": f"EleutherAI/pythia-{size}-seed{i}"
+       for size in ("14m", "31m", "70m", "160m", "410m") for i in range(1, 10)},
     "gpt2": "openai-community/gpt2", "gpt2-small": "openai-community/gpt2",
     "gpt2-medium": "openai-community/gpt2-medium",
 }
