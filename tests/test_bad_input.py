@@ -101,6 +101,7 @@ CASES = {
     # outputs that cannot be written
     "output is a file": ("summary", ["--model", A, "--token_dataset", "ok.32", "--output_dir", "{a_file}"],
                          r"cannot write under .*a_file is a file, not a folder"),
+    "viewer port out of range": ("cli", ["view", "--model", A, "--port", "99999"], r"--port must be in \[0, 65535\]"),
     "viewer port in use": ("cli", ["view", "--model", A, "--port", "{busy_port}"], r"cannot serve on 127\.0\.0\.1:\d+"),
 }
 for _script, _argv in [("summary", ["--token_dataset", "ok.32"]), ("explain", ["--dataset", "ok.32"]),

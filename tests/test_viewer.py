@@ -213,7 +213,7 @@ def test_hostile_names_links_and_loopback(tmp_path, monkeypatch):
     art = viewer.ModelArtifacts("m")
     assert art.neuron_df() is None
     body = json.loads(art.neuron_df_json())
-    assert body["rows"] == [] and "links outside the artifact folders" in body["note"]
+    assert body["rows"] == [] and "outside the artifact folders" in body["note"]
     inside = tmp_path / "dataframes" / "real.csv"
     inside.write_text("layer,neuron,excess_corr\n0,0,0.9\n")
     os.unlink(paths.neuron_df_path("m"))
@@ -277,4 +277,26 @@ def test_panels_drawn_in_render_processes_equal_in_process(tiny_zoo, tmp_path, m
     finally:
         server.shutdown()
         server.server_close()
+        app.close()
+
+
+def test_a_killed_render_worker_is_replaced(tiny_zoo, tmp_path, monkeypatch):
+    """A render process killed (the OOM killer) costs one retry, not every later panel."""
+    import os
+    import signal
+
+    from universal_neurons.viewer import ViewerApp
+
+    root = write_zoo_artifacts(tmp_path / "artifacts")
+    for var, sub in ENV.items():
+        monkeypatch.setenv(var, str(root / sub))
+    app = ViewerApp(MODEL, render_workers=1)
+    try:
+        assert app.handle("/plot/activation_distribution/1/7.png")[0] == 200
+        for pid in list(app._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        status, _, png = app.handle("/plot/activation_distribution/1/8.png")
+        assert status == 200 and png[:4] == b"\x89PNG"
+        assert app.handle("/plot/activation_distribution/1/9.png")[0] == 200   # the new pool draws
+    finally:
         app.close()

@@ -150,13 +150,14 @@ def check(script: str, argv: list[str]) -> tuple[str, str]:
 
 def check_runs(lines: list[str]) -> list[str]:
     """`universal-neurons done`: one answer line per stage command line ('<script> <flags...>' in shell
-    quoting, or its words joined by the unit separator \\x1f; a blank line answers 'skip'), in order: 'done', 'todo <what>', 'stale <why>'
+    quoting, # comments allowed, or its words joined by the unit separator \\x1f; a blank or comment line
+    answers 'skip'), in order: 'done', 'todo <what>', 'stale <why>'
     or 'error <why>'. Models that several checks load are loaded once (runs.memo)."""
     out = []
     with runs.checking():
         for line in lines:
             try:  # fields split by \x1f (what the Slurm grid sends: any character survives), else shell words
-                words = [w for w in line.split("\x1f") if w] if "\x1f" in line else shlex.split(line)
+                words = [w for w in line.split("\x1f") if w] if "\x1f" in line else shlex.split(line, comments=True)
             except ValueError as e:
                 out.append(f"error cannot read {line!r}: {e}")
                 continue

@@ -327,7 +327,7 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     _check_head(model, layer, head)
-    tokens = _rows(model_rows(model, dataset, n_seq), dataset, context_length, after_pos)
+    tokens = _rows(model_rows(model, dataset, n_seq, context_length), dataset, context_length, after_pos)
     n, ctx = tokens.shape
 
     k_bos = bos_key(model, tokens[:batch_size], layer, head)

@@ -111,7 +111,8 @@ def _cached_snapshot(repo: str) -> str | None:
 
 def known_hub_name(name: str) -> bool:
     """A paper alias, a TransformerLens alias or an 'org/name' hub id (not a typo of a short name)."""
-    return name in PAPER_MODELS or name in _transformer_lens_aliases() or "/" in name
+    aliases = _transformer_lens_aliases()
+    return name in PAPER_MODELS or name in aliases or name in set(aliases.values()) or "/" in name
 
 
 def check_model_name(name: str) -> None:

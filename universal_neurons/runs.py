@@ -107,10 +107,8 @@ def finished(folder: Path, record_file: str, want: dict, overwrite: bool, files:
     record = folder / record_file
     if not folder.exists() or (not record.exists() and not any(p for p in folder.iterdir()
                                                                  if not p.name.startswith("."))):
-        if defer(f"compute {what or folder}"):
-            return True
         paths.check_writable(folder.parent)
-        return False  # nothing there (a killed writer's temporaries do not count)
+        return defer(f"compute {what or folder}")  # check mode: as if done (see the module docstring)  # nothing there (a killed writer's temporaries do not count)
     return decide(record, want, overwrite, [folder / f for f in files], what or str(folder), project)
 
 
@@ -125,10 +123,8 @@ def decide(record: Path, want: dict, overwrite: bool, files: list[Path] = (), wh
     if have == want and all(Path(f).exists() for f in files):
         return True
     if overwrite or have == want:  # the same run with a file missing: recompute it
-        if defer(f"compute {what or record.parent}"):
-            return True
         paths.check_writable(record.parent)
-        return False
+        return defer(f"compute {what or record.parent}")
     if have is None:
         why = f"has no record of its settings ({record_file}: an interrupted run or an earlier version)"
     else:

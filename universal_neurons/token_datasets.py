@@ -141,13 +141,15 @@ def check_fits(models, name: str, ctx: int) -> None:
                             f"reads at most {n_ctx}: make a dataset with make_dataset.py --ctx_len {n_ctx} (or less)")
 
 
-def model_rows(model, name: str, n_seq: int = -1) -> torch.Tensor:
+def model_rows(model, name: str, n_seq: int = -1, context_length: int | None = None) -> torch.Tensor:
     """The first n_seq rows (-1: all) of token dataset `name` for `model`, checked: its tokenizer made
     them, they fit its context and vocabulary, there is at least one. LongTensor [n_seq, ctx]."""
     data = load_token_dataset(name, model.family, model.tokenizer)
     tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None) if len(data) else torch.zeros(0, 0)
     if len(tokens) == 0:
         raise UserError(f"token dataset {name!r} is empty: remake it with make_dataset.py")
+    if context_length is not None and context_length >= 2:  # only the first positions are used
+        tokens = tokens[:, :context_length]
     check_fits([model], name, tokens.shape[1])
     if int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0:
         raise UserError(f"token dataset {name!r} holds token id {int(tokens.max())}, outside the model's vocabulary "

@@ -124,6 +124,8 @@ class ModelArtifacts:
                                            paths.explanation_dir(), paths.report_dir())]
             inside = lambda p: any(p == r or r in p.parents for r in roots)  # noqa: E731
             for tree in self.trees()[section]:
+                if tree.exists() and not inside(tree.resolve()):  # the folder itself, or a parent, links out
+                    return f"{tree} lies outside the artifact folders (at {tree.resolve()}): refused"
                 found = [tree] if tree.is_symlink() else []
                 if tree.is_dir() and not tree.is_symlink():
                     for top, dirs, files in os.walk(tree):
@@ -158,7 +160,9 @@ class ModelArtifacts:
             self.check_links("summaries")
             try:
                 return vd.load_all_summaries(self.model)
-            except UserError:
+            except UserError as e:
+                if "refusing to load" in str(e) or "cannot read" in str(e):
+                    raise  # a damaged or hostile file: said in its sections and panels, not "run summary.py"
                 return {}
         return self._once("summaries", make)
 
@@ -193,7 +197,7 @@ class ModelArtifacts:
             df = self.neuron_df()
             if df is None:
                 note = self._cache.get("neuron_df_note", "")
-                if "links outside" not in note:
+                if "outside the artifact folders" not in note:
                     note = f"no neuron dataframe at {paths.neuron_df_path(self.model)}: run {self.cmd_neuron_df()}"
                 body = {"model": self.model, "columns": [], "rows": [], "threshold": UNIVERSAL_THRESHOLD, "note": note}
                 return json.dumps(body).encode()
@@ -216,10 +220,15 @@ class ModelArtifacts:
     def dims(self) -> tuple[int, int] | None:
         """(n_layers, d_mlp) from whichever artifact exists first; None when none does."""
         def make():
-            s = self.summaries()
+            def quiet(load):  # a refused or damaged source: try the next one (its section says why)
+                try:
+                    return load()
+                except UserError:
+                    return None
+            s = quiet(self.summaries)
             if s:
                 return tuple(next(iter(s.values()))[BIN_COUNTS].shape[:2])
-            w = self.weights()
+            w = quiet(self.weights) or {}
             for key in ("k_comps", "q_comps", "v_comps", "o_comps"):
                 if key in w:
                     return tuple(w[key].shape[:2])
@@ -604,7 +613,8 @@ class ViewerApp:
             from concurrent.futures import ProcessPoolExecutor
 
             roots = {var: str(fn()) for var, fn in _ROOTS.items()}
-            self._pool = ProcessPoolExecutor(render_workers, mp.get_context("spawn"), _worker_init, (roots,))
+            self._new_pool = lambda: ProcessPoolExecutor(render_workers, mp.get_context("spawn"), _worker_init, (roots,))
+            self._pool = self._new_pool()
 
     def models(self) -> list[str]:
         """The default model plus every model folder with summaries or a neuron dataframe."""
@@ -662,7 +672,14 @@ class ViewerApp:
 
     def _png(self, art, panel, layer, neuron) -> bytes:
         if self._pool is not None:
-            return self._pool.submit(_render_in_worker, art.model, panel, layer, neuron).result()
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                return self._pool.submit(_render_in_worker, art.model, panel, layer, neuron).result()
+            except BrokenProcessPool:  # a worker was killed (e.g. out of memory): start new ones
+                with self._lock:
+                    old, self._pool = self._pool, self._new_pool()
+                old.shutdown(wait=False, cancel_futures=True)
         return _render_here(art, panel, layer, neuron)
 
     def close(self) -> None:
@@ -722,6 +739,15 @@ _WORKER_ARTS: dict[str, ModelArtifacts] = {}
 
 def _worker_init(roots: dict[str, str]) -> None:
     import os as _os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops its workers
+    try:  # Linux: a worker dies with its server, however the server ends (SIGTERM, SIGKILL)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
     _os.environ.update({k: str(Path(v).resolve()) for k, v in roots.items()})  # the server's folders exactly
 
@@ -767,6 +793,8 @@ def make_server(model: str, host: str = "127.0.0.1", port: int = 0, render_worke
     app = ViewerApp(model, render_workers=render_workers)
     try:
         server = _Server((host, port), _handler(app, is_loopback(host)))
+    except OverflowError:
+        raise UserError(f"--port must be in [0, 65535], got {port}") from None
     except OSError as e:
         raise UserError(f"cannot serve on {host}:{port}: {e.strerror} (another viewer running? pass --port 0 for a "
                         f"free port)") from None
@@ -807,3 +835,4 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000) -> None:
         pass
     finally:
         server.server_close()
+        app.close()
