@@ -123,6 +123,7 @@ def check(script: str, argv: list[str]) -> tuple[str, str]:
     from .errors import _DEFERRED
 
     _DEFERRED.clear()
+    status, why = "done", ""
     try:
         if script == "view":
             raise UserError("view serves pages; it has no run to check")
@@ -130,22 +131,15 @@ def check(script: str, argv: list[str]) -> tuple[str, str]:
         with runs.checking(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             config.run()
     except Pending as e:
-        return "todo", (_DEFERRED or [str(e)])[0]
+        status, why = "todo", str(e)
     except UserError as e:
-        text = str(e)
-        if "pass --overwrite" in text:
-            return "stale", text
-        if _DEFERRED:  # what went on "as if done" then missed a file it would have made: todo
-            return "todo", _DEFERRED[0]
-        return "error", text
+        status, why = ("stale" if "pass --overwrite" in str(e) else "error"), str(e)
     except Exception as e:  # a broken artifact or input: said here, before anything is submitted
-        if _DEFERRED:
-            return "todo", _DEFERRED[0]
-        return "error", f"{script}: {type(e).__name__}: {e}"
-    finally:
-        deferred = list(_DEFERRED)
-        _DEFERRED.clear()
-    return ("todo", deferred[0]) if deferred else ("done", "")
+        status, why = "error", f"{script}: {type(e).__name__}: {e}"
+    if _DEFERRED and status != "stale":  # work noted "as if done" comes first (an error after it followed from it)
+        status, why = "todo", _DEFERRED[0]
+    _DEFERRED.clear()
+    return status, why
 
 
 def check_runs(lines: list[str]) -> list[str]:

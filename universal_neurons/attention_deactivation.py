@@ -288,12 +288,8 @@ class AttentionConfig(StageConfig):
                                           ranks=ranks, overwrite=self.overwrite, progress=progress)
 
 
-def _rows(tokens: torch.Tensor, dataset: str, context_length: int | None, after_pos: int) -> torch.Tensor:
-    """The rows [n_seq, ctx] the run uses (the first `context_length` positions), checked."""
-    if context_length is not None:
-        if context_length < 2:
-            raise UserError(f"--context_length must be >= 2, got {context_length}")
-        tokens = tokens[:, :context_length]
+def _rows(tokens: torch.Tensor, dataset: str, after_pos: int) -> torch.Tensor:
+    """The rows [n_seq, ctx] the run uses (model_rows cut them to --context_length), checked."""
     n, ctx = tokens.shape
     if n == 0:
         raise UserError(f"token dataset {dataset!r} is empty")
@@ -324,10 +320,12 @@ def run_attention_deactivation(model_name: str, dataset: str, layer: int, head: 
     for spec in neurons or []:  # malformed specs fail before the model loads
         [parse_neuron(part) for part in str(spec).split(",") if part.strip()]
     check_n_seq(n_seq)
+    if context_length is not None and context_length < 2:
+        raise UserError(f"--context_length must be >= 2, got {context_length}")
     dev = resolve_device(device)
     model = load_model(model_name, device=str(dev))
     _check_head(model, layer, head)
-    tokens = _rows(model_rows(model, dataset, n_seq, context_length), dataset, context_length, after_pos)
+    tokens = _rows(model_rows(model, dataset, n_seq, context_length), dataset, after_pos)
     n, ctx = tokens.shape
 
     k_bos = bos_key(model, tokens[:batch_size], layer, head)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import _CHECKING, UserError
+from .errors import UserError, is_checking
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "32": torch.float32,
@@ -25,7 +25,7 @@ def default_device() -> str:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto'/None -> cuda if available else cpu; validates cuda/mps requests. A check (runs.checking,
     e.g. the Slurm grid on a login node) computes nothing: always cpu."""
-    if _CHECKING:
+    if is_checking():
         return torch.device("cpu")
     if device is None or str(device) == "auto":
         dev = torch.device(default_device())

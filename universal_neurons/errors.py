@@ -22,6 +22,10 @@ _CHECKING: list[bool] = []  # non-empty inside runs.checking(): decide, never co
 _DEFERRED: list[str] = []  # check mode: work a decision found, noted while the later decisions are made
 
 
+def is_checking() -> bool:
+    return bool(_CHECKING)
+
+
 def defer(what: str) -> bool:
     """A decision found work to do: in check mode note it and answer True ("as if done"), so that the
     stage goes on to its other decisions (a later one may be stale, which outranks todo); else False."""

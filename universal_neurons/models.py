@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .device import resolve_device, resolve_dtype
-from .errors import _CHECKING, UserError, would
+from .errors import UserError, is_checking, would
 
 _SMALL = ["alias-gpt2-small-x21", "battlestar-gpt2-small-x49", "caprica-gpt2-small-x81",
           "darkmatter-gpt2-small-x343", "expanse-gpt2-small-x777"]
@@ -155,7 +155,7 @@ def _resolve_folder(name: str) -> str:
     cached = _cached_snapshot(repo)
     if cached is None:
         would(f"download {repo}")  # check mode never downloads
-    elif _CHECKING:
+    elif is_checking():
         return cached
     if _hub_reachable():
         return repo
@@ -170,7 +170,7 @@ def load_model(name: str, device: str = "cpu", dtype: str | None = None, compati
     """Load `name` as a TransformerBridge on `device` (see module docstring)."""
     from . import runs
 
-    if runs.is_checking():  # a check (runs.checking) loads each model once, on the CPU
+    if is_checking():  # a check (runs.checking) loads each model once, on the CPU
         return runs.memo(("model", name, dtype, compatibility_mode),
                          lambda: _load_model(name, "cpu", dtype, compatibility_mode))
     return _load_model(name, device, dtype, compatibility_mode)

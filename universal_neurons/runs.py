@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import paths
-from .errors import _CHECKING, _DEFERRED, Pending, UserError, defer, would  # noqa: F401 (check mode lives beside UserError)
+from .errors import _CHECKING, Pending, UserError, defer, is_checking, would  # noqa: F401 (check mode lives beside UserError)
 
 FORMAT_VERSION = 1
 
@@ -49,17 +49,11 @@ def checking():
             _MEMO.clear()
 
 
-def is_checking() -> bool:
-    return bool(_CHECKING)
-
-
 def memo(key, make):
     """Check mode: make() once per key for the whole check (e.g. a model every stage check loads)."""
     if key not in _MEMO:
         _MEMO[key] = make()
     return _MEMO[key]
-
-
 
 
 def code_version() -> str:

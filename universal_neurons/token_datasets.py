@@ -148,7 +148,7 @@ def model_rows(model, name: str, n_seq: int = -1, context_length: int | None = N
     tokens = token_tensor(data, 0, n_seq if n_seq > 0 else None) if len(data) else torch.zeros(0, 0)
     if len(tokens) == 0:
         raise UserError(f"token dataset {name!r} is empty: remake it with make_dataset.py")
-    if context_length is not None and context_length >= 2:  # only the first positions are used
+    if context_length is not None:  # only the first positions are used
         tokens = tokens[:, :context_length]
     check_fits([model], name, tokens.shape[1])
     if int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0:

@@ -170,7 +170,10 @@ class ModelArtifacts:
         return self._once("full_names", lambda: vd.full_dataset_names(self.model))
 
     def weights(self) -> dict:
-        return self._once("weights", lambda: (self.check_links("weights"), vd.load_weights_summary(self.model))[1])
+        def make():
+            self.check_links("weights")
+            return vd.load_weights_summary(self.model)
+        return self._once("weights", make)
 
     def vocab(self) -> list[str] | None:
         def make():
