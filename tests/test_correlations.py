@@ -418,16 +418,24 @@ def test_shards_merge_tiles_and_resume_equal_single_run(tiny_models, token_data,
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "single"))
     cli(*base)
     single = {b: summaries(m1, m2, baseline=b) for b in ("none", "rotation", "permutation")}
-    # 3 shards (run in any order) and a merge, with model-1 rows in tiles of one layer
+    # 3 shards (run in any order) and a merge, with model-1 rows in tiles of one layer: the budget is
+    # what the job holds besides its rows plus one layer of rows (the plan's own accounting)
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "sharded"))
-    tiles = ["--max_memory_gb", str(45 * 80 * 6 * 3 * 1.2 / 2 ** 30)]
+    real_plan = corr_mod.plan_memory
+
+    def one_layer(n1, d1, *a, budget, **k):
+        free = real_plan(n1, d1, *a, budget=None, **k)
+        return real_plan(n1, d1, *a, budget=sum(free.fixed.values()) + free.per_row * d1 + 1, **k)
+
+    monkeypatch.setattr(corr_mod, "plan_memory", one_layer)
     for i in (2, 0, 1):
-        cli(*base, *tiles, "--num_shards", "3", "--shard_index", str(i))
+        cli(*base, "--num_shards", "3", "--shard_index", str(i))
     assert not correlation_path(m1, m2, "tiny", "pearson", "none").exists()
     assert len(list((tmp_path / "sharded").rglob("*.shard-*tile-001-of-002.pt"))) == 3
-    cli(*base, *tiles, "--merge")
+    cli(*base, "--merge")
     for b, want in single.items():
         assert_same_summaries(summaries(m1, m2, baseline=b), want)
+    monkeypatch.setattr(corr_mod, "plan_memory", real_plan)
     # a run killed after 2 batches resumes from its checkpoint
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "resumed"))
     calls = {"n": 0}

@@ -12,12 +12,15 @@ Numerics
 - Every neuron is shifted by a fixed reference, its mean on the first batch, before anything is
   summed, so that S_xx - S_x^2 / n does not cancel even for neurons whose mean is 1000x their std.
   Shards carry their own shifts; `merge` re-centres them onto a common one exactly.
-- The cross product S_xy = sum_t x'_t y'_t^T [N1, N2] costs one GEMM per batch (computed as 4 x 4
-  output tiles for large N, so the scratch stays at 1/8 of the accumulator) and is kept as a
-  compensated pair: `hi` float32 plus `lo` bfloat16 holding the rounding error of every addition
-  (Fast2Sum, Kahan-style). The pair carries ~32 significant bits at 1.5x the memory of a float32
-  accumulator, with no float64 traffic and no host copies on the hot path. Per-neuron sums, sums of
-  squares and Gram matrices are small and kept in float64.
+- The cross product S_xy = sum_t x'_t y'_t^T [N1, N2] costs one GEMM per batch. By precision:
+  fp32: true float32 products kept as a compensated pair, `hi` float32 plus `lo` bfloat16 holding
+    the rounding error of every addition (Fast2Sum, Kahan-style): ~32 significant bits at 1.5x the
+    memory of a float32 accumulator (the GEMM runs as 4 x 4 output tiles for large N, so its
+    scratch stays at 1/8 of the accumulator);
+  tf32 / bf16 / fp16: one GEMM written straight into the float32 accumulator (hi += x^T y, no
+    scratch, no `lo`): the products' own rounding (2^-11 / 2^-9 relative) is 100x that of plain
+    float32 accumulation over 1e4 batches, so compensating it buys nothing.
+  Per-neuron sums, sums of squares and Gram matrices are small and kept in float64.
 - Rotation baseline without a second pass: for an orthogonal R_l per model-2 layer,
   cov(x, R_l y_l) = C_xy,l R_l^T and var(R_l y_l) = diag(R_l Sigma_l R_l^T), so only the Gram
   matrices G_l = sum_t y'_l y'_l^T [D2, D2] of model 2 are accumulated (1/L1 of the main GEMM).
@@ -46,6 +49,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .device import GEMM_INPUT_DTYPES, matmul_precision
 from .errors import UserError
 
 SIMILARITIES = ("pearson", "cosine", "jaccard")
@@ -122,15 +126,17 @@ def _first_mean(t: torch.Tensor, rows: int = 1024, chunk: int = 64) -> torch.Ten
 
 
 def _centre_and_sum(t: torch.Tensor, shift: torch.Tensor | None, squares: bool = True,
-                    chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """t [T, N] float32 -= shift (in place, if given); returns its column sums and (if `squares`)
     sums of squares, float64 [N].
 
-    One sweep in chunks of ~`chunk` elements (few ops, each chunk still in cache for its second
-    and third use): centre, then both sums as BLAS
-    matrix-vector products (float32 reductions over dim 0 are slow on CPU, and a float64 cast
-    would allocate twice t); partial sums over a chunk are float32, their running total float64.
+    One sweep in chunks of ~`chunk` elements: centre, then both sums as BLAS matrix-vector products
+    (float32 reductions over dim 0 are slow on CPU, and a float64 cast would allocate twice t);
+    partial sums over a chunk are float32, their running total float64. On a CPU a chunk is 1M
+    elements (still in cache for its second and third use); on a GPU 64M (a GPT-2 batch in ~10
+    chunks: a few large kernels instead of thousands of launches).
     """
+    chunk = chunk or ((1 << 26) if t.device.type == "cuda" else (1 << 20))
     rows = max(1, min(chunk // t.shape[1], t.shape[0]))
     ones = torch.ones(1, rows, device=t.device, dtype=t.dtype)
     buf = torch.empty(rows, t.shape[1], device=t.device, dtype=t.dtype)
@@ -194,7 +200,7 @@ class _Stream:
     sum: torch.Tensor | None = None        # [N2] float64, of shifted values
     sumsq: torch.Tensor | None = None      # [N2] float64
     hi: torch.Tensor | None = None         # [N1, N2] float32
-    lo: torch.Tensor | None = None         # [N1, N2] bfloat16
+    lo: torch.Tensor | None = None         # [N1, N2] bfloat16 (fp32 precision only; else None)
     gram: torch.Tensor | None = None       # [L2, D2, D2] float64 or None
 
     def tensors(self) -> dict:
@@ -212,8 +218,8 @@ class CorrelationStats:
     def __init__(self, *, n_rows: int, layers_2: int, d_2: int, row_offset: int = 0,
                  similarity: str = "pearson", jaccard_threshold: float = 0.0,
                  baselines=("none",), n_rotations: int = 1, seed: int = 0,
-                 device="cpu", gemm_dtype: torch.dtype = torch.float32, allow_tf32: bool = False,
-                 tile: tuple[int, int] | None = None):
+                 device="cpu", precision: str | None = None, gemm_dtype: torch.dtype | None = None,
+                 allow_tf32: bool = False, tile: tuple[int, int] | None = None):
         if similarity not in SIMILARITIES:
             raise UserError(f"unknown similarity {similarity!r}; choose from {SIMILARITIES}")
         baselines = tuple(dict.fromkeys(baselines))
@@ -227,7 +233,13 @@ class CorrelationStats:
         self.similarity, self.jaccard_threshold = similarity, float(jaccard_threshold)
         self.baselines, self.n_rotations, self.seed = baselines, int(n_rotations), int(seed)
         self.device = torch.device(device)
-        self.gemm_dtype, self.allow_tf32 = gemm_dtype, allow_tf32
+        if precision is None:  # the older keywords: gemm_dtype (bfloat16 / float16) and allow_tf32
+            precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(gemm_dtype, "tf32" if allow_tf32 else "fp32")
+        if precision not in GEMM_INPUT_DTYPES:
+            raise UserError(f"unknown precision {precision!r}; choose from {tuple(GEMM_INPUT_DTYPES)}")
+        self.precision = precision
+        self.gemm_dtype = GEMM_INPUT_DTYPES[precision]
+        self.compensated = precision == "fp32"
         self.tile = tuple(tile) if tile else (_tile(self.n_rows), _tile(self.n_cols))
         self.n = 0
         self.x_shift = self.x_sum = self.x_sumsq = None
@@ -264,7 +276,7 @@ class CorrelationStats:
         s.sum = torch.zeros(self.n_cols, dtype=torch.float64, device=dev)
         s.sumsq = torch.zeros_like(s.sum)
         s.hi = torch.zeros(self.n_rows, self.n_cols, dtype=torch.float32, device=dev)
-        s.lo = torch.zeros(self.n_rows, self.n_cols, dtype=torch.bfloat16, device=dev)
+        s.lo = torch.zeros(self.n_rows, self.n_cols, dtype=torch.bfloat16, device=dev) if self.compensated else None
         if name == "data" and "rotation" in self.baselines:
             s.gram = torch.zeros(self.layers_2, self.d_2, self.d_2, dtype=torch.float64, device=dev)
         return s
@@ -298,13 +310,14 @@ class CorrelationStats:
                              f"got {x.shape[1]} and {y.shape[1]}")
         if x.shape[0] == 0:
             return
-        x = self._prepare_x(x, overwrite_inputs)
-        for name, stream in self.streams.items():
-            if name == "data":
-                y_s = _own_float32(y, overwrite_inputs)
-            else:
-                y_s = self._variant(name, y, batch_id)
-            self._update_stream(stream, x, y_s)
+        with matmul_precision(self.precision):  # tf32: the Gram and the rotations too; fp32: none of them
+            x = self._prepare_x(x, overwrite_inputs)
+            for name, stream in self.streams.items():
+                if name == "data":
+                    y_s = _own_float32(y, overwrite_inputs)
+                else:
+                    y_s = self._variant(name, y, batch_id)
+                self._update_stream(stream, x, y_s)
         self.n += x.shape[0]
 
     def _binary(self, t: torch.Tensor) -> torch.Tensor:
@@ -371,25 +384,35 @@ class CorrelationStats:
         self._accumulate_cross(s, x, y)
 
     def _accumulate_cross(self, s: _Stream, x: torch.Tensor, y: torch.Tensor) -> None:
-        """(hi + lo) += x^T y: one GEMM per output tile (fp32 products, or gemm_dtype on CUDA),
-        each folded into the compensated pair at once. Tiles of a quarter of each dimension keep
-        the scratch at 1/8 of the accumulator and re-read the inputs only 4x (rows-only chunks
-        would re-read y once per chunk)."""
-        low = self.gemm_dtype in (torch.bfloat16, torch.float16)
-        if low:
-            x, y = x.to(self.gemm_dtype), y.to(self.gemm_dtype)
+        """hi (+ lo) += x^T y. fp32: one GEMM per output tile, each folded into the compensated pair
+        at once (tiles of a quarter of each dimension keep the scratch at 1/8 of the accumulator and
+        re-read the inputs only 4x). Other precisions: one GEMM, accumulating in place."""
+        if not self.compensated:
+            self._accumulate_direct(s.hi, x, y)
+            return
         tr, tc = self.tile
         p = torch.empty(min(tr, self.n_rows), min(tc, self.n_cols), device=y.device)
         # Fast2Sum scratch: whole tiles up to 4M entries, row chunks of the tile beyond
         work = torch.empty(min(tr, max(1, (1 << 22) // p.shape[1])), p.shape[1], device=y.device)
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.allow_tf32
-        try:
-            self._tiles(s, x, y, p, work, low)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+        self._tiles(s, x, y, p, work)
 
-    def _tiles(self, s: _Stream, x, y, p, work, low: bool) -> None:
+    def _accumulate_direct(self, hi: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+        """hi += x^T y in one GEMM: tf32 products on CUDA (update's precision context); bf16 / fp16
+        inputs with a float32 output on CUDA; on a CPU bf16 / fp16 inputs are rounded and multiplied
+        in float32 (the same products: a product of two bf16 values is exact in float32)."""
+        if self.gemm_dtype == torch.float32:
+            hi.addmm_(x.t(), y)
+            return
+        xl, yl = x.to(self.gemm_dtype), y.to(self.gemm_dtype)
+        if hi.device.type != "cuda":
+            hi.addmm_(xl.t().float(), yl.float())
+            return
+        try:  # tensor cores with a float32 output, accumulated by the GEMM itself (beta = 1)
+            torch.addmm(hi, xl.t(), yl, out_dtype=torch.float32, out=hi)
+        except (RuntimeError, TypeError):  # an older torch: one float32 product, then one add
+            hi.add_(torch.mm(xl.t(), yl, out_dtype=torch.float32))
+
+    def _tiles(self, s: _Stream, x, y, p, work) -> None:
         tr, tc = self.tile
         for r0 in range(0, self.n_rows, tr):
             r1 = min(r0 + tr, self.n_rows)
@@ -397,26 +420,34 @@ class CorrelationStats:
             for c0 in range(0, self.n_cols, tc):
                 c1 = min(c0 + tc, self.n_cols)
                 pt, wt = p[: r1 - r0, : c1 - c0], work[:, : c1 - c0]
-                if low:
-                    pt.copy_(torch.mm(xt, y[:, c0:c1], out_dtype=torch.float32))
-                else:
-                    torch.mm(xt, y[:, c0:c1], out=pt)
+                torch.mm(xt, y[:, c0:c1], out=pt)
                 _compensated_add_(s.hi[r0:r1, c0:c1], s.lo[r0:r1, c0:c1], pt, wt)
 
     # merging and persistence -------------------------------------------------------------------
 
     @torch.no_grad()
-    def merge(self, other: "CorrelationStats") -> "CorrelationStats":
-        """Add another shard's statistics (same configuration, any shift) into this one."""
+    def merge(self, other: "CorrelationStats", chunk_bytes: int = 256 << 20) -> "CorrelationStats":
+        """Add another shard's statistics (same configuration, any shift) into this one.
+
+        Streaming: `other` may live on the CPU (e.g. a memory-mapped file: CorrelationStats.load with
+        mmap=True); its accumulator reaches this device in row chunks of ~chunk_bytes of float64
+        work, so a merge holds this accumulator plus one chunk, never a second whole shard."""
         if other.config() != self.config():
             raise UserError(f"cannot merge statistics with different settings: {self.config()} vs {other.config()}")
         if other.n == 0:
             return self
-        if self.n == 0:
+        if self.n == 0:   # copy other's state (row chunks: an accumulator fills this device only once)
             self.x_shift, self.x_sum, self.x_sumsq = (t.to(self.device).clone() for t in (other.x_shift, other.x_sum, other.x_sumsq))
             for name, s in self.streams.items():
-                for k, t in other.streams[name].tensors().items():
+                o = other.streams[name]
+                for k in ("shift", "sum", "sumsq", "gram"):
+                    t = getattr(o, k)
                     setattr(s, k, None if t is None else t.to(self.device).clone())
+                rows = max(1, chunk_bytes // (8 * self.n_cols))
+                for r0 in range(0, self.n_rows, rows):
+                    s.hi[r0:r0 + rows].copy_(o.hi[r0:r0 + rows])
+                    if s.lo is not None:
+                        s.lo[r0:r0 + rows].copy_(o.lo[r0:r0 + rows]) if o.lo is not None else s.lo[r0:r0 + rows].zero_()
             self.n = other.n
             return self
         n_o = other.n
@@ -426,12 +457,19 @@ class CorrelationStats:
             o = other.streams[name]
             dy = o.shift.to(self.device).double() - s.shift.double()
             sy_o = o.sum.to(self.device)
-            for r0 in range(0, self.n_rows, self.tile[0]):
-                r1 = min(r0 + self.tile[0], self.n_rows)
-                total = o.hi[r0:r1].to(self.device).double() + o.lo[r0:r1].to(self.device).double()
+            rows = max(1, chunk_bytes // (8 * self.n_cols))
+            for r0 in range(0, self.n_rows, rows):
+                r1 = min(r0 + rows, self.n_rows)
+                total = o.hi[r0:r1].to(self.device).double()                     # [rows, N2] float64
+                if o.lo is not None:
+                    total += o.lo[r0:r1].to(self.device)
                 total.addr_(dx[r0:r1], sy_o).addr_(sx_o[r0:r1] + n_o * dx[r0:r1], dy)
-                total += s.hi[r0:r1].double() + s.lo[r0:r1].double()
-                _split_(s.hi[r0:r1], s.lo[r0:r1], total)
+                total += s.hi[r0:r1]
+                if s.lo is not None:
+                    total += s.lo[r0:r1]
+                    _split_(s.hi[r0:r1], s.lo[r0:r1], total)
+                else:
+                    s.hi[r0:r1].copy_(total)
             if s.gram is not None:
                 g = o.gram.to(self.device).clone()
                 dy_l, sy_l = dy.view(self.layers_2, self.d_2), sy_o.view(self.layers_2, self.d_2)
@@ -463,6 +501,11 @@ class CorrelationStats:
         for name, s in stats.streams.items():
             for k, t in state["streams"][name].items():
                 setattr(s, k, to(t))
+            if stats.compensated and s.lo is None:          # resumed in fp32 from a tf32 / bf16 run
+                s.lo = torch.zeros(s.hi.shape, dtype=torch.bfloat16, device=dev)
+            elif not stats.compensated and s.lo is not None:  # the other way: fold the error term in
+                s.hi = s.hi + s.lo.float() if s.hi.device.type == "cpu" else s.hi.add_(s.lo)
+                s.lo = None
         return stats
 
     def save(self, path, **extra) -> None:
@@ -471,11 +514,12 @@ class CorrelationStats:
         torch_save_atomic({**self.state_dict(), **extra}, path)
 
     @classmethod
-    def load(cls, path, device="cpu", **kwargs) -> tuple["CorrelationStats", dict]:
-        """-> (stats, the whole saved dict, whose extra entries hold e.g. progress)."""
+    def load(cls, path, device="cpu", mmap: bool = False, **kwargs) -> tuple["CorrelationStats", dict]:
+        """-> (stats, the whole saved dict, whose extra entries hold e.g. progress). mmap=True (with
+        device='cpu') leaves the accumulators in the file until read: a streaming merge's input."""
         from .paths import torch_load
 
-        state = torch_load(path)  # a damaged or crafted file: one UserError naming it
+        state = torch_load(path, mmap=mmap)  # a damaged or crafted file: one UserError naming it
         return cls.from_state_dict(state, device, **kwargs), state
 
     # per-neuron moments ------------------------------------------------------------------------
@@ -535,7 +579,8 @@ class CorrelationStats:
         """float64 [r1-r0, N2]: pearson: centred cross sums C; cosine: raw cross sums; jaccard: intersections."""
         s = self.streams[stream]
         c = s.hi[r0:r1].double()
-        c += s.lo[r0:r1]
+        if s.lo is not None:
+            c += s.lo[r0:r1]
         if self.similarity == "pearson":
             c.addr_(self.x_sum[r0:r1], s.sum, alpha=-1.0 / self.n)
         elif self.similarity == "cosine":

@@ -24,13 +24,14 @@ from .correlation_stats import (_SALT, BASELINES, SIMILARITIES, CorrelationStats
 from .correlation_summary import *  # noqa: F401,F403
 from .correlation_summary import (FULL_FILE, SUMMARY_FILES, CorrelationFinalizer,  # noqa: F401
                                   load_correlation_matrix, quantize_rows_int8, read_correlation_summary)
+from .device import PRECISIONS, matmul_precision, resolve_precision
 from .errors import UserError, check_n_seq
 from .flags import StageConfig
 from .models import model_fingerprint
 from .token_datasets import dataset_fingerprint
 
 RUN_FILE = "run.json"  # the settings that made a <sim>.<baseline>/ folder (written last: it marks it done)
-GEMM_DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GEMM_DTYPES = {"float32": "fp32", "tf32": "tf32", "bfloat16": "bf16", "float16": "fp16"}  # --gemm_dtype -> --precision
 
 # The command-line driver shared by correlations_fast.py and correlations.py ----------------------
 
@@ -80,9 +81,12 @@ class CorrelationConfig(StageConfig):
                                         "take a pass over the data (the forward passes are repeated per tile)"})
     checkpoint_every: int = field(default=0, metadata={"type": int, "help":
                                   "save the statistics every k batches; a rerun resumes from the last save (0 = off)"})
-    gemm_dtype: str = field(default="float32", metadata={"choices": list(GEMM_DTYPES), "help":
-                            "precision of the cross-product GEMM (tf32 / bfloat16 / float16: CUDA)"})
-    tf32: bool = field(default=False, metadata={"action": "store_true", "help": "same as --gemm_dtype tf32"})
+    precision: str = field(default="auto", metadata={"choices": list(PRECISIONS), "help":
+                           "fp32 | tf32 | bf16 | fp16 for the forward passes, Gram matrices, cross GEMM and "
+                           "finaliser (auto: tf32 on CUDA, fp32 on a CPU); see the README's precision table"})
+    gemm_dtype: str | None = field(default=None, metadata={"choices": list(GEMM_DTYPES), "help":
+                                   "older spelling of --precision (float32 = fp32, bfloat16 = bf16, ...)"})
+    tf32: bool = field(default=False, metadata={"action": "store_true", "help": "same as --precision tf32"})
     overwrite: bool = field(default=False, metadata={"common": True})
 
     def __post_init__(self):
@@ -112,19 +116,97 @@ def _stats_name(args, tile: int, n_tiles: int, shard: int | None, n_shards: int)
     return f"{tag}.{part}.tile-{tile:03d}-of-{n_tiles:03d}.pt"
 
 
-def _plan_tiles(n1: int, d1: int, bytes_per_row: int, max_memory_gb: float | None) -> list[tuple[int, int]]:
-    """Model-1 row ranges whose statistics fit the budget; whole layers when a layer fits."""
-    if not max_memory_gb:
-        return [(0, n1)]
-    rows = int(max_memory_gb * 2 ** 30 // bytes_per_row)
-    if rows < 1:
-        raise UserError(f"--max_memory_gb {max_memory_gb} is too small: one model-1 neuron's statistics "
-                        f"need {bytes_per_row / 2 ** 20:.1f} MiB")
-    if rows >= n1:
-        return [(0, n1)]
-    if rows >= d1:
-        rows -= rows % d1
-    return [(r, min(r + rows, n1)) for r in range(0, n1, rows)]
+@dataclass
+class MemoryPlan:
+    """What a correlation job holds on its correlation device, in bytes, and the model-1 row tiles
+    that fit the budget (each tile is one pass over the data, forwards included)."""
+    budget: int | None                  # None: no cap (a CPU without --max_memory_gb)
+    per_row: int                        # grows with the tile: accumulators, GEMM scratch, x rows
+    fixed: dict                         # independent of the tile: weights, forward, y, Grams, finaliser
+    tiles: list
+
+    @property
+    def peak(self) -> int:
+        return sum(self.fixed.values()) + self.per_row * max(r1 - r0 for r0, r1 in self.tiles)
+
+    def describe(self) -> str:
+        gib = lambda b: f"{b / 2 ** 30:.1f} GiB"
+        parts = ", ".join(f"{k} {gib(v)}" for k, v in self.fixed.items() if v)
+        cap = "no cap" if self.budget is None else f"budget {gib(self.budget)}"
+        return (f"memory plan: {len(self.tiles)} tile(s) of <= {max(r1 - r0 for r0, r1 in self.tiles)} model-1 rows, "
+                f"peak ~{gib(self.peak)} ({cap}; per row {self.per_row / 2 ** 20:.2f} MiB; {parts})")
+
+
+def plan_memory(n1: int, d1: int, models_2: dict, *, tokens: int, precision: str, streams: dict,
+                rotation: dict, budget: int | None, weights: int = 0, forward: int = 0,
+                finaliser_block: int = 1 << 30, n_baselines: int = 1) -> MemoryPlan:
+    """The memory plan of one pass: models_2 {name: (layers, d_mlp)}; tokens: rows of a batch
+    (batch_size * context, before masking); streams {name: statistics streams}; rotation {name: bool}.
+
+    Per model-1 row (all model-2 columns N2 of every model 2):
+      accumulator  streams * N2 * (4 float32 hi + 2 bfloat16 lo in fp32 precision)
+      GEMM scratch fp32 only: a quarter-by-quarter output tile, N2 / 4 * 4 per row (+ 16 MiB work)
+      x            tokens * 4 (the row's activations of one batch; + 2 for its bf16 / fp16 copy)
+    Fixed: the models' weights and forward temporaries on this device, y [tokens, N2] float32 plus one
+    baseline variant's copy, the Gram matrices and rotations (float64 + float32) of rotation
+    baselines, and the finaliser's row block plus summaries. Tiles are balanced (equal sizes, whole
+    layers when that does not add a tile)."""
+    comp, low = precision == "fp32", precision in ("bf16", "fp16")
+    per_row = tokens * (6 if low else 4)                       # x, and its bf16 / fp16 copy
+    fixed = {"weights": weights, "forward": forward, "y": 0, "gram": 0, "finaliser": 0, "scratch": 0}
+    for m2, (l2, d2) in models_2.items():
+        n2 = l2 * d2
+        per_row += streams[m2] * n2 * (6 if comp else 4) + (n2 if comp else 0)
+        fixed["y"] = max(fixed["y"], tokens * n2 * 4 * (2 if streams[m2] > 1 else 1) + tokens * n2 * (2 if low else 0))
+        if rotation[m2]:
+            fixed["gram"] += l2 * d2 * d2 * (8 + 8 + 4)       # Gram, float64 and float32 rotations
+        # one row block of float64 / float32 temporaries (~40 B an entry), and the summaries
+        fixed["finaliser"] = max(fixed["finaliser"], min(finaliser_block, 40 * n1 * n2))
+        fixed["finaliser"] += n_baselines * (n1 + n2) * (100 * 12 + 101 * 8 + 64)
+    # centring chunks, the compensated add's work buffer, allocator rounding
+    fixed["scratch"] = (16 << 20) * (2 if comp else 1) + sum(fixed.values()) // 20
+    if budget is None:
+        return MemoryPlan(None, per_row, fixed, [(0, n1)])
+    room = budget - sum(fixed.values())
+    if room < per_row:
+        need = (sum(fixed.values()) + per_row * min(n1, d1)) / 2 ** 30
+        raise UserError(f"--max_memory_gb {budget / 2 ** 30:.2f} is too small for this job: the models, one batch and "
+                        f"its statistics need {sum(fixed.values()) / 2 ** 30:.2f} GiB before any model-1 row, and one "
+                        f"layer of rows {need:.2f} GiB (lower --batch_size, or use a larger device)")
+    n_tiles = math.ceil(n1 / min(n1, room // per_row))
+    rows = math.ceil(n1 / n_tiles)
+    whole = math.ceil(rows / d1) * d1
+    if d1 < rows < n1 and whole * per_row <= room:
+        rows = whole
+    return MemoryPlan(budget, per_row, fixed, [(r, min(r + rows, n1)) for r in range(0, n1, rows)])
+
+
+def _device_budget(device, max_memory_gb: float | None) -> int | None:
+    """--max_memory_gb in bytes; without it, 92% of a CUDA device's free memory, no cap on a CPU."""
+    if max_memory_gb:
+        return int(max_memory_gb * 2 ** 30)
+    if device.type == "cuda" and not runs.is_checking():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.92)
+    return None
+
+
+def _forward_bytes(model, batch: int, ctx: int) -> int:
+    """A forward's temporaries: the residual stream and MLP activations of a batch several times over,
+    and one layer's attention scores and pattern (float32)."""
+    cfg = model.cfg
+    return 4 * batch * ctx * (6 * cfg.d_model + 3 * cfg.d_mlp) + 3 * 4 * batch * cfg.n_heads * ctx * ctx
+
+
+def _param_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _recorded_precision(precision: str) -> str | None:
+    """The precision a run record names: tf32 rounds like batching does (errors below the summaries'
+    float16 storage: README's precision table), so fp32 and tf32 share records; bf16 / fp16 GEMM
+    inputs err more and are recorded."""
+    return precision if precision in ("bf16", "fp16") else None
 
 
 class _Job:
@@ -134,8 +216,6 @@ class _Job:
         from .device import resolve_device
 
         self.args = args
-        if args.tf32:
-            args.gemm_dtype = "tf32"
         if args.batch_size < 1 or args.n_rotations < 1 or args.num_shards < 1:
             raise UserError("--batch_size, --n_rotations and --num_shards must be >= 1")
         check_n_seq(args.n_seq)
@@ -145,9 +225,11 @@ class _Job:
         self.dev1 = resolve_device(args.model_1_device)
         self.dev2 = resolve_device(args.model_2_device)
         self.devc = resolve_device(args.correlation_device)
-        self.gemm_dtype = GEMM_DTYPES[args.gemm_dtype]
-        if self.devc.type != "cuda" and args.gemm_dtype != "float32" and not runs.is_checking():  # a check runs on a login node
-            raise UserError(f"--gemm_dtype {args.gemm_dtype} needs a CUDA --correlation_device")
+        older = "tf32" if args.tf32 else GEMM_DTYPES.get(args.gemm_dtype)
+        if older and args.precision not in ("auto", older):
+            raise UserError(f"--precision {args.precision} and --{'tf32' if args.tf32 else 'gemm_dtype ' + args.gemm_dtype} "
+                            f"disagree: pass one of them")
+        self.precision = resolve_precision(older or args.precision, self.devc)
         self.baselines = list(dict.fromkeys(args.baseline))
 
     def out_dir(self, m2: str, baseline: str) -> Path:
@@ -178,6 +260,7 @@ class _Job:
             out["seed"] = a.seed
         if baseline == "rotation":
             out["n_rotations"] = a.n_rotations
+        out["precision"] = _recorded_precision(self.precision)  # None (fp32 / tf32) also matches earlier records
         return out
 
     def done(self, m2: str, baseline: str) -> bool:
@@ -210,24 +293,11 @@ def _stats_for(job, baselines, tile, n2_layers, d2, args):
     return CorrelationStats(n_rows=r1 - r0, layers_2=n2_layers, d_2=d2, row_offset=r0,
                             similarity=args.similarity_type, jaccard_threshold=args.jaccard_threshold,
                             baselines=baselines, n_rotations=args.n_rotations, seed=args.seed,
-                            device=job.devc, gemm_dtype=job.gemm_dtype, allow_tf32=args.gemm_dtype == "tf32")
-
-
-def _bytes_per_row(pending: dict, layers: dict, d_2: dict, args) -> int:
-    """Statistics bytes per model-1 neuron over every model 2 and stream (hi float32 + lo bfloat16)."""
-    total = 0
-    for m2, baselines in pending.items():
-        probe = CorrelationStats(n_rows=1, layers_2=1, d_2=1, similarity=args.similarity_type,
-                                 baselines=baselines, n_rotations=args.n_rotations)
-        total += len(probe.streams) * layers[m2] * d_2[m2] * 6
-    return int(total * 1.15) + 1      # + row-chunk scratch
+                            device=job.devc, precision=job.precision)
 
 
 def run_correlations(config: CorrelationConfig) -> list[Path]:
     """Run (or shard, or merge) the correlation job `config` (or parsed arguments); returns written folders."""
-    from .capture import check_same_tokenizer
-    from .models import load_model
-
     args = CorrelationConfig.from_args(config)
     job = _Job(args)
     pending = job.pending()
@@ -235,6 +305,15 @@ def run_correlations(config: CorrelationConfig) -> list[Path]:
         print(f"correlations: all artifacts exist for {args.model_1_name} vs {', '.join(args.model_2_name)} "
               f"({job.sim}: {', '.join(job.baselines)}); nothing to do")
         return []
+    with matmul_precision(job.precision):  # one precision for the forwards, Grams, GEMMs and finaliser
+        return _run_pending(job, pending)
+
+
+def _run_pending(job: "_Job", pending: dict) -> list[Path]:
+    from .capture import check_same_tokenizer
+    from .models import load_model
+
+    args = job.args
     model_1 = load_model(args.model_1_name, device=str(job.dev1))
     models_2 = {}
     for m2 in pending:
@@ -265,9 +344,54 @@ class _Run:
         self.n1 = self.L1 * self.D1
         self.layers2 = {m2: m.cfg.n_layers for m2, m in models_2.items()}
         self.d2 = {m2: m.cfg.d_mlp for m2, m in models_2.items()}
-        self.tiles = _plan_tiles(self.n1, self.D1, _bytes_per_row(pending, self.layers2, self.d2, self.args),
-                                 self.args.max_memory_gb)
         self.sharded = self.args.num_shards > 1 and not self.args.merge
+        if self.args.merge:   # the shards' own tiling, read off their files
+            self.tiles = [None] * self._shard_tiles()
+            return
+        self.ds = self._dataset()
+        self.plan = self._plan(len(self.ds[0]["tokens"]))
+        self.tiles = self.plan.tiles
+        print(self.plan.describe(), flush=True)
+
+    def _dataset(self):
+        from .token_datasets import check_fits, load_token_dataset
+
+        ds = load_token_dataset(self.args.token_dataset, self.model_1.family, self.model_1.tokenizer)
+        if len(ds) == 0:
+            raise UserError(f"token dataset {self.args.token_dataset!r} is empty: remake it with make_dataset.py")
+        check_fits([self.model_1, *self.models_2.values()], self.args.token_dataset, len(ds[0]["tokens"]))
+        return ds
+
+    def _plan(self, ctx: int) -> MemoryPlan:
+        """The memory plan on the correlation device (models counted where they share it)."""
+        job, args = self.job, self.args
+        on_c = lambda dev: dev == job.devc
+        models = ([self.model_1] if on_c(job.dev1) else []) + \
+                 [m for m in dict.fromkeys(self.models_2.values()) if on_c(job.dev2) and m is not self.model_1]
+        streams, rotation = {}, {}
+        for m2, baselines in self.pending.items():
+            probe = CorrelationStats(n_rows=1, layers_2=1, d_2=1, similarity=args.similarity_type,
+                                     baselines=baselines, n_rotations=args.n_rotations)
+            streams[m2], rotation[m2] = len(probe.streams), any(s.gram is not None for s in probe.streams.values())
+        return plan_memory(self.n1, self.D1, {m2: (self.layers2[m2], self.d2[m2]) for m2 in self.pending},
+                           tokens=args.batch_size * ctx, precision=job.precision, streams=streams, rotation=rotation,
+                           budget=_device_budget(job.devc, args.max_memory_gb),
+                           weights=sum(_param_bytes(m) for m in models),
+                           forward=max([_forward_bytes(m, args.batch_size, ctx) for m in models] or [0]),
+                           finaliser_block=(1 << 30) if job.devc.type == "cuda" else (256 << 20),
+                           n_baselines=max(map(len, self.pending.values())))
+
+    def _shard_tiles(self) -> int:
+        """How many row tiles the shards of this merge used (one count for every shard and model 2)."""
+        counts = set()
+        for m2 in self.pending:
+            head = _stats_name(self.args, 0, 1, 0, 1).split(".shard-")[0]
+            for f in self.job.stats_dir(m2).glob(f"{head}.shard-*-of-*.tile-*-of-*.pt"):
+                counts.add(int(f.name.rsplit("-of-", 1)[1].split(".")[0]))
+        if len(counts) > 1:
+            raise UserError(f"--merge: the shard statistics were tiled in {sorted(counts)} ways (different "
+                            f"--max_memory_gb or devices): rerun the shards with one --max_memory_gb")
+        return counts.pop() if counts else 1
 
     def stats_path(self, m2: str, tile: int, shard: int | None, n_shards: int | None = None) -> Path:
         n = self.args.num_shards if n_shards is None else n_shards
@@ -287,8 +411,7 @@ class _Run:
         rows and code: `progress_key` holds them), else fresh ones."""
         job, args, baselines = self.job, self.args, self.pending[m2]
         if path.exists():
-            st, saved = CorrelationStats.load(path, device=job.devc, gemm_dtype=job.gemm_dtype,
-                                              allow_tf32=args.gemm_dtype == "tf32")
+            st, saved = CorrelationStats.load(path, device=job.devc, precision=job.precision)
             prog = saved.get("progress", {})
             if {k: prog.get(k) for k in progress_key} == progress_key and st.baselines == tuple(baselines):
                 return st, prog["next_batch"]
@@ -299,22 +422,18 @@ class _Run:
         """One pass over this shard's batches per tile; returns {model 2: finaliser} (None when sharded)."""
         import time
 
-        from .token_datasets import check_fits, load_token_dataset, shard_rows
+        from .token_datasets import shard_rows
 
-        args = self.args
-        ds = load_token_dataset(args.token_dataset, self.model_1.family, self.model_1.tokenizer)
-        if len(ds) == 0:
-            raise UserError(f"token dataset {args.token_dataset!r} is empty: remake it with make_dataset.py")
-        check_fits([self.model_1, *self.models_2.values()], args.token_dataset, len(ds[0]["tokens"]))
+        args, ds = self.args, self.ds
         n_seq = len(ds) if args.n_seq < 0 else min(args.n_seq, len(ds))
         n_batches = math.ceil(n_seq / args.batch_size)
         b_start, b_stop = shard_rows(n_batches, args.num_shards, args.shard_index) if self.sharded else (0, n_batches)
         base_key = {"dataset": args.token_dataset, "batches": [b_start, b_stop], "n_seq": n_seq,
                     "batch_size": args.batch_size, "drop_newlines": args.drop_newlines,
-                    "activation_location": args.activation_location}
+                    "activation_location": args.activation_location, "precision": _recorded_precision(self.job.precision)}
         keys = {m2: {**base_key, **self.job.inputs(m2)} for m2 in self.pending}  # per model 2: its weights too
         shard = args.shard_index if self.sharded else None
-        save_tiles = self.sharded or len(self.tiles) > 1 or args.checkpoint_every > 0
+        save_tiles = self.sharded or args.checkpoint_every > 0   # a plain tiled run finalises each tile at once
         fins = {m2: None for m2 in self.pending}
         for t, tile in enumerate(self.tiles):
             stats, start = {}, {}
@@ -336,7 +455,8 @@ class _Run:
 
     def _batches(self, ds, n_seq, t, tile, stats, start, first, b_start, b_stop, shard, keys) -> None:
         """Add batches first..b_stop of tile t to every model 2's statistics (checkpointing as asked)."""
-        from .capture import mlp_activations, token_mask
+        from .capture import keep_rows, masked_activations, token_mask
+        from .device import to_device
         from .token_datasets import token_tensor
 
         args, job, D1 = self.args, self.job, self.D1
@@ -344,15 +464,15 @@ class _Run:
         l0, l1 = r0 // D1, (r1 - 1) // D1 + 1
         nt = len(self.tiles)
         for b in _progress(range(first, b_stop), f"tile {t + 1}/{nt}" if nt > 1 else "batches"):
-            tokens = token_tensor(ds, b * args.batch_size, min((b + 1) * args.batch_size, n_seq))
-            mask = token_mask(tokens, self.model_1.tokenizer, DROP_NEWLINES[args.drop_newlines]).flatten()
-            acts = mlp_activations(self.model_1, tokens, args.activation_location, layers=list(range(l0, l1)))
-            x = acts.reshape(-1, (l1 - l0) * D1)[mask.to(acts.device)][:, r0 - l0 * D1:r1 - l0 * D1]  # [T, rows]
-            x = x.to(job.devc)
+            # the host knows the tokens, so it computes the kept rows: no device ever waits on a mask
+            tokens = token_tensor(ds, b * args.batch_size, min((b + 1) * args.batch_size, n_seq))   # [batch, pos]
+            rows = keep_rows(token_mask(tokens, self.model_1.tokenizer, DROP_NEWLINES[args.drop_newlines]))  # [T]
+            on = {dev: (to_device(tokens, dev), to_device(rows, dev)) for dev in {job.dev1, job.dev2}}
+            x = masked_activations(self.model_1, *on[job.dev1], args.activation_location, layers=list(range(l0, l1)))
+            x = x[:, r0 - l0 * D1:r1 - l0 * D1].to(job.devc)                                            # [T, rows]
             todo = [m2 for m2 in self.pending if start[m2] <= b]
             for i, m2 in enumerate(todo):
-                y = mlp_activations(self.models_2[m2], tokens, args.activation_location)
-                y = y.reshape(-1, self.layers2[m2] * self.d2[m2])[mask.to(y.device)].to(job.devc)  # [T, N2]
+                y = masked_activations(self.models_2[m2], *on[job.dev2], args.activation_location).to(job.devc)  # [T, N2]
                 last = i == len(todo) - 1
                 stats[m2].update(x if last else x.clone(), y, batch_id=b, overwrite_inputs=True)
             if args.checkpoint_every and (b + 1 - b_start) % args.checkpoint_every == 0 and b + 1 < b_stop:
@@ -372,6 +492,8 @@ class _Run:
             paths.torch_save_atomic(res["summary_T"], out / SUMMARY_FILES[1])
             paths.torch_save_atomic(res["summary"], out / SUMMARY_FILES[0])
             record = self.job.settings(m2, b)
+            if record["precision"] is None:  # fp32 / tf32 records read as they always did
+                del record["precision"]
             if res["correlation"] is not None:
                 record["full_matrix_precision"] = self.args.save_precision
             runs.write_record(out / RUN_FILE, record)
@@ -409,17 +531,20 @@ def _merge_shards(job, args, m2, tile, n_tiles, stats_path) -> CorrelationStats:
         raise UserError(f"--merge: statistics of shard(s) {missing} of {n} are missing in {job.stats_dir(m2)} "
                         f"(the merge needs the shard runs' --baseline, --seed, --n_rotations, --batch_size, "
                         f"--n_seq and --max_memory_gb)")
-    for i in range(n):
-        st, saved = CorrelationStats.load(stats_path(m2, tile, i, n), device=job.devc)
+    for i in range(n):  # streaming: each shard stays in its (memory-mapped) file, read in row chunks
+        st, saved = CorrelationStats.load(stats_path(m2, tile, i, n), device="cpu", mmap=True, precision=job.precision)
         prog = saved.get("progress", {})
         if prog.get("next_batch") != prog.get("batches", [None, None])[1]:
             raise UserError(f"--merge: shard {i} has not finished ({stats_path(m2, tile, i, n)})")
-        want = {"drop_newlines": args.drop_newlines, "activation_location": args.activation_location, **job.inputs(m2)}
+        want = {"drop_newlines": args.drop_newlines, "activation_location": args.activation_location,
+                "precision": _recorded_precision(job.precision), **job.inputs(m2)}
         diff = runs.differences({k: prog.get(k) for k in want}, want)
         if diff:
             raise UserError(f"--merge: shard {i} was made otherwise ({', '.join(diff)}): rerun the shards "
                             f"({stats_path(m2, tile, i, n)})")
-        merged = st if merged is None else merged.merge(st)
+        if merged is None:
+            merged = CorrelationStats(**st.config(), device=job.devc, precision=job.precision)
+        merged.merge(st)
         del st
     return merged
 

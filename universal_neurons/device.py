@@ -77,3 +77,53 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# Precision: one switch for every stage ------------------------------------------------------------
+#
+#   fp32  true float32 everywhere (TF32 off); the correlation GEMM keeps a compensated accumulator
+#   tf32  float32 storage, TF32 tensor-core products (10-bit mantissa inputs, fp32 accumulation) for
+#         every float32 matmul of the stage: forward, Gram, cross GEMM, finaliser
+#   bf16  as tf32, but the correlation GEMM's inputs are bfloat16 (8-bit mantissa), its output fp32
+#   fp16  as bf16 with float16 inputs (overflows above 65504: activations that large are rare)
+#   auto  tf32 on CUDA, fp32 elsewhere (a CPU has no TF32)
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+GEMM_INPUT_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """'auto'/None -> 'tf32' on CUDA, else 'fp32'. tf32 needs CUDA; bf16 / fp16 on a CPU round the
+    GEMM's inputs and multiply in fp32 (the same numbers as the tensor cores, no faster)."""
+    precision = "auto" if precision is None else str(precision)
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if precision == "auto":
+        return "tf32" if device.type == "cuda" else "fp32"
+    if precision == "tf32" and device.type != "cuda" and not is_checking():  # a check runs on a login node
+        raise UserError(f"--precision tf32 needs a CUDA device (got {device}); use fp32 on a CPU")
+    return precision
+
+
+class matmul_precision:
+    """Context: TF32 on or off for every float32 matmul / convolution on CUDA inside the block (on for
+    tf32 / bf16 / fp16, off for fp32), the previous setting restored after. A no-op on a CPU."""
+
+    def __init__(self, precision: str):
+        self.tf32 = precision != "fp32"
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.tf32
+        return self
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+        return False
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`; to CUDA through pinned memory without blocking the host (the copy is
+    ordered on the stream, so kernels that use it wait for it, and the host never does)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
