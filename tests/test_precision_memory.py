@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from test_correlations import D2, L2, N1, gelu_data, ref_pearson, run, tiny_models, token_data  # noqa: F401 (fixtures)
-from universal_neurons import correlations as corr_mod
 from universal_neurons.correlations import CorrelationStats, plan_memory
 from universal_neurons.errors import UserError
 
@@ -202,3 +201,26 @@ def test_precision_flags(tiny_models, token_data, capsys, monkeypatch):
     assert e.value.code == 2 and "precision 'bf16' -> None" in capsys.readouterr().err
     cli(*base, "--gemm_dtype", "bfloat16")                  # the older spelling: the same run, done
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_summary_histogram_without_bincount_is_the_same():
+    """The GPU's sync-free histogram (index_add_) == the CPU's bincount == torch.histc-free float64
+    counting, with values on edges, outside the range and NaN."""
+    from universal_neurons.activation_summary import bin_edges, update_histogram
+
+    edges = bin_edges(16, -1.0, 1.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 7, generator=g) * 1.5
+    x[:20, 0] = edges[3]                      # exactly on an edge: bin 3 (e[2] < x <= e[3])
+    x[20:30, 1] = float("nan")                # NaN: the last bin
+    a, b = (torch.zeros(7, 17, dtype=torch.int64) for _ in range(2))
+    update_histogram(a, x, edges, sync_free=False)
+    update_histogram(b, x, edges, sync_free=True)
+    assert torch.equal(a, b)
+    want = torch.zeros(7, 17, dtype=torch.int64)
+    xd, ed = x.double().numpy(), edges.double().numpy()
+    for j in range(7):
+        for v in xd[:, j]:
+            want[j, 17 - 1 if np.isnan(v) else int(np.searchsorted(ed, v, side="left"))] += 1
+    assert torch.equal(a, want) and a[0, 3] >= 20 and a[1, 16] >= 10
+    assert _sync_ops(lambda: update_histogram(b, x, edges, sync_free=True)) == collections.Counter()

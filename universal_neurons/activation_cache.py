@@ -288,7 +288,7 @@ def cache_layers(model, tokens: torch.Tensor, folder: Path, location: str = "mlp
     """Layer mode on tokens [n_seq, ctx]: write {l}.all.{agg}.all.pt for each layer."""
     from tqdm.auto import tqdm
 
-    from .capture import position_mask
+    from .capture import position_mask, run_until_last_hook
 
     if aggregation not in AGGREGATIONS:
         raise UserError(f"unknown --activation_aggregation {aggregation!r}; choose from {AGGREGATIONS}")
@@ -320,12 +320,11 @@ def cache_layers(model, tokens: torch.Tensor, folder: Path, location: str = "mlp
             out[l][span["lo"]:span["lo"] + len(x)] = x.cpu().numpy()
 
         hooks = [(f"blocks.{l}.{location}", lambda a, hook, l=l: save(a, hook, l)) for l in layers]
-        stop = max(layers) + 1 if max(layers) + 1 < model.cfg.n_layers else None
         for lo in tqdm(range(0, n_seq, batch_size), desc="activations", disable=not progress):
             toks = tokens[lo:lo + batch_size].to(dev)
             span.update(lo=lo * ctx if aggregation == "none" else lo,
                         mask=position_mask(toks, model.tokenizer, special=not exclude_special))
-            model.run_with_hooks(toks, fwd_hooks=hooks, return_type=None, stop_at_layer=stop)
+            run_until_last_hook(model, toks, hooks)  # no unembedding, even for the last layer
         for l in layers:
             x = torch.from_numpy(np.array(out[l]))
             obj = quantize_per_channel(x) if precision == 8 else x

@@ -50,7 +50,8 @@ from pathlib import Path
 import torch
 
 from . import paths, runs
-from .capture import position_mask
+from .capture import keep_rows, position_mask, run_until_last_hook
+from .device import to_device
 from .errors import UserError, check_n_seq
 from .flags import StageConfig
 from .token_datasets import run_inputs
@@ -112,12 +113,17 @@ def plan_layer_groups(n_layers: int, d_mlp: int, d_vocab: int, vocab_k: int, max
 
 # Streaming updates, one layer at a time ------------------------------------------------------------
 
-def update_histogram(counts: torch.Tensor, x: torch.Tensor, edges: torch.Tensor) -> None:
-    """counts [D, n_bins + 1] int64 += histogram of x [T, D] per neuron (bucketize convention)."""
+def update_histogram(counts: torch.Tensor, x: torch.Tensor, edges: torch.Tensor, sync_free: bool | None = None) -> None:
+    """counts [D, n_bins + 1] int64 += histogram of x [T, D] per neuron (bucketize convention).
+    sync_free (default: on a GPU) adds with index_add_ instead of bincount, whose output size
+    comes from the data (a host sync per call on a GPU); on a CPU bincount is faster."""
     n_cols = counts.shape[1]
     bins = torch.bucketize(x, edges)  # [T, D] in [0, n_bins]
     bins += torch.arange(x.shape[1], device=x.device) * n_cols  # one block of bins per neuron
-    counts.view(-1).add_(torch.bincount(bins.view(-1), minlength=counts.numel()))
+    if not (counts.device.type != "cpu" if sync_free is None else sync_free):
+        counts.view(-1).add_(torch.bincount(bins.view(-1), minlength=counts.numel()))
+    else:
+        counts.view(-1).index_add_(0, bins.view(-1), torch.ones(1, dtype=counts.dtype, device=counts.device).expand(bins.numel()))
 
 
 def merge_top_k(values: torch.Tensor, index: torch.Tensor, x: torch.Tensor, flat_ix: torch.Tensor) -> None:
@@ -203,13 +209,16 @@ def summarize_tokens(model, tokens: torch.Tensor, *, n_bins: int = 256, bin_min:
         if vocab_k:
             g_max = vocab_max[:len(layers)].fill_(-math.inf)
             g_sum = vocab_sum[:len(layers)].zero_()
-        batch: dict[str, torch.Tensor] = {}  # this batch's mask, token ids and flat indices
+        batch: dict[str, torch.Tensor] = {}  # this batch's kept rows, their token ids and flat indices
+
+        def kept(act):  # [T, D] float32: the counted positions (indices from the host: no mask sync)
+            return act.reshape(-1, D).index_select(0, batch["rows"]).float()
 
         def on_pre(act, hook, j):
-            update_histogram(g_counts[j], act[batch["mask"]].float(), edges)
+            update_histogram(g_counts[j], kept(act), edges)
 
         def on_post(act, hook, j):
-            x = act[batch["mask"]].float()  # [T, D]
+            x = kept(act)  # [T, D]
             merge_top_k(g_top_v[j], g_top_i[j], x, batch["flat"])
             if vocab_k:
                 update_vocab(g_max[j], g_sum[j], x, batch["tok"])
@@ -218,15 +227,14 @@ def summarize_tokens(model, tokens: torch.Tensor, *, n_bins: int = 256, bin_min:
         for j, l in enumerate(layers):
             hooks.append((f"blocks.{l}.mlp.hook_pre", lambda a, hook, j=j: on_pre(a, hook, j)))
             hooks.append((f"blocks.{l}.mlp.hook_post", lambda a, hook, j=j: on_post(a, hook, j)))
-        stop = layers[-1] + 1 if layers[-1] + 1 < L else None
         for lo in range(0, n_seq, batch_size):
-            toks = tokens[lo:lo + batch_size].to(dev)
-            mask = position_mask(toks, model.tokenizer, special=not exclude_special)
-            flat = lo * ctx + torch.arange(toks.numel(), device=dev).view(toks.shape)
-            batch.update(mask=mask, tok=toks[mask], flat=flat[mask])
+            host = tokens[lo:lo + batch_size].cpu()                                                  # [batch, pos]
+            rows = keep_rows(position_mask(host, model.tokenizer, special=not exclude_special))    # [T]
+            batch.update(rows=to_device(rows, dev), tok=to_device(host.flatten()[rows], dev),
+                         flat=to_device(rows + lo * ctx, dev))
             if g == 0:
                 vocab_counts.index_add_(0, batch["tok"], torch.ones_like(batch["tok"]))
-            model.run_with_hooks(toks, fwd_hooks=hooks, return_type=None, stop_at_layer=stop)
+            run_until_last_hook(model, to_device(host, dev), hooks)   # stops after the group's last layer
             bar.update()
 
         sl = slice(layers[0], layers[-1] + 1)
@@ -335,6 +343,14 @@ def histogram_fraction_above(counts: torch.Tensor, edges: torch.Tensor, threshol
     return (c * share).sum(-1) / c.sum(-1)
 
 
+def default_budget_gb(device: torch.device) -> float:
+    """--max_memory_gb when not given: 4 on a CPU; 60% of a GPU's free memory (the rest is the model,
+    the forward and the batch's temporaries)."""
+    if device.type == "cuda" and not runs.is_checking():
+        return 0.6 * torch.cuda.mem_get_info(device)[0] / GB
+    return 4.0
+
+
 # Files --------------------------------------------------------------------------------------------
 
 def summary_path(model_name: str, dataset: str, output_dir: str | Path | None = None) -> Path:
@@ -359,9 +375,12 @@ class SummaryConfig(StageConfig):
     top_vocab_k_truncate: int = field(default=100, metadata={"type": int, "help":
                                       "top tokens kept per neuron by max / mean activation (0 = skip, -1 = full "
                                       "[L, D, V] tensors)"})
-    max_memory_gb: float = field(default=4.0, metadata={"type": float, "help":
-                                 "budget for the [layer, neuron, vocab] accumulators; layers are processed in groups "
-                                 "that fit"})
+    max_memory_gb: float | None = field(default=None, metadata={"type": float, "help":
+                                        "budget for the [layer, neuron, vocab] accumulators; layers are processed in "
+                                        "groups that fit, one forward pass each (default: 4 on a CPU, 60%% of a GPU's "
+                                        "free memory: one pass for GPT2-small / medium on a 40 GB card)"})
+    precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "tf32"], "help":
+                           "float32 matmuls of the forward pass (auto: tf32 on CUDA, fp32 on a CPU)"})
     exclude_special_tokens: bool = field(default=False, metadata={"action": "store_true", "help":
                                          "leave BOS/EOS/padding positions out of every statistic (default: count "
                                          "every position, as the original)"})
@@ -375,7 +394,8 @@ class SummaryConfig(StageConfig):
                            n_bins=self.n_bins, bin_min=self.bin_min, bin_max=self.bin_max,
                            top_k=self.top_k_dataset_examples, vocab_k=self.top_vocab_k_truncate,
                            max_memory_gb=self.max_memory_gb, device=self.device, n_seq=self.n_seq,
-                           exclude_special=self.exclude_special_tokens, overwrite=self.overwrite, progress=progress)
+                           exclude_special=self.exclude_special_tokens, overwrite=self.overwrite, progress=progress,
+                           precision=self.precision)
 
 
 def summary_datasets(model_name: str, output_dir: str | Path | None = None) -> list[str]:
@@ -396,9 +416,9 @@ def read_summary(model_name: str, dataset: str, output_dir: str | Path | None = 
 
 def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Path | None = None, *,
                 batch_size: int = 32, n_bins: int = 256, bin_min: float = -10.0, bin_max: float = 15.0,
-                top_k: int = 50, vocab_k: int = 100, max_memory_gb: float = 4.0, device: str | None = None,
+                top_k: int = 50, vocab_k: int = 100, max_memory_gb: float | None = None, device: str | None = None,
                 n_seq: int = -1, exclude_special: bool = False, overwrite: bool = False,
-                progress: bool = True) -> list[Path]:
+                progress: bool = True, precision: str = "auto") -> list[Path]:
     """summary.py: summarise `model_name` on each token dataset; returns the folders (written or skipped).
 
     A dataset whose folder holds the same run record (run.json: settings, model and dataset
@@ -406,7 +426,7 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
     `overwrite`. Every folder is written whole into a temporary sibling and renamed, so an
     interrupted run leaves nothing half-written.
     """
-    from .device import resolve_device
+    from .device import matmul_precision, resolve_device, resolve_precision
     from .models import check_model_name, load_model, model_family
     from .token_datasets import load_token_dataset, model_rows
 
@@ -435,13 +455,16 @@ def run_summary(model_name: str, datasets: list[str] | str, output_dir: str | Pa
     if not todo:
         return [summary_path(model_name, ds, output_dir) for ds in datasets]
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
+    max_memory_gb = max_memory_gb or default_budget_gb(dev)
     model = load_model(model_name, device=str(dev))
     for ds, folder, record in todo:
         record = {**record, **run_inputs(model_name, ds, model.family)}  # after the load: trained / downloaded
         tokens = model_rows(model, ds, n_seq)  # [n_seq, ctx]
-        result = summarize_tokens(model, tokens, n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k,
-                                  vocab_k=vocab_k, batch_size=batch_size, max_memory_gb=max_memory_gb,
-                                  exclude_special=exclude_special, progress=progress)
+        with matmul_precision(precision):
+            result = summarize_tokens(model, tokens, n_bins=n_bins, bin_min=bin_min, bin_max=bin_max, top_k=top_k,
+                                      vocab_k=vocab_k, batch_size=batch_size, max_memory_gb=max_memory_gb,
+                                      exclude_special=exclude_special, progress=progress)
         meta = {"model": model_name, "dataset": ds, "settings": settings, "n_seq": int(tokens.shape[0]),
                 "ctx": int(tokens.shape[1]), "n_tokens_counted": int(result[VOCAB_COUNTS].sum()),
                 "counted_positions": COUNTED[exclude_special]}

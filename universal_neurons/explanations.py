@@ -408,14 +408,15 @@ class ExplainConfig(StageConfig):
     device: str = field(default="auto", metadata={"common": True})
     n_seq: int = field(default=-1, metadata={"common": True})
     overwrite: bool = field(default=False, metadata={"common": True})
-
+    precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "tf32"], "help":
+                           "float32 matmuls of the forward pass and the regressions (auto: tf32 on CUDA, fp32 on a CPU)"})
 
     def run(self, progress: bool = True) -> list[Path]:
         return run_explanations(self.model, self.dataset, self.feature_type, self.layer, self.neuron_df_path,
                                 self.activation_path, self.batch_size, self.device, self.n_seq,
                                 min_count=self.min_count, min_forms=self.min_forms,
                                 exclude_special=self.exclude_special_tokens, overwrite=self.overwrite,
-                                progress=progress)
+                                progress=progress, precision=self.precision)
 
 
 def _act_fn_or_none(model):
@@ -460,7 +461,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
                      neuron_df_path: str | None = None, activation_path: str | None = None, batch_size: int = 32,
                      device: str | None = None, n_seq: int = -1, location: str = "mlp.hook_post",
                      min_count: int = 3000, min_forms: int = 3, exclude_special: bool = False,
-                     overwrite: bool = False, progress: bool = True) -> list[Path]:
+                     overwrite: bool = False, progress: bool = True, precision: str = "auto") -> list[Path]:
     """explain.py: explain a model's neurons on a token dataset; returns the layer folders (written or
     skipped: a layer folder whose explain_config.json holds this run's record is reused; one made
     otherwise stops the run with the differences unless `overwrite`).
@@ -476,7 +477,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     from .sequence_features import load_spacy
 
     from .capture import mlp_activations, position_mask
-    from .device import resolve_device
+    from .device import matmul_precision, resolve_device, resolve_precision, to_device
     from .errors import UserError, check_n_seq
     from .models import load_model
     from .token_datasets import model_rows
@@ -486,6 +487,7 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
     check_n_seq(n_seq)
     nlp = load_spacy() if feature_type == "sequence" else None  # fail before loading anything big
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     model = load_model(model_name, device=str(dev))
     neurons = select_neurons(model.cfg.n_layers, model.cfg.d_mlp, layer, neuron_df_path)
     source = {"activations": _source(activation_path, model_name, dataset, location, neurons)}
@@ -515,13 +517,14 @@ def run_explanations(model_name: str, dataset: str, feature_type: str = "token",
                 acts = next(cached)
             else:
                 with torch.no_grad():  # [B, P, len(neurons), D]; the forward pass stops after the last layer needed
-                    full = mlp_activations(model, batch.to(dev), location=location, layers=list(neurons))
+                    full = mlp_activations(model, to_device(batch, dev), location=location, layers=list(neurons))
                 acts = {l: full[:, :, i, torch.as_tensor(ns, device=full.device)] for i, (l, ns) in enumerate(neurons.items())}
             yield batch, acts, mask[lo:lo + batch_size]
 
     special = {model.tokenizer.bos_token_id, model.tokenizer.eos_token_id, model.tokenizer.pad_token_id} - {None}
-    results = explain_batches(batches(), neurons, feature_type, vocab_df=vocab_df, vocab=vocab, nlp=nlp, device=dev,
-                              special_ids=sorted(special))
+    with matmul_precision(precision):
+        results = explain_batches(batches(), neurons, feature_type, vocab_df=vocab_df, vocab=vocab, nlp=nlp,
+                                  device=dev, special_ids=sorted(special))
     for l, (cur, prev) in results.items():
         write_layer(cur, prev, model_name, dataset, feature_type, l, records[l])
     return list(folders.values())
