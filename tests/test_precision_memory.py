@@ -224,3 +224,27 @@ def test_summary_histogram_without_bincount_is_the_same():
             want[j, 17 - 1 if np.isnan(v) else int(np.searchsorted(ed, v, side="left"))] += 1
     assert torch.equal(a, want) and a[0, 3] >= 20 and a[1, 16] >= 10
     assert _sync_ops(lambda: update_histogram(b, x, edges, sync_free=True)) == collections.Counter()
+
+
+def test_gpu_bench_smoke_runs_on_a_cpu():
+    """benchmarks/gpu_bench.py at tiny shapes, as CI runs it so it never rots: its own float64 check
+    holds, the batch step has no host syncs, every part and ratio is a positive number, and the
+    memory plans are the ones test_memory_plan_for_gpt2_pairs asserts."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "benchmarks/gpu_bench.py", "--smoke", "--json", "--medium"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result["modes"]) == {"fp32", "bf16"}
+    for prec, mode in result["modes"].items():
+        assert mode["syncs"] == 0 and mode["ops"] > 0, (prec, mode)
+        assert mode["max_err"] <= (1e-5 if prec == "fp32" else 2e-3), (prec, mode["max_err"])
+        assert all(v > 0 for v in mode["parts"].values()) and mode["over_floor"] > 1 and mode["s_per_batch"] > 0
+    plans = {(p["pair"], p["precision"], p["device_gb"]): p["tiles"] for p in result["memory_plans"]}
+    assert plans[("gpt2-medium", "tf32", 80)] == 1 and plans[("gpt2-medium", "fp32", 80)] == 2
+    assert result["medium"]["merge"] >= 0 and "shard_1" in result["medium"]
