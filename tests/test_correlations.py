@@ -567,3 +567,29 @@ def test_full_matrix_at_another_precision_is_not_served(tiny_models, token_data,
     cli(*base, "--save_precision", "16", "--overwrite")
     full = torch.load(correlation_path(m1, m2, "tiny", "pearson", "none") / "correlation.pt", weights_only=True)
     assert full.dtype == torch.float16
+
+
+def test_models_of_other_widths_and_depths(tiny_models, token_data, tmp_path_factory):
+    """Cross-size pairs (the original allowed model_1 and model_2 of different sizes): 2 x 40 neurons
+    against 3 x 56 and back, every baseline's shapes right, numbers equal a float64 brute force."""
+    import os
+    import shutil
+
+    m1 = tiny_models[0]
+    wide = str(build_gpt2_folder(tmp_path_factory.mktemp("wide") / "w", n_layer=3, d_model=48, d_mlp=56, n_head=2,
+                                 seed=7, vocab=300)[0])
+    data = os.environ["DATASET_DIR"]
+    shutil.copytree(f"{data}/m0/tiny", f"{data}/w/tiny")   # the wide model's family folder holds the same rows
+    for a, b, shape in ((m1, wide, (2, 40, 3, 56)), (wide, m1, (3, 56, 2, 40))):
+        cli("--model_1_name", a, "--model_2_name", b, "--baseline", "none", "rotation", "--save_full_correlation_matrix")
+        ref = reference_corr(a, b, token_data)                       # [N1, N2] float64
+        full = load_correlation_matrix(correlation_path(a, b, "tiny", "pearson", "none") / "correlation.pt")
+        assert tuple(full.shape) == shape
+        assert np.nanmax(np.abs(full.reshape(ref.shape).numpy() - ref)) < 1e-3
+        summ, summ_t = summaries(a, b)
+        assert summ["max_corr"].shape == (ref.shape[0],) and summ_t["max_corr"].shape == (ref.shape[1],)
+        alive = ~np.isnan(ref).all(1)
+        assert np.abs(summ["max_corr"].float().numpy()[alive] - np.nanmax(ref[alive], 1)).max() < 2e-3
+        assert np.abs(summ_t["max_corr"].float().numpy() - np.nanmax(ref, 0)).max() < 2e-3
+        rot, rot_t = summaries(a, b, baseline="rotation")
+        assert rot["max_corr"].shape == (ref.shape[0],) and rot_t["max_corr"].shape == (ref.shape[1],)
