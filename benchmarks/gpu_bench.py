@@ -250,13 +250,9 @@ def memory_plans() -> list[dict]:
     out = []
     for name in ("gpt2-small", "gpt2-medium"):
         L, d, dm, H, ctx, B = SHAPES[name]
-        weights = 2 * 4 * (L * (12 * d * d + 13 * d) + 50257 * d + 1024 * d)
-        forward = 4 * B * ctx * (6 * d + 3 * dm) + 3 * 4 * B * H * ctx * ctx
         for precision in ("fp32", "tf32", "bf16"):
             for gb in (80, 141):
-                plan = C.plan_memory(L * dm, dm, {"b": (L, dm)}, tokens=B * ctx, precision=precision, streams={"b": 1},
-                                     rotation={"b": True}, budget=int(0.92 * gb * 2 ** 30), weights=weights,
-                                     forward=forward, n_baselines=2)
+                plan = C.gpt2_pair_plan(L, d, dm, H, precision, gb, batch=B, ctx=ctx)
                 out.append({"pair": name, "precision": precision, "device_gb": gb, "tiles": len(plan.tiles),
                             "peak_gb": round(plan.peak / 2 ** 30, 1)})
     return out

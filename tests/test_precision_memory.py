@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from test_correlations import D2, L2, N1, gelu_data, ref_pearson, run, tiny_models, token_data  # noqa: F401 (fixtures)
-from universal_neurons.correlations import CorrelationStats, plan_memory
+from universal_neurons.correlations import CorrelationStats, gpt2_pair_plan, plan_memory
 from universal_neurons.errors import UserError
 
 
@@ -79,26 +79,18 @@ def test_streaming_merge_equals_in_memory_merge():
 GIB = 2 ** 30
 
 
-def _gpt2_plan(layers, d_model, d_mlp, heads, precision, device_gb, batch=32, ctx=512):
-    weights = 2 * 4 * (layers * (12 * d_model ** 2 + 13 * d_model) + 50257 * d_model + 1024 * d_model)
-    forward = 4 * batch * ctx * (6 * d_model + 3 * d_mlp) + 3 * 4 * batch * heads * ctx * ctx
-    return plan_memory(layers * d_mlp, d_mlp, {"b": (layers, d_mlp)}, tokens=batch * ctx, precision=precision,
-                       streams={"b": 1}, rotation={"b": True}, budget=int(0.92 * device_gb * GIB),
-                       weights=weights, forward=forward, n_baselines=2)
-
-
 def test_memory_plan_for_gpt2_pairs():
     """GPT2-medium none + rotation: one tile on an H200 in every precision and on an 80 GB card in tf32
     (whose accumulator has no error term); two balanced tiles of whole layers on 80 GB in fp32. Every
     plan's peak stays within its budget, and the accumulator is what grows."""
-    medium = {p: {gb: _gpt2_plan(24, 1024, 4096, 16, p, gb) for gb in (80, 141)} for p in ("fp32", "tf32", "bf16")}
+    medium = {p: {gb: gpt2_pair_plan(24, 1024, 4096, 16, p, gb) for gb in (80, 141)} for p in ("fp32", "tf32", "bf16")}
     for p, by_gb in medium.items():
         for gb, plan in by_gb.items():
             assert plan.peak <= plan.budget, (p, gb, plan.describe())
     assert len(medium["tf32"][80].tiles) == len(medium["bf16"][80].tiles) == 1
     assert all(len(medium[p][141].tiles) == 1 for p in medium)
     assert medium["fp32"][80].tiles == [(0, 12 * 4096), (12 * 4096, 24 * 4096)]
-    small = _gpt2_plan(12, 768, 3072, 12, "fp32", 80)
+    small = gpt2_pair_plan(12, 768, 3072, 12, "fp32", 80)
     assert len(small.tiles) == 1 and small.peak < 25 * GIB
     # the fp32 accumulator is 1.5x the tf32 one (float32 hi + bfloat16 lo), plus the GEMM scratch
     assert medium["fp32"][141].per_row > 1.5 * (medium["tf32"][141].per_row - 32 * 512 * 4)

@@ -346,9 +346,10 @@ def histogram_fraction_above(counts: torch.Tensor, edges: torch.Tensor, threshol
 def default_budget_gb(device: torch.device) -> float:
     """--max_memory_gb when not given: 4 on a CPU; 60% of a GPU's free memory (the rest is the model,
     the forward and the batch's temporaries)."""
-    if device.type == "cuda" and not runs.is_checking():
-        return 0.6 * torch.cuda.mem_get_info(device)[0] / GB
-    return 4.0
+    from .device import free_bytes
+
+    free = free_bytes(device)
+    return 4.0 if free is None else 0.6 * free / GB
 
 
 # Files --------------------------------------------------------------------------------------------

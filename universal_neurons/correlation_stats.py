@@ -446,8 +446,8 @@ class CorrelationStats:
                 rows = max(1, chunk_bytes // (8 * self.n_cols))
                 for r0 in range(0, self.n_rows, rows):
                     s.hi[r0:r0 + rows].copy_(o.hi[r0:r0 + rows])
-                    if s.lo is not None:
-                        s.lo[r0:r0 + rows].copy_(o.lo[r0:r0 + rows]) if o.lo is not None else s.lo[r0:r0 + rows].zero_()
+                    if s.lo is not None and o.lo is not None:   # (our fresh lo is zero already)
+                        s.lo[r0:r0 + rows].copy_(o.lo[r0:r0 + rows])
             self.n = other.n
             return self
         n_o = other.n
@@ -504,8 +504,7 @@ class CorrelationStats:
             if stats.compensated and s.lo is None:          # resumed in fp32 from a tf32 / bf16 run
                 s.lo = torch.zeros(s.hi.shape, dtype=torch.bfloat16, device=dev)
             elif not stats.compensated and s.lo is not None:  # the other way: fold the error term in
-                s.hi = s.hi + s.lo.float() if s.hi.device.type == "cpu" else s.hi.add_(s.lo)
-                s.lo = None
+                s.hi, s.lo = s.hi + s.lo.float(), None          # (a new tensor: hi may be a mapped file)
         return stats
 
     def save(self, path, **extra) -> None:

@@ -77,8 +77,9 @@ class CorrelationConfig(StageConfig):
     merge: bool = field(default=False, metadata={"action": "store_true", "help":
                         "add the shards' statistics and write the artifacts"})
     max_memory_gb: float | None = field(default=None, metadata={"type": float, "help":
-                                        "cap on the statistics' memory: model-1 neurons are split into tiles that each "
-                                        "take a pass over the data (the forward passes are repeated per tile)"})
+                                        "cap on everything the job holds on the correlation device (default: 92%% of "
+                                        "a GPU's free memory, no cap on a CPU); model-1 neurons are split into balanced "
+                                        "tiles that fit, each one pass over the data (forwards repeated per tile)"})
     checkpoint_every: int = field(default=0, metadata={"type": int, "help":
                                   "save the statistics every k batches; a rerun resumes from the last save (0 = off)"})
     precision: str = field(default="auto", metadata={"choices": list(PRECISIONS), "help":
@@ -183,23 +184,28 @@ def plan_memory(n1: int, d1: int, models_2: dict, *, tokens: int, precision: str
 
 def _device_budget(device, max_memory_gb: float | None) -> int | None:
     """--max_memory_gb in bytes; without it, 92% of a CUDA device's free memory, no cap on a CPU."""
+    from .device import free_bytes
+
     if max_memory_gb:
         return int(max_memory_gb * 2 ** 30)
-    if device.type == "cuda" and not runs.is_checking():
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.92)
-    return None
+    free = free_bytes(device)
+    return None if free is None else int(free * 0.92)
 
 
-def _forward_bytes(model, batch: int, ctx: int) -> int:
+def forward_bytes(d_model: int, d_mlp: int, n_heads: int, batch: int, ctx: int) -> int:
     """A forward's temporaries: the residual stream and MLP activations of a batch several times over,
     and one layer's attention scores and pattern (float32)."""
-    cfg = model.cfg
-    return 4 * batch * ctx * (6 * cfg.d_model + 3 * cfg.d_mlp) + 3 * 4 * batch * cfg.n_heads * ctx * ctx
+    return 4 * batch * ctx * (6 * d_model + 3 * d_mlp) + 3 * 4 * batch * n_heads * ctx * ctx
 
 
-def _param_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def gpt2_pair_plan(layers: int, d_model: int, d_mlp: int, heads: int, precision: str, device_gb: float,
+                   batch: int = 32, ctx: int = 512, vocab: int = 50257) -> MemoryPlan:
+    """The plan of a GPT-2-shaped pair (none + rotation, both models on the device) on a device of
+    device_gb with 92% of it free, from the shapes alone: the README's and gpu_bench's table."""
+    params = layers * (12 * d_model ** 2 + 13 * d_model) + vocab * d_model + 1024 * d_model
+    return plan_memory(layers * d_mlp, d_mlp, {"b": (layers, d_mlp)}, tokens=batch * ctx, precision=precision,
+                       streams={"b": 1}, rotation={"b": True}, budget=int(0.92 * device_gb * 2 ** 30),
+                       weights=2 * 4 * params, forward=forward_bytes(d_model, d_mlp, heads, batch, ctx), n_baselines=2)
 
 
 def _recorded_precision(precision: str) -> str | None:
@@ -376,8 +382,9 @@ class _Run:
         return plan_memory(self.n1, self.D1, {m2: (self.layers2[m2], self.d2[m2]) for m2 in self.pending},
                            tokens=args.batch_size * ctx, precision=job.precision, streams=streams, rotation=rotation,
                            budget=_device_budget(job.devc, args.max_memory_gb),
-                           weights=sum(_param_bytes(m) for m in models),
-                           forward=max([_forward_bytes(m, args.batch_size, ctx) for m in models] or [0]),
+                           weights=sum(p.numel() * p.element_size() for m in models for p in m.parameters()),
+                           forward=max([forward_bytes(m.cfg.d_model, m.cfg.d_mlp, m.cfg.n_heads, args.batch_size, ctx)
+                                        for m in models] or [0]),
                            finaliser_block=(1 << 30) if job.devc.type == "cuda" else (256 << 20),
                            n_baselines=max(map(len, self.pending.values())))
 

@@ -127,3 +127,10 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Free memory on a CUDA device (what budgets default to); None on a CPU or in a check."""
+    if device.type != "cuda" or is_checking():
+        return None
+    return torch.cuda.mem_get_info(device)[0]
