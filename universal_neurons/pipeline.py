@@ -80,10 +80,11 @@ def settings(args) -> SimpleNamespace:
     toy = all(zoo.is_zoo_name(m) for m in models)
     ctx = args.ctx_len if args.ctx_len is not None else (zoo.get_preset(zoo.parse_zoo_name(models[0])[0]).ctx_len if toy else 512)
     mix = token_datasets.parse_count(args.mix_tokens) if args.mix_tokens else (32_000 if args.quick else 10 ** 6)
+    prefix = token_datasets.dataset_prefix(args.dataset)  # the names make_dataset.py gives this corpus's datasets
     return SimpleNamespace(
         preset=preset, models=models, a=models[0], others=models[1:], toy=toy, ctx_len=ctx,
         family=model_family(models[0]), mix_tokens=mix, n_seq=400 if args.quick else -1,
-        mix_name=args.corr_dataset or f"{args.dataset}.all-{token_datasets.format_count(mix)}.{ctx}",
+        prefix=prefix, mix_name=args.corr_dataset or f"{prefix}.all-{token_datasets.format_count(mix)}.{ctx}",
         n_baselines=2 if args.quick else 10, intervention_rows=64 if args.quick else 256,
         attention_rows=32 if args.quick else 128)
 
@@ -118,7 +119,7 @@ def stage_datasets(args, s) -> list[str]:
             overwrite=args.overwrite))
         have = token_datasets.available_datasets(s.family)
     if subsets is None:  # every single-subset dataset of this corpus and context
-        subsets = [n for n in have if n.startswith(args.dataset + ".") and n.endswith(f".{s.ctx_len}")
+        subsets = [n for n in have if n.startswith(s.prefix + ".") and n.endswith(f".{s.ctx_len}")
                    and ".all-" not in n]
     for name in [s.mix_name, *subsets]:
         token_datasets.load_token_dataset(name, s.family, load_tokenizer(s.a))  # exists, right tokenizer

@@ -239,13 +239,29 @@ def _read_jsonl(path: Path) -> list[str]:
     return docs
 
 
+def dataset_prefix(source: str, split: str = "test") -> str:
+    """The name prefix of the datasets make_dataset.py makes from a source (its --hf_dataset and
+    --hf_dataset_split): <prefix>.<subset>.<ctx> and <prefix>.all-<N>.<ctx>. 'python-stdlib' for the
+    built-in corpus, the folder's name for a local folder, '<short name>.<split>' for the hub
+    ('pile.test'; the 10k-document aliases only have a train split)."""
+    if source == BUILTIN:
+        return BUILTIN
+    if Path(source).is_dir():
+        return Path(source).resolve().name
+    repo = HF_ALIASES.get(source, source)
+    if source in HF_ALIASES:
+        split = "train"
+    short = "pile" if repo in (PILE, "NeelNanda/pile-10k") else repo.split("/")[-1]
+    return f"{short}.{split}"
+
+
 def build_local_folder(folder: Path, tokenizer, family: str, ctx_len: int, mix_sizes: list[int], seed: int = 0,
                        n_seq: int = -1, record: dict | None = None, overwrite: bool = False) -> list[Path]:
     """<folder>.<stem>.<ctx> for every .txt / .jsonl file (jsonl: the 'text' field of each line)."""
     files = sorted(p for p in folder.iterdir() if p.suffix in (".txt", ".jsonl"))
     if not files:
         raise UserError(f"no .txt or .jsonl files in {folder}")
-    parts, written = {}, []
+    parts, written, prefix = {}, [], dataset_prefix(str(folder))
     for f in files:
         if f.suffix == ".txt":
             docs = [f.read_text(encoding="utf-8", errors="replace")]
@@ -253,11 +269,11 @@ def build_local_folder(folder: Path, tokenizer, family: str, ctx_len: int, mix_s
             docs = _read_jsonl(f)
         rows = tokenize_and_concatenate(docs, tokenizer, ctx_len, max_rows=None if n_seq < 0 else n_seq)
         parts[f.stem] = rows
-        written.append(save_token_dataset(rows, family, f"{folder.name}.{f.stem}.{ctx_len}", tokenizer,
+        written.append(save_token_dataset(rows, family, f"{prefix}.{f.stem}.{ctx_len}", tokenizer,
                                           record=record, overwrite=overwrite))
     for n in mix_sizes:
         rows, labels = make_mix(parts, n, seed)
-        written.append(save_token_dataset(rows, family, f"{folder.name}.all-{format_count(n)}.{ctx_len}", tokenizer,
+        written.append(save_token_dataset(rows, family, f"{prefix}.all-{format_count(n)}.{ctx_len}", tokenizer,
                                           labels, record=_mix_record(record, seed), overwrite=overwrite))
     return written
 
@@ -282,7 +298,7 @@ def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int,
     except Exception as e:  # the hub client raises many types; all mean "could not get it"
         raise UserError(f"could not load dataset {repo!r} split {split!r} from the hub ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}); offline, use --hf_dataset {BUILTIN} or a local folder") from None
-    short = "pile" if repo in (PILE, "NeelNanda/pile-10k") else repo.split("/")[-1]
+    prefix = dataset_prefix(hf_dataset, split)
     max_rows = None if n_seq < 0 else n_seq
     written, parts = [], {}
     if "meta" in ds.column_names:
@@ -297,15 +313,15 @@ def build_hub(hf_dataset: str, split: str, tokenizer, family: str, ctx_len: int,
             key = pile_subset_key(sub)
             rows = tokenize_and_concatenate(docs, tokenizer, ctx_len, max_rows)
             parts[key] = rows
-            written.append(save_token_dataset(rows, family, f"{short}.{split}.{key}.{ctx_len}", tokenizer,
+            written.append(save_token_dataset(rows, family, f"{prefix}.{key}.{ctx_len}", tokenizer,
                                           record=record, overwrite=overwrite))
         for n in mix_sizes:
             rows, labels = make_mix(parts, n, seed)
-            written.append(save_token_dataset(rows, family, f"{short}.{split}.all-{format_count(n)}.{ctx_len}",
+            written.append(save_token_dataset(rows, family, f"{prefix}.all-{format_count(n)}.{ctx_len}",
                                               tokenizer, labels, record=_mix_record(record, seed), overwrite=overwrite))
     else:
         rows = tokenize_and_concatenate(ds["text"], tokenizer, ctx_len, max_rows)
-        written.append(save_token_dataset(rows, family, f"{short}.{split}.{ctx_len}", tokenizer,
+        written.append(save_token_dataset(rows, family, f"{prefix}.{ctx_len}", tokenizer,
                                           record=record, overwrite=overwrite))
     return written
 
@@ -376,8 +392,9 @@ def _make_dataset(args) -> list[Path]:
     elif Path(src).is_dir():
         record.update(source=str(Path(src).resolve()), split=None)
         folder = Path(src)
-        parts = [f"{folder.name}.{f.stem}.{args.ctx_len}" for f in sorted(folder.iterdir()) if f.suffix in (".txt", ".jsonl")]
-        mix = f"{folder.name}.all-{{}}.{args.ctx_len}"
+        prefix = dataset_prefix(src)
+        parts = [f"{prefix}.{f.stem}.{args.ctx_len}" for f in sorted(folder.iterdir()) if f.suffix in (".txt", ".jsonl")]
+        mix = f"{prefix}.all-{{}}.{args.ctx_len}"
         if parts and _all_finished(family, parts, mixes, mix, record, args, tokenizer):
             return _print_written([paths.token_dataset_path(family, n) for n in parts] + [
                 paths.token_dataset_path(family, mix.format(format_count(m))) for m in mixes])
