@@ -118,7 +118,7 @@ def test_artifacts_schema_and_rerun(adversarial, tmp_path):
     out = W.save_weight_summaries(adversarial, tmp_path / "m" / "weights", block_size=40)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["neuron_stats.csv", "k_comps.pt", "q_comps.pt", "v_comps.pt", "o_comps.pt", "vocab_comps.pt", "neuron_comps.pt",
-         "run.json"])
+         "architecture.json", "run.json"])
     df = pd.read_csv(out / "neuron_stats.csv")
     assert list(df.columns) == ["layer", "neuron_ix", "input_weight_norm", "input_bias", "output_weight_norm", "in_out_sim"]
     assert len(df) == N and df.layer.tolist() == [0] * D_MLP + [1] * D_MLP and df.neuron_ix.tolist() == list(range(D_MLP)) * 2

@@ -12,9 +12,15 @@ the same key there and the average is that key. Neurons are ranked by |score| (a
 Path ablation, per sequence batch and neuron, all positions at once:
     resid'  = resid_pre[A] - a[l, n] * w_out[l, n]          (the neuron's direct contribution)
     q'_h    = LN(resid') @ W_Q[A, h] + b_Q[A, h]            (compatibility mode: ln1 is folded, so
-                                                             LN is the bare normalisation)
+                                                             LN is the bare normalisation: centre and
+                                                             scale, or RMS scale for RMSNorm models;
+                                                             b_Q = 0 in models without biases)
 replaces the head's query at blocks.{A}.attn.hook_q; keys and values stay clean; the model computes
-the pattern and z. Per query position p >= after_pos we record the activation a[p], the change of
+the pattern and z. Rotary models (Pythia, Llama, ...): hook_q is the query BEFORE the rotation, so
+the model rotates q'_h at each position as it rotates its own query (checked against Hugging
+Face's attention in tests/test_families.py); the heuristic score ignores the rotation (it is the
+score of a query and key at the same position). Grouped-query attention: head h's key is key
+head h // (n_heads / n_key_value_heads). Per query position p >= after_pos we record the activation a[p], the change of
 attention to BOS  pattern'[p, 0] - pattern[p, 0], and the change of the head's output norm
 ||z'_h[p] W_O[A, h]|| - ||z_h[p] W_O[A, h]||. Several neurons share one forward pass: the batch is
 repeated once per neuron (`neuron_chunk` at a time), and every pass stops at blocks.{A}.attn.hook_z.
@@ -81,9 +87,10 @@ def _check_head(model, layer: int, head: int) -> None:
 def bos_key(model, tokens: torch.Tensor, layer: int, head: int) -> torch.Tensor:
     """k_BOS [d_head] float32: the head's key at position 0, averaged over the sequences of `tokens`."""
     store = {}
+    kv_head = head // (model.cfg.n_heads // (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads))
 
-    def save(k, hook):  # [batch, pos, head, d_head]
-        store["k"] = k[:, 0, head].float()
+    def save(k, hook):  # [batch, pos, kv_head, d_head]
+        store["k"] = k[:, 0, kv_head if k.shape[2] != model.cfg.n_heads else head].float()
 
     model.run_with_hooks(tokens[:, :1].to(_device(model)), fwd_hooks=[(f"blocks.{layer}.attn.hook_k", save)],
                          stop_at_layer=layer + 1 if layer + 1 < model.cfg.n_layers else None,
@@ -111,9 +118,11 @@ def ranking_frame(scores: torch.Tensor) -> pd.DataFrame:
     return df
 
 
-def normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm without weights (folded into the next layer in compatibility mode), last dim."""
-    x = x - x.mean(-1, keepdim=True)
+def normalize(x: torch.Tensor, eps: float, rms: bool = False) -> torch.Tensor:
+    """LayerNorm (or RMSNorm: no centring) without weights (folded into the next layer in
+    compatibility mode), over the last dim."""
+    if not rms:
+        x = x - x.mean(-1, keepdim=True)
     return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
@@ -132,7 +141,9 @@ class PathAblation:
         self.model, self.layer, self.head = model, layer, head
         self.chunk = max(1, neuron_chunk)
         self.w_q = model.W_Q[layer, head].float()  # [d_model, d_head]
-        self.b_q = model.b_Q[layer, head].float()  # [d_head]
+        bias = getattr(model.blocks[layer].attn, "b_Q", None) if hasattr(model, "blocks") else model.b_Q[layer]
+        self.b_q = bias[head].float() if bias is not None else torch.zeros_like(self.w_q[0])  # [d_head]
+        self.rms = str(getattr(model.cfg, "normalization_type", "LN") or "LN").startswith("RMS")
         self.w_o = model.W_O[layer, head].float()  # [d_head, d_model]
         self.w_out = model.W_out.float()  # [L, d_mlp, d_model]
         self.eps = float(model.cfg.eps)
@@ -160,7 +171,7 @@ class PathAblation:
 
     def _query(self, resid: torch.Tensor) -> torch.Tensor:
         """q_h [..., pos, d_head] from a residual stream [..., pos, d_model] (float32)."""
-        return normalize(resid.float(), self.eps) @ self.w_q + self.b_q
+        return normalize(resid.float(), self.eps, self.rms) @ self.w_q + self.b_q
 
     @torch.no_grad()
     def run(self, tokens: torch.Tensor, neurons: list[Neuron]) -> dict[Neuron, tuple]:

@@ -17,6 +17,10 @@ Columns (the paper's, in its order):
     vocab_mean, vocab_var, vocab_skew, vocab_kurt   moments of cos(w_out, W_U[:, v]) over the vocabulary
     sparsity                          share of tokens with pre-activation > 0 (the activation frequency)
     excess_corr                       mean_corr - mean_baseline
+Gated MLPs (Llama, Qwen2, OLMo, ...) append GATE_COLUMNS from weights.py: w_gate_norm = ||w_gate||,
+gate_in_sim = cos(w_gate, w_in), gate_out_sim = cos(w_gate, w_out); there input_bias is NaN (no
+biases), w_in is the linear ("up") input, and the moments and sparsity are of the gate's
+pre-activation (mlp.hook_pre), so sparsity is the share of tokens whose gate is open (> 0).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ NEURON_DF_COLUMNS = ["layer", "neuron", "max_corr", "mean_corr", "min_corr", "ma
                      "mean_baseline", "w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty",
                      "mean", "var", "skew", "kurt", "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt",
                      "sparsity", "excess_corr"]
+GATE_COLUMNS = ["w_gate_norm", "gate_in_sim", "gate_out_sim"]  # gated MLPs only, after NEURON_DF_COLUMNS
 UNIVERSAL_THRESHOLD = 0.5  # the paper's: a neuron is universal when excess_corr > 0.5
 
 
@@ -73,12 +78,14 @@ def make_weight_df(model: str) -> pd.DataFrame:
     if "neuron_stats" not in w or "vocab_comps" not in w:
         raise UserError(f"missing weight summaries in {paths.weights_summary_path(model)} (run weights.py --model {model})")
     w, vocab = w["neuron_stats"].rename(columns={"neuron_ix": "neuron", "input_weight_norm": "w_in_norm",
-                                                 "output_weight_norm": "w_out_norm"}), w["vocab_comps"]["U_out"]
+                                                 "output_weight_norm": "w_out_norm",
+                                                 "gate_weight_norm": "w_gate_norm"}), w["vocab_comps"]["U_out"]
     w["l2_penalty"] = w["w_in_norm"] ** 2 + w["w_out_norm"] ** 2
     for k in ("mean", "var", "skew", "kurt"):
         w[f"vocab_{k}"] = vocab[f"comp_{k}"].double().reshape(-1).numpy()
+    gate = GATE_COLUMNS if "w_gate_norm" in w else []
     return w[["layer", "neuron", "w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty",
-              "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt"]]
+              "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt", *gate]]
 
 
 def load_activation_summaries(model: str, datasets: list[str] | None = None) -> dict[str, dict]:
@@ -129,7 +136,8 @@ def activation_moment_df(counts: torch.Tensor, edges: torch.Tensor) -> pd.DataFr
 
 def make_neuron_df(model: str, others: list[str], corr_dataset: str, n_layers: int, d_mlp: int,
                    activation_datasets: list[str] | None = None) -> pd.DataFrame:
-    """The full neuron dataframe of `model` (columns NEURON_DF_COLUMNS, one row per neuron)."""
+    """The full neuron dataframe of `model` (columns NEURON_DF_COLUMNS, then GATE_COLUMNS for a gated
+    MLP; one row per neuron)."""
     corr = make_corr_compare_df(model, others, corr_dataset, n_layers, d_mlp)
     weights = make_weight_df(model)
     counts, edges = summed_histograms(load_activation_summaries(model, activation_datasets))
@@ -137,7 +145,7 @@ def make_neuron_df(model: str, others: list[str], corr_dataset: str, n_layers: i
     df = corr.merge(weights, on=["layer", "neuron"], how="left", validate="one_to_one")
     df = df.merge(acts, on=["layer", "neuron"], how="left", validate="one_to_one")
     df["excess_corr"] = df["mean_corr"] - df["mean_baseline"]
-    return df[NEURON_DF_COLUMNS]
+    return df[NEURON_DF_COLUMNS + [c for c in GATE_COLUMNS if c in df]]
 
 
 def universal_neurons(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import paths
-from .weights import read_weight_summaries
+from .weights import causal_mask, read_weight_summaries
 from .activation_summary import read_summary, summary_datasets  # noqa: F401 (the viewer's import names)
 from .activation_summary import (BIN_COUNTS, BIN_EDGES, TOP_INDEX, TOP_VALUE, VOCAB_MAX, VOCAB_MAX_IX,
                                  VOCAB_MEAN, VOCAB_MEAN_IX, histogram_quantiles)
@@ -300,11 +300,17 @@ def panel_top_neurons(weights: dict, layer: int, neuron: int, k: int = 10):
 
 
 def panel_attention_composition(weights: dict, layer: int, neuron: int):
-    """k / q / v / o composition of the neuron with every attention head: heatmaps [layer, head]."""
+    """k / q / v / o composition of the neuron with every attention head: heatmaps [layer, head];
+    heads that cannot compose with the neuron (weights.causal_mask, from architecture.json) are blank."""
     kinds = [kind for kind in ATTN_KINDS if f"{kind}_comps" in weights]
+    arch = weights.get("architecture")
     fig, axes = _figure(1, len(kinds), width=3.2 * len(kinds), height=3.2)
     for ax, kind in zip(axes.flat, kinds):
-        m = weights[f"{kind}_comps"][layer, neuron].float().numpy()  # [L_attn, H]
+        comps = weights[f"{kind}_comps"]
+        m = comps[layer, neuron].float()  # [L_attn, H]
+        if arch is not None:
+            m = m.masked_fill(~causal_mask(kind, comps.shape[0], comps.shape[2], arch["parallel_attn_mlp"])[layer, 0], torch.nan)
+        m = m.numpy()
         im = ax.imshow(m, aspect="auto", cmap="viridis", origin="upper")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")

@@ -3,14 +3,23 @@
 Input: a TransformerBridge in compatibility mode (folded LayerNorm, centred writing weights and
 unembedding), whose weight views are read and never modified:
     W_in [L, d_model, D], b_in [L, D], W_out [L, D, d_model], W_E [V, d_model], W_U [d_model, V],
-    W_Q, W_K, W_V [L, H, d_model, d_head], W_O [L, H, d_head, d_model].
+    W_Q, W_K, W_V [L, H, d_model, d_head], W_O [L, H, d_head, d_model];
+    gated MLPs (Llama, Qwen2, OLMo, ...: post = act(x W_gate) * (x W_in)) also W_gate [L, d_model, D].
 Neuron n of layer l reads w_in = W_in[l, :, n] and writes w_out = W_out[l, n, :] (both [d_model]).
+In a gated MLP w_in is the linear ("up") input and w_gate = W_gate[l, :, n] the gate's; every
+composition below reads w_in, and neuron_stats adds the gate's columns. A model without MLP
+biases has input_bias NaN. Grouped-query attention: each key/value head is shared by
+H / H_kv query heads, so W_K and W_V are repeated to one per query head.
 Flat neuron index: layer * D + neuron (N = L * D).
 
 Artifacts under <save_path>/<model>/weights/ (see ORIGINAL_SPEC.md):
     neuron_stats.csv     layer, neuron_ix, input_weight_norm, input_bias, output_weight_norm,
-                         in_out_sim = cos(w_in, w_out)
+                         in_out_sim = cos(w_in, w_out); gated MLPs add gate_weight_norm = ||w_gate||,
+                         gate_in_sim = cos(w_gate, w_in), gate_out_sim = cos(w_gate, w_out)
     {k,q,v,o}_comps.pt   fp16 [L, D, L_attn, H]  (formulas in `attention_compositions`)
+    architecture.json    what decides which of those pairs are causal (`causal_compositions`):
+                         {n_layers, d_mlp, n_heads, parallel_attn_mlp, gated_mlp, normalization_type,
+                         positional_embedding_type}
     vocab_comps.pt       {E_in, U_in, E_out, U_out} -> row summaries over the vocabulary (top_k 100)
     neuron_comps.pt      {in_in, in_out, out_in, out_out} -> row summaries over all N neurons
                          (top_k 20), the neuron itself excluded.
@@ -39,6 +48,7 @@ Device-agnostic: runs where the model's weights are (or on `device=`), no .cuda(
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +70,7 @@ VOCAB_KINDS = ("E_in", "U_in", "E_out", "U_out")
 NEURON_KINDS = ("in_in", "in_out", "out_in", "out_out")
 ATTN_KINDS = ("k", "q", "v", "o")
 NEURON_STATS_COLUMNS = ["layer", "neuron_ix", "input_weight_norm", "input_bias", "output_weight_norm", "in_out_sim"]
+GATE_STATS_COLUMNS = ["gate_weight_norm", "gate_in_sim", "gate_out_sim"]  # gated MLPs only
 DEFAULT_BLOCK_SIZE = 512
 
 # Files written, grouped by the computation that produces them (a group is skipped on rerun
@@ -67,7 +78,7 @@ DEFAULT_BLOCK_SIZE = 512
 RUN_FILE = "run.json"  # runs.py: the model, its weights' fingerprint, the code version
 ARTIFACT_GROUPS = {
     "neuron_stats": ("neuron_stats.csv",),
-    "attention": tuple(f"{k}_comps.pt" for k in ATTN_KINDS),
+    "attention": tuple(f"{k}_comps.pt" for k in ATTN_KINDS) + ("architecture.json",),
     "vocab": ("vocab_comps.pt",),
     "neuron": ("neuron_comps.pt",),
 }
@@ -83,13 +94,14 @@ class Weights:
     """Detached float32 copies of the weights the summaries use (neuron rows first)."""
     W_in: torch.Tensor   # [L, D, d_model]
     W_out: torch.Tensor  # [L, D, d_model]
-    b_in: torch.Tensor   # [L, D]
+    b_in: torch.Tensor   # [L, D]  (NaN: the MLP has no input bias)
     W_E: torch.Tensor    # [V, d_model]
     W_U: torch.Tensor    # [d_model, V]
     W_Q: torch.Tensor    # [L, H, d_model, d_head]
     W_K: torch.Tensor    # [L, H, d_model, d_head]
     W_V: torch.Tensor    # [L, H, d_model, d_head]
     W_O: torch.Tensor    # [L, H, d_head, d_model]
+    W_gate: torch.Tensor | None = None  # [L, D, d_model], gated MLPs only
 
     @property
     def n_layers(self) -> int:
@@ -111,18 +123,27 @@ def extract_weights(model, device=None) -> Weights:
         def get(name):
             return getattr(model, name).detach().to(device=device, dtype=torch.float32).clone()
 
+        W_in = einops.rearrange(get("W_in"), "l d n -> l n d").contiguous()   # [L, D, d_model]
+        L, D, d_model = W_in.shape
+        has_bias = all(getattr(model.blocks[l].mlp, "b_in", None) is not None for l in range(L)) \
+            if hasattr(model, "blocks") else True
+        gated = bool(getattr(model.cfg, "gated_mlp", False))
         w = Weights(
-            W_in=einops.rearrange(get("W_in"), "l d n -> l n d").contiguous(),
-            W_out=get("W_out"), b_in=get("b_in"), W_E=get("W_E"), W_U=get("W_U"),
-            W_Q=get("W_Q"), W_K=get("W_K"), W_V=get("W_V"), W_O=get("W_O"),
+            W_in=W_in, W_out=get("W_out"), b_in=get("b_in") if has_bias else torch.full((L, D), torch.nan, device=device),
+            W_E=get("W_E"), W_U=get("W_U"), W_Q=get("W_Q"), W_K=get("W_K"), W_V=get("W_V"), W_O=get("W_O"),
+            W_gate=einops.rearrange(get("W_gate"), "l d n -> l n d").contiguous() if gated else None,
         )
-    L, D, d_model = w.W_in.shape
-    if w.W_out.shape != (L, D, d_model) or w.W_E.shape[1] != d_model or w.W_U.shape[0] != d_model:
+    if w.W_out.shape != (L, D, d_model) or w.W_E.shape[1] != d_model or w.W_U.shape[0] != d_model or \
+            (w.W_gate is not None and w.W_gate.shape != (L, D, d_model)):
         raise UserError(f"unexpected weight shapes: W_in {tuple(model.W_in.shape)}, W_out {tuple(w.W_out.shape)}, "
                         f"W_E {tuple(w.W_E.shape)}, W_U {tuple(w.W_U.shape)}")
+    H, H_kv = w.W_Q.shape[1], w.W_K.shape[1]
+    if H_kv != H:  # grouped-query attention: query head h reads key/value head h // (H / H_kv)
+        if H % H_kv or w.W_V.shape[1] != H_kv:
+            raise UserError(f"W_K {tuple(w.W_K.shape)} / W_V {tuple(w.W_V.shape)} do not group W_Q {tuple(w.W_Q.shape)}")
+        w.W_K, w.W_V = (t.repeat_interleave(H // H_kv, dim=1) for t in (w.W_K, w.W_V))
     if w.W_K.shape != w.W_Q.shape:
-        raise UserError(f"W_K {tuple(w.W_K.shape)} differs from W_Q {tuple(w.W_Q.shape)} (grouped-query "
-                        "attention is not supported by the composition scores)")
+        raise UserError(f"W_K {tuple(w.W_K.shape)} differs from W_Q {tuple(w.W_Q.shape)}")
     return w
 
 
@@ -159,20 +180,28 @@ def _blocks(n: int, block_size: int, progress: bool, desc: str):
 # neuron_stats.csv -------------------------------------------------------------------------------
 
 def neuron_stats(w: Weights) -> pd.DataFrame:
-    """One row per neuron (layer-major): norms of w_in and w_out, b_in, cos(w_in, w_out) (float64)."""
+    """One row per neuron (layer-major): norms of w_in and w_out, b_in, cos(w_in, w_out) (float64);
+    gated MLPs also ||w_gate||, cos(w_gate, w_in), cos(w_gate, w_out)."""
     W_in, W_out = w.W_in.double(), w.W_out.double()
     in_norm = torch.linalg.vector_norm(W_in, dim=-1)
     out_norm = torch.linalg.vector_norm(W_out, dim=-1)
     in_out = (W_in * W_out).sum(-1) / (in_norm * out_norm)
     L, D = w.n_layers, w.d_mlp
-    return pd.DataFrame({
+    cols = {
         "layer": np.repeat(np.arange(L), D),
         "neuron_ix": np.tile(np.arange(D), L),
         "input_weight_norm": in_norm.flatten().cpu().numpy(),
         "input_bias": w.b_in.double().flatten().cpu().numpy(),
         "output_weight_norm": out_norm.flatten().cpu().numpy(),
         "in_out_sim": in_out.flatten().cpu().numpy(),
-    }, columns=NEURON_STATS_COLUMNS)
+    }
+    if w.W_gate is not None:
+        W_gate = w.W_gate.double()
+        gate_norm = torch.linalg.vector_norm(W_gate, dim=-1)
+        cols["gate_weight_norm"] = gate_norm.flatten().cpu().numpy()
+        cols["gate_in_sim"] = ((W_gate * W_in).sum(-1) / (gate_norm * in_norm)).flatten().cpu().numpy()
+        cols["gate_out_sim"] = ((W_gate * W_out).sum(-1) / (gate_norm * out_norm)).flatten().cpu().numpy()
+    return pd.DataFrame(cols, columns=list(cols))
 
 
 # {k,q,v,o}_comps.pt -----------------------------------------------------------------------------
@@ -257,6 +286,35 @@ def causal_mask(kind: str, n_layers: int, n_attn_layers: int | None = None, para
     else:
         raise ValueError(f"unknown composition kind {kind!r}")
     return m[:, None, :, None]
+
+
+def architecture(model) -> dict:
+    """architecture.json: the config fields the compositions' causality and the gate columns depend on."""
+    cfg = model.cfg
+    return {"n_layers": int(cfg.n_layers), "d_mlp": int(cfg.d_mlp), "n_heads": int(cfg.n_heads),
+            "parallel_attn_mlp": bool(getattr(cfg, "parallel_attn_mlp", False)),
+            "gated_mlp": bool(getattr(cfg, "gated_mlp", False)),
+            "normalization_type": str(getattr(cfg, "normalization_type", None)),
+            "positional_embedding_type": str(getattr(cfg, "positional_embedding_type", None))}
+
+
+def causal_compositions(summaries: dict) -> dict[str, torch.Tensor]:
+    """kind -> float32 [L, D, L_attn, H]: {k,q,v,o}_comps of `read_weight_summaries` with the pairs
+    that cannot compose set to NaN (q/k/v: heads of later layers; o: heads of the neuron's layer or
+    earlier, strictly earlier in parallel-residual blocks such as Pythia's, where a block's MLP and
+    attention read the same residual). Needs architecture.json (written with the compositions)."""
+    arch = summaries.get("architecture")
+    if arch is None:
+        raise UserError("these weight summaries have no architecture.json (made by an earlier version): rerun "
+                        "weights.py with --overwrite")
+    out = {}
+    for kind in ATTN_KINDS:
+        if f"{kind}_comps" not in summaries:
+            continue
+        comps = summaries[f"{kind}_comps"].float()
+        L, _, L_attn, _ = comps.shape
+        out[kind] = comps.masked_fill(~causal_mask(kind, L, L_attn, arch["parallel_attn_mlp"]), torch.nan)
+    return out
 
 
 # Row summaries (vocab_comps.pt, neuron_comps.pt) ------------------------------------------------
@@ -472,7 +530,8 @@ class WeightsConfig(StageConfig):
 
 def read_weight_summaries(model_name: str, out_dir: str | Path | None = None) -> dict:
     """The one reader of a weights/ folder: neuron_stats (DataFrame), k/q/v/o_comps ([L, D, L_attn, H]),
-    vocab_comps, neuron_comps (dicts of dicts, memory-mapped). Missing files are absent keys."""
+    architecture (dict), vocab_comps, neuron_comps (dicts of dicts, memory-mapped). Missing files are
+    absent keys."""
     root = Path(out_dir) if out_dir is not None else paths.weights_summary_path(model_name)
     out: dict = {}
     if (root / "neuron_stats.csv").is_file():
@@ -481,6 +540,8 @@ def read_weight_summaries(model_name: str, out_dir: str | Path | None = None) ->
         for f in files:
             if f.endswith(".pt") and (root / f).is_file():
                 out[f[:-3]] = paths.torch_load(root / f, mmap=True)
+    if (arch := runs.read_record(root / "architecture.json")) is not None:
+        out["architecture"] = arch
     return out
 
 
@@ -547,6 +608,8 @@ def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: 
         if "attention" in todo:
             for kind, scores in attention_compositions(w, block_size, progress).items():
                 paths.torch_save_atomic(scores, out_dir / f"{kind}_comps.pt")
+            with paths.atomic_path(out_dir / "architecture.json") as tmp:
+                tmp.write_text(json.dumps(architecture(model), indent=1) + "\n")
         if "vocab" in todo:
             paths.torch_save_atomic(vocab_compositions(w, block_size, progress), out_dir / "vocab_comps.pt")
         if "neuron" in todo:
