@@ -8,7 +8,7 @@
 #                                                                               -> intervention summary
 #
 # usage: slurm/paper_grid.sh FAMILY [--dry-run]
-#   FAMILY     stanford-gpt2-small | stanford-gpt2-medium | pythia-160m | toy | toy-tiny
+#   FAMILY     stanford-gpt2-small | stanford-gpt2-medium | pythia-160m | pythia-{14m,31m,70m,410m} | toy | toy-tiny
 #   --dry-run  print the sbatch commands (as a shell script) instead of submitting
 #
 # Seed a is compared with every other seed (pythia-160m with pythia-160m-seed1..3), with and without
@@ -80,6 +80,9 @@ case $family in
     [ "$family" = stanford-gpt2-small ] && neurons="11.3030 11.2859" || neurons="23.945" ;;
   pythia-160m)
     models=(pythia-160m pythia-160m-seed{1,2,3}); dfamily=pythia; n_layers=12; neurons=auto ;;
+  pythia-14m|pythia-31m|pythia-70m|pythia-410m)  # PolyPythias: seed 0 and seed1..9 (UN_N_SEEDS to cap)
+    models=("$family" "$family"-seed{1..9}); dfamily=pythia; neurons=auto
+    [ "$family" = pythia-410m ] && n_layers=24 || n_layers=6 ;;
   toy) preset=default; models=(toy-gpt2-{a,b,c,d,e}); dfamily=toy; neurons=auto ;;
   toy-tiny) preset=tiny; models=(toy-gpt2-tiny-{a,b,c,d,e}); dfamily=toy; neurons=auto ;;
   *) echo "unknown family '$family'" >&2; usage ;;

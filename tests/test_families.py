@@ -218,6 +218,26 @@ def test_dataset_prefix_names_what_make_dataset_writes(tmp_path):
     assert dataset_prefix("someone/corpus", "test") == "corpus.test"
 
 
+def test_seed_families(tmp_path):
+    """--family: a named suite's seeds, seed a first, or a folder of model folders; bad ones refused."""
+    from universal_neurons.errors import UserError
+    from universal_neurons.models import family_members
+    from universal_neurons.pipeline import PipelineConfig
+
+    assert family_members("pythia-70m") == ["pythia-70m"] + [f"pythia-70m-seed{i}" for i in range(1, 10)]
+    assert family_members("stanford-gpt2-small", 3) == ["stanford-gpt2-small-a", "stanford-gpt2-small-b",
+                                                        "stanford-gpt2-small-c"]
+    for seed in ("b", "a", "c"):
+        (tmp_path / "suite" / f"m-{seed}").mkdir(parents=True)
+        (tmp_path / "suite" / f"m-{seed}" / "config.json").write_text("{}")
+    (tmp_path / "suite" / "notes").mkdir()                                          # not a model folder: ignored
+    assert PipelineConfig(family=str(tmp_path / "suite")).models == [str(tmp_path / "suite" / f"m-{s}") for s in "abc"]
+    for bad in (dict(family="pythia-99m"), dict(family="pythia-70m", n_seeds=1), dict(family="toy-gpt2", models=["x", "y"]),
+                dict(n_seeds=3), dict(family=str(tmp_path / "suite" / "notes")), dict(models=["toy-gpt2-a"])):
+        with pytest.raises(UserError):
+            PipelineConfig(**bad)
+
+
 def test_capture_and_correlations(family):
     """The neuron is the MLP hidden unit Hugging Face computes (the GELU output; act(gate) * up in a
     gated MLP, the input of down_proj), hook_pre the gate's / GELU's input; the pipeline's

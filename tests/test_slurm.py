@@ -251,6 +251,7 @@ def test_dry_run_prints_a_runnable_script(tmp_path, tiny_zoo3):
     ("stanford-gpt2-small", 12, "bcde", ["11.3030", "11.2859"]),
     ("stanford-gpt2-medium", 24, "bcde", ["23.945"]),
     ("pythia-160m", 12, ["-seed1", "-seed2", "-seed3"], ["auto"]),
+    ("pythia-70m", 6, [f"-seed{i}" for i in range(1, 10)], ["auto"]),     # PolyPythias: seed 0 against 1..9
 ])
 def test_paper_families(tmp_path, family, n_layers, others, neurons):
     env = fake_sbatch_env(tmp_path, UN_N_SEEDS="", UN_SHARDS="", UN_INTERVENTION_VALUES="")

@@ -44,6 +44,36 @@ PAPER_MODELS = {
 }
 HUB_HOST = "huggingface.co"
 
+# Seed families: models trained alike from different random seeds, seed a (the rows) first.
+_POLY = ("14m", "31m", "70m", "160m", "410m")
+SEED_FAMILIES = {
+    "stanford-gpt2-small": [f"stanford-gpt2-small-{s}" for s in "abcde"],
+    "stanford-gpt2-medium": [f"stanford-gpt2-medium-{s}" for s in "abcde"],
+    **{f"pythia-{size}": [f"pythia-{size}"] + [f"pythia-{size}-seed{i}" for i in range(1, 10)] for size in _POLY},
+    "toy-gpt2": [f"toy-gpt2-{s}" for s in "abcde"],
+    "toy-gpt2-tiny": [f"toy-gpt2-tiny-{s}" for s in "abcde"],
+}
+
+
+def family_members(family: str, n_seeds: int | None = None) -> list[str]:
+    """The seeds of `family`, seed a first: a name of SEED_FAMILIES, or a local folder whose
+    subfolders are model folders (sorted by name: one seed each). n_seeds: only the first n."""
+    if family in SEED_FAMILIES:
+        members = SEED_FAMILIES[family]
+    elif Path(family).is_dir() and not is_local_folder(family):
+        members = sorted(str(p) for p in Path(family).iterdir() if is_local_folder(str(p)))
+        if len(members) < 2:
+            raise UserError(f"--family {family!r}: a folder of seeds needs at least two model folders (with "
+                            f"config.json) in it, found {len(members)}")
+    else:
+        raise UserError(f"unknown seed family {family!r}; choose from {', '.join(SEED_FAMILIES)}, or give a folder "
+                        f"whose subfolders are the seeds' model folders")
+    if n_seeds is not None:
+        if not 2 <= n_seeds <= len(members):
+            raise UserError(f"--n_seeds must be in [2, {len(members)}] for family {family!r}, got {n_seeds}")
+        members = members[:n_seeds]
+    return list(members)
+
 
 @lru_cache(maxsize=1)
 def _transformer_lens_aliases() -> dict[str, str]:

@@ -39,6 +39,12 @@ class PipelineConfig(StageConfig):
     models: list[str] | None = field(default=None, metadata={"nargs": "+", "help":
                                      "seed a first, then the others (default: toy-gpt2-a .. e; --quick: "
                                      "toy-gpt2-tiny-a .. e)"})
+    family: str | None = field(default=None, metadata={"help":
+                               "instead of --models: a seed family (stanford-gpt2-small, stanford-gpt2-medium, "
+                               "pythia-14m .. pythia-410m (PolyPythias: seed 0 and seed1..9), toy-gpt2, toy-gpt2-tiny) "
+                               "or a folder of model folders, one per seed; its first seed against the others"})
+    n_seeds: int | None = field(default=None, metadata={"type": int, "help":
+                                "with --family: only its first N seeds (e.g. 4 of PolyPythias' 10)"})
     dataset: str = field(default="python-stdlib", metadata={"help":
                          "corpus given to make_dataset.py (default the built-in one); the correlations use its "
                          "all-<N> mix, the summaries each subset"})
@@ -69,6 +75,16 @@ class PipelineConfig(StageConfig):
         super().__post_init__()
         if self.ctx_len is not None and self.ctx_len < 2:
             raise UserError(f"--ctx_len must be >= 2 (BOS and one token), got {self.ctx_len}")
+        if self.family is not None and self.models:
+            raise UserError("give --models or --family, not both")
+        if self.n_seeds is not None and self.family is None:
+            raise UserError("--n_seeds goes with --family")
+        if self.family is not None:
+            from .models import family_members
+
+            self.models = family_members(self.family, self.n_seeds)
+        if self.models is not None and len(self.models) < 2:
+            raise UserError(f"--models needs seed a and at least one other seed, got {self.models}")
 
     def run(self) -> Path:
         return run(self)
