@@ -440,9 +440,27 @@ def test_attention_deactivation(family, tmp_path):
     head = H - 1
     folder = run_attention_deactivation(family.a, MIX, 1, head, neurons=["0.5", "0.33"], n_seq=16,
                                         results_root=tmp_path, progress=False)
-    rec = read_run(folder)["records"]
+    run = read_run(folder)
+    rec = run["records"]
     tokens = mix_tokens(family.a, 16)
     hf = hf_model(family.a)
+
+    # the heuristic: (w_out . W_Q[1, h]) . k_BOS / sqrt(d_head), k_BOS the key of head h's key head at
+    # position 0 (no rotation there), from Hugging Face's projection of the first batch's position 0
+    ref = folded_weights(hf_model(family.a))
+    with torch.no_grad():
+        x = hf_layers(hf)[1].input_layernorm(hf(tokens[:, :1], output_hidden_states=True).hidden_states[1])
+        attn = hf_layers(hf)[1].attention if family.kind == "pythia" else hf_layers(hf)[1].self_attn
+        H_kv = getattr(hf.config, "num_key_value_heads", H)
+        if family.kind == "pythia":
+            d_head = hf.config.hidden_size // H
+            k = attn.query_key_value(x).unflatten(-1, (H, -1))[..., d_head:2 * d_head]   # [B, 1, H, d_head]
+        else:
+            k = attn.k_proj(x).unflatten(-1, (H_kv, -1))
+        k_bos = k[:, 0, head // (H // H_kv)].double().mean(0)
+    want = ref["W_out"][0] @ ref["W_Q"][1, head] @ k_bos / k_bos.shape[0] ** 0.5     # [D]
+    got = run["heuristic_ranking"].sort_values(["layer", "neuron"])["score"].to_numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * float(want.abs().max()))
     for n in (5, 33):
         clean, patched, act = hf_patched_bos(hf, tokens, 1, head, 0, n)
         np.testing.assert_allclose(rec[f"0.{n}"]["activation"].float(), act[:, 1:], atol=2e-3)
