@@ -345,6 +345,38 @@ def test_summary(family):
                                post.amax(0).flatten(), rtol=1e-3)
 
 
+def test_explanations(family):
+    """The pipeline's token-feature variance reductions of the explained neurons: the squared
+    point-biserial correlation of Hugging Face's hidden unit with two features computed here (BOS /
+    EOS / padding; the token's text holding a newline), over every position of the mix."""
+    import json
+
+    from universal_neurons import paths
+    from universal_neurons.explanations import read_layer
+    from universal_neurons.models import load_tokenizer
+
+    folder = paths.explanation_dir() / paths.model_dirname(family.a) / MIX / "token_feature" / "layer_1"
+    cfg = json.loads((folder / "explain_config.json").read_text())
+    assert cfg["activations"] == "mlp.hook_post" and cfg["n_seq"] == -1
+    vr = read_layer(family.a, MIX, "token", 1)                                     # rows 'l.n', columns features
+    tok = load_tokenizer(family.a)
+    tokens = mix_tokens(family.a)
+    _, post = hf_activations(hf_model(family.a), tokens)
+    a = post[:, :, 1].reshape(-1, D).double()                                       # [T, D]
+    ids = tokens.flatten()
+    special = {t for t in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if t is not None}
+    contains = {i for i in range(len(tok)) if "\n" in tok.decode([i])}
+    assert contains
+    for name, feat in (("is_special_token", special), ("contains_newline", contains)):
+        f = torch.tensor([int(i) in feat for i in ids], dtype=torch.float64)
+        x, y = a - a.mean(0), f - f.mean()
+        r2 = (x.T @ y) ** 2 / ((x * x).sum(0) * (y @ y))                           # [D]
+        for row in vr.index:
+            l, n = map(int, row.split("."))
+            assert abs(vr.loc[row, name] - float(r2[n])) < 1e-4, (name, row)
+    assert len(vr) >= 5
+
+
 def test_activation_cache(family, tmp_path):
     """activations.py's neuron mode: Hugging Face's hidden unit and its next-token loss and entropy."""
     from universal_neurons.activation_cache import run_activations
