@@ -552,16 +552,22 @@ class CorrelationStats:
         s = self.streams[stream]
         if sample is None:
             return self._scale(s.shift, s.sum, s.sumsq, self.n)[:2]
-        # rotated units: second moments diag(R G R^T) from the Gram matrices, in float64
+        # rotated units: second moments diag(R G R^T) from the Gram matrices, in float64, one layer
+        # at a time (all layers at once held four [L, D, D] float64 temporaries: 13 GB at GPT2-medium)
         rot = self._rotation(sample)                                          # [L, D, D]
         b = s.shift.double().view(self.layers_2, self.d_2)
         sy = s.sum.view(self.layers_2, self.d_2)
         n = self.n
-        cent = s.gram - sy[:, :, None] * sy[:, None, :] / n                   # centred Gram [L, D, D]
-        mean_raw = b + sy / n
-        raw = cent + n * mean_raw[:, :, None] * mean_raw[:, None, :]          # raw Gram
-        diag = lambda m: (torch.bmm(rot, m) * rot).sum(-1).reshape(-1)       # diag(R m R^T)
-        css, raw2 = diag(cent), diag(raw)
+        css = torch.empty(self.layers_2, self.d_2, dtype=torch.float64, device=rot.device)
+        raw2 = torch.empty_like(css)
+        for l in range(self.layers_2):
+            cent = s.gram[l] - torch.outer(sy[l], sy[l]) / n                  # centred Gram [D, D]
+            css[l] = ((rot[l] @ cent) * rot[l]).sum(-1)                       # diag(R cent R^T)
+            mean_raw = b[l] + sy[l] / n
+            cent.addr_(mean_raw, mean_raw, alpha=n)                           # raw Gram, in place
+            raw2[l] = ((rot[l] @ cent) * rot[l]).sum(-1)
+            del cent
+        css, raw2 = css.reshape(-1), raw2.reshape(-1)
         if self.similarity == "cosine":
             norm2, dead = raw2, ~(raw2 > 0)
         else:

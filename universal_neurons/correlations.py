@@ -161,6 +161,7 @@ def plan_memory(n1: int, d1: int, models_2: dict, *, tokens: int, precision: str
         fixed["y"] = max(fixed["y"], tokens * n2 * 4 * (2 if streams[m2] > 1 else 1) + tokens * n2 * (2 if low else 0))
         if rotation[m2]:
             fixed["gram"] += l2 * d2 * d2 * (8 + 8 + 4)       # Gram, float64 and float32 rotations
+            fixed["finaliser"] = max(fixed["finaliser"], 3 * d2 * d2 * 8)  # col_scale: one layer's float64 scratch
         # one row block of float64 / float32 temporaries (~40 B an entry), and the summaries
         fixed["finaliser"] = max(fixed["finaliser"], min(finaliser_block, 40 * n1 * n2))
         fixed["finaliser"] += n_baselines * (n1 + n2) * (100 * 12 + 101 * 8 + 64)
