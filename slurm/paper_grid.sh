@@ -29,7 +29,8 @@
 #   UN_TIME, UN_MEM    sbatch --time, --mem of every job
 #   UN_SBATCH_OPTS     any other sbatch options of every job (e.g. "--account=lab --cpus-per-task=8")
 #   UN_LOG_DIR         job logs (default slurm_logs)
-#   UN_N_SEEDS         use seeds a.. only up to this many (default: all: 5, Pythia 4)
+#   UN_N_SEEDS         use seeds a.. only up to this many (default: all: 5; pythia-160m 4, the paper's;
+#                      other PolyPythias sizes 10)
 #   UN_SHARDS          token shards of the correlation pass (default 8, toy 2)
 #   UN_PAIRS_PER_PASS  all: one pass computes a against every other seed; 1: one pass per pair
 #                      (default 1 for the paper's families, whose statistics are large; all for toy)

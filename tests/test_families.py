@@ -231,9 +231,14 @@ def test_seed_families(tmp_path):
         (tmp_path / "suite" / f"m-{seed}").mkdir(parents=True)
         (tmp_path / "suite" / f"m-{seed}" / "config.json").write_text("{}")
     (tmp_path / "suite" / "notes").mkdir()                                          # not a model folder: ignored
+    for seed in (10, 2):
+        (tmp_path / "poly" / f"m-seed{seed}").mkdir(parents=True)
+        (tmp_path / "poly" / f"m-seed{seed}" / "config.json").write_text("{}")
+    assert [Path(m).name for m in family_members(str(tmp_path / "poly"))] == ["m-seed2", "m-seed10"]   # natural order
     assert PipelineConfig(family=str(tmp_path / "suite")).models == [str(tmp_path / "suite" / f"m-{s}") for s in "abc"]
     for bad in (dict(family="pythia-99m"), dict(family="pythia-70m", n_seeds=1), dict(family="toy-gpt2", models=["x", "y"]),
-                dict(n_seeds=3), dict(family=str(tmp_path / "suite" / "notes")), dict(models=["toy-gpt2-a"])):
+                dict(n_seeds=3), dict(family=str(tmp_path / "suite" / "notes")), dict(models=["toy-gpt2-a"]),
+                dict(family=str(tmp_path / "suite" / "m-a"))):                    # one model folder, not a suite
         with pytest.raises(UserError):
             PipelineConfig(**bad)
 
@@ -469,7 +474,7 @@ def test_attention_deactivation(family, tmp_path):
     from universal_neurons.attention_deactivation import read_run, run_attention_deactivation
 
     H = hf_model(family.a).config.num_attention_heads
-    head = H - 1
+    head = 1  # Qwen2: query head 1 reads key head 0 (1 // 2), which a head % n_kv mix-up would miss
     folder = run_attention_deactivation(family.a, MIX, 1, head, neurons=["0.5", "0.33"], n_seq=16,
                                         results_root=tmp_path, progress=False)
     run = read_run(folder)
@@ -513,3 +518,19 @@ def test_viewer_neuron_page(family):
     assert f"{df.loc[D + 3, 'w_out_norm']:.4g}" in body.decode()
     status, ctype, png = app.handle("/plot/attention_composition/1/3.png")
     assert status == 200 and png[:4] == b"\x89PNG"
+    # the heatmaps blank exactly the heads that cannot compose: for a layer-1 neuron, q/k/v of every
+    # head (no later layer) and o of layer 1's heads only in parallel-residual blocks
+    from universal_neurons.viewer_data import panel_attention_composition
+    from universal_neurons.weights import read_weight_summaries
+
+    w = read_weight_summaries(family.a)
+    fig = panel_attention_composition(w, 1, 3)
+    shown = {ax.get_title().split()[0]: np.ma.filled(ax.images[0].get_array(), np.nan) for ax in fig.axes if ax.images}
+    assert set(shown) == {"k", "q", "v", "o"}
+    for kind in "kqv":
+        assert np.isnan(shown[kind]).all()
+    o = w["o_comps"][1, 3].float().numpy()                                          # [L_attn, H]
+    np.testing.assert_array_equal(shown["o"][0], o[0])
+    assert np.isnan(shown["o"][1]).all() == (family.kind == "pythia")
+    if family.kind != "pythia":
+        np.testing.assert_array_equal(shown["o"][1], o[1])

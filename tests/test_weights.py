@@ -152,6 +152,12 @@ def test_artifacts_schema_and_rerun(adversarial, tmp_path):
     assert now["vocab_comps.pt"] == mtimes["vocab_comps.pt"] and now["k_comps.pt"] != mtimes["k_comps.pt"]
     W.save_weight_summaries(adversarial, out, force=True)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == now
+    # a folder made before architecture.json existed gains it from the config, nothing recomputed
+    (out / "architecture.json").unlink()
+    W.save_weight_summaries(adversarial, out)
+    assert {n: t for n, t in ((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) if n != "architecture.json"} == \
+        {n: t for n, t in now.items() if n != "architecture.json"}
+    assert W.read_weight_summaries("m", out)["architecture"]["n_layers"] == L
     record = json.loads((out / W.RUN_FILE).read_text())
     (out / W.RUN_FILE).write_text(json.dumps({**record, "model_fingerprint": "other-weights"}))
     with pytest.raises(W.UserError, match="model_fingerprint 'other-weights' ->"):

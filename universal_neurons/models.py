@@ -32,24 +32,23 @@ _SMALL = ["alias-gpt2-small-x21", "battlestar-gpt2-small-x49", "caprica-gpt2-sma
           "darkmatter-gpt2-small-x343", "expanse-gpt2-small-x777"]
 _MEDIUM = ["arwen-gpt2-medium-x21", "beren-gpt2-medium-x49", "celebrimbor-gpt2-medium-x81",
            "durin-gpt2-medium-x343", "eowyn-gpt2-medium-x777"]
+POLYPYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m")
 PAPER_MODELS = {
     **{f"stanford-gpt2-small-{s}": f"stanford-crfm/{h}" for s, h in zip("abcde", _SMALL)},
     **{f"stanford-gpt2-medium-{s}": f"stanford-crfm/{h}" for s, h in zip("abcde", _MEDIUM)},
     # Pythia and the PolyPythias suite: pythia-<size> (seed 0) and pythia-<size>-seed1..9
-    **{f"pythia-{size}": f"EleutherAI/pythia-{size}" for size in ("14m", "31m", "70m", "160m", "410m")},
-    **{f"pythia-{size}-seed{i}": f"EleutherAI/pythia-{size}-seed{i}"
-       for size in ("14m", "31m", "70m", "160m", "410m") for i in range(1, 10)},
+    **{f"pythia-{size}": f"EleutherAI/pythia-{size}" for size in POLYPYTHIA_SIZES},
+    **{f"pythia-{size}-seed{i}": f"EleutherAI/pythia-{size}-seed{i}" for size in POLYPYTHIA_SIZES for i in range(1, 10)},
     "gpt2": "openai-community/gpt2", "gpt2-small": "openai-community/gpt2",
     "gpt2-medium": "openai-community/gpt2-medium",
 }
 HUB_HOST = "huggingface.co"
 
 # Seed families: models trained alike from different random seeds, seed a (the rows) first.
-_POLY = ("14m", "31m", "70m", "160m", "410m")
 SEED_FAMILIES = {
     "stanford-gpt2-small": [f"stanford-gpt2-small-{s}" for s in "abcde"],
     "stanford-gpt2-medium": [f"stanford-gpt2-medium-{s}" for s in "abcde"],
-    **{f"pythia-{size}": [f"pythia-{size}"] + [f"pythia-{size}-seed{i}" for i in range(1, 10)] for size in _POLY},
+    **{f"pythia-{size}": [f"pythia-{size}"] + [f"pythia-{size}-seed{i}" for i in range(1, 10)] for size in POLYPYTHIA_SIZES},
     "toy-gpt2": [f"toy-gpt2-{s}" for s in "abcde"],
     "toy-gpt2-tiny": [f"toy-gpt2-tiny-{s}" for s in "abcde"],
 }
@@ -57,11 +56,18 @@ SEED_FAMILIES = {
 
 def family_members(family: str, n_seeds: int | None = None) -> list[str]:
     """The seeds of `family`, seed a first: a name of SEED_FAMILIES, or a local folder whose
-    subfolders are model folders (sorted by name: one seed each). n_seeds: only the first n."""
+    subfolders are model folders (one seed each, in natural order of their names: seed2 before
+    seed10). n_seeds: only the first n."""
+    import re
+
     if family in SEED_FAMILIES:
         members = SEED_FAMILIES[family]
-    elif Path(family).is_dir() and not is_local_folder(family):
-        members = sorted(str(p) for p in Path(family).iterdir() if is_local_folder(str(p)))
+    elif is_local_folder(family):
+        raise UserError(f"--family {family!r} is one model folder; give the folder that holds the seeds' folders "
+                        f"(or list them with --models)")
+    elif Path(family).is_dir():
+        natural = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]  # noqa: E731
+        members = [str(p) for p in sorted(Path(family).iterdir(), key=natural) if is_local_folder(str(p))]
         if len(members) < 2:
             raise UserError(f"--family {family!r}: a folder of seeds needs at least two model folders (with "
                             f"config.json) in it, found {len(members)}")

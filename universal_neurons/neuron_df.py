@@ -17,10 +17,12 @@ Columns (the paper's, in its order):
     vocab_mean, vocab_var, vocab_skew, vocab_kurt   moments of cos(w_out, W_U[:, v]) over the vocabulary
     sparsity                          share of tokens with pre-activation > 0 (the activation frequency)
     excess_corr                       mean_corr - mean_baseline
-Gated MLPs (Llama, Qwen2, OLMo, ...) append GATE_COLUMNS from weights.py: w_gate_norm = ||w_gate||,
-gate_in_sim = cos(w_gate, w_in), gate_out_sim = cos(w_gate, w_out); there input_bias is NaN (no
-biases), w_in is the linear ("up") input, and the moments and sparsity are of the gate's
-pre-activation (mlp.hook_pre), so sparsity is the share of tokens whose gate is open (> 0).
+Gated MLPs (Llama, Qwen2, OLMo, ...) append GATE_COLUMNS (weights.py's gate columns of
+neuron_stats.csv, renamed): w_gate_norm = ||w_gate||, gate_in_sim = cos(w_gate, w_in),
+gate_out_sim = cos(w_gate, w_out). There w_in is the linear ("up") input: input_bias is its bias
+(NaN without biases; a gate bias is not reported), l2_penalty leaves ||w_gate||^2 out (the paper's
+formula), and the moments and sparsity are of the gate's pre-activation (mlp.hook_pre), so
+sparsity is the share of tokens whose gate is open (> 0).
 """
 from __future__ import annotations
 

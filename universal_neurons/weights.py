@@ -17,7 +17,8 @@ Artifacts under <save_path>/<model>/weights/ (see ORIGINAL_SPEC.md):
                          in_out_sim = cos(w_in, w_out); gated MLPs add gate_weight_norm = ||w_gate||,
                          gate_in_sim = cos(w_gate, w_in), gate_out_sim = cos(w_gate, w_out)
     {k,q,v,o}_comps.pt   fp16 [L, D, L_attn, H]  (formulas in `attention_compositions`)
-    architecture.json    what decides which of those pairs are causal (`causal_compositions`):
+    architecture.json    what decides which of those pairs are causal (`causal_compositions`; the
+                         model's config, so an older folder gains it without recomputing):
                          {n_layers, d_mlp, n_heads, parallel_attn_mlp, gated_mlp, normalization_type,
                          positional_embedding_type}
     vocab_comps.pt       {E_in, U_in, E_out, U_out} -> row summaries over the vocabulary (top_k 100)
@@ -78,7 +79,8 @@ DEFAULT_BLOCK_SIZE = 512
 RUN_FILE = "run.json"  # runs.py: the model, its weights' fingerprint, the code version
 ARTIFACT_GROUPS = {
     "neuron_stats": ("neuron_stats.csv",),
-    "attention": tuple(f"{k}_comps.pt" for k in ATTN_KINDS) + ("architecture.json",),
+    "attention": tuple(f"{k}_comps.pt" for k in ATTN_KINDS),
+    "architecture": ("architecture.json",),  # its own group: a folder made before it gains it cheaply
     "vocab": ("vocab_comps.pt",),
     "neuron": ("neuron_comps.pt",),
 }
@@ -135,8 +137,9 @@ def extract_weights(model, device=None) -> Weights:
         )
     if w.W_out.shape != (L, D, d_model) or w.W_E.shape[1] != d_model or w.W_U.shape[0] != d_model or \
             (w.W_gate is not None and w.W_gate.shape != (L, D, d_model)):
+        gate = f", W_gate {tuple(w.W_gate.shape)}" if w.W_gate is not None else ""
         raise UserError(f"unexpected weight shapes: W_in {tuple(model.W_in.shape)}, W_out {tuple(w.W_out.shape)}, "
-                        f"W_E {tuple(w.W_E.shape)}, W_U {tuple(w.W_U.shape)}")
+                        f"W_E {tuple(w.W_E.shape)}, W_U {tuple(w.W_U.shape)}{gate}")
     H, H_kv = w.W_Q.shape[1], w.W_K.shape[1]
     if H_kv != H:  # grouped-query attention: query head h reads key/value head h // (H / H_kv)
         if H % H_kv or w.W_V.shape[1] != H_kv:
@@ -198,9 +201,8 @@ def neuron_stats(w: Weights) -> pd.DataFrame:
     if w.W_gate is not None:
         W_gate = w.W_gate.double()
         gate_norm = torch.linalg.vector_norm(W_gate, dim=-1)
-        cols["gate_weight_norm"] = gate_norm.flatten().cpu().numpy()
-        cols["gate_in_sim"] = ((W_gate * W_in).sum(-1) / (gate_norm * in_norm)).flatten().cpu().numpy()
-        cols["gate_out_sim"] = ((W_gate * W_out).sum(-1) / (gate_norm * out_norm)).flatten().cpu().numpy()
+        gate = (gate_norm, (W_gate * W_in).sum(-1) / (gate_norm * in_norm), (W_gate * W_out).sum(-1) / (gate_norm * out_norm))
+        cols.update({c: v.flatten().cpu().numpy() for c, v in zip(GATE_STATS_COLUMNS, gate)})
     return pd.DataFrame(cols, columns=list(cols))
 
 
@@ -302,11 +304,11 @@ def causal_compositions(summaries: dict) -> dict[str, torch.Tensor]:
     """kind -> float32 [L, D, L_attn, H]: {k,q,v,o}_comps of `read_weight_summaries` with the pairs
     that cannot compose set to NaN (q/k/v: heads of later layers; o: heads of the neuron's layer or
     earlier, strictly earlier in parallel-residual blocks such as Pythia's, where a block's MLP and
-    attention read the same residual). Needs architecture.json (written with the compositions)."""
+    attention read the same residual). Needs the "architecture" entry (architecture.json)."""
     arch = summaries.get("architecture")
     if arch is None:
         raise UserError("these weight summaries have no architecture.json (made by an earlier version): rerun "
-                        "weights.py with --overwrite")
+                        "weights.py, which adds it")
     out = {}
     for kind in ATTN_KINDS:
         if f"{kind}_comps" not in summaries:
@@ -474,7 +476,8 @@ def neuron_compositions(w: Weights, block_size: int = DEFAULT_BLOCK_SIZE, progre
 def compute_weight_summaries(model, block_size: int = DEFAULT_BLOCK_SIZE, device=None, progress: bool = False,
                              layers=None) -> dict:
     """All summaries in memory: {'neuron_stats': DataFrame, 'k_comps', 'q_comps', 'v_comps',
-    'o_comps': fp16 [L, D, L_attn, H], 'vocab_comps': {...}, 'neuron_comps': {...}} (CPU tensors).
+    'o_comps': fp16 [L, D, L_attn, H], 'vocab_comps': {...}, 'neuron_comps': {...}} (CPU tensors),
+    'architecture' (dict), as `read_weight_summaries` returns them.
     `layers` restricts the row neurons to those layers (outputs [len(layers), D, ...])."""
     check_block_size(block_size)
     w = extract_weights(model, device)
@@ -486,6 +489,7 @@ def compute_weight_summaries(model, block_size: int = DEFAULT_BLOCK_SIZE, device
             **{f"{k}_comps": attn[k] for k in ATTN_KINDS},
             "vocab_comps": vocab_compositions(w, block_size, progress, layers),
             "neuron_comps": neuron_compositions(w, block_size, progress, layers),
+            "architecture": architecture(model),
         }
 
 
@@ -576,7 +580,7 @@ def _groups_to_compute(out_dir: Path, record: dict, force: bool) -> list[str]:
     if have != record:
         for f in (f for g in ARTIFACT_GROUPS.values() for f in g):
             (out_dir / f).unlink(missing_ok=True)
-    runs.write_record(out_dir / RUN_FILE, record)  # groups present later belong to this record
+        runs.write_record(out_dir / RUN_FILE, record)  # groups present later belong to this record
     return todo
 
 
@@ -608,6 +612,7 @@ def save_weight_summaries(model, out_dir: str | Path | None = None, block_size: 
         if "attention" in todo:
             for kind, scores in attention_compositions(w, block_size, progress).items():
                 paths.torch_save_atomic(scores, out_dir / f"{kind}_comps.pt")
+        if "architecture" in todo:
             with paths.atomic_path(out_dir / "architecture.json") as tmp:
                 tmp.write_text(json.dumps(architecture(model), indent=1) + "\n")
         if "vocab" in todo:
