@@ -73,18 +73,7 @@ CORPUS_FILES = ("argparse.py", "textwrap.py", "functools.py", "contextlib.py")
 
 # Measuring helpers (used in the children) --------------------------------------------------------
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+from weights_bench import _reset_peak, _status_kib  # noqa: E402 (this folder is on sys.path: a script)
 
 
 def _cpu_s() -> float:
