@@ -91,3 +91,19 @@ def test_missing_stage_names_the_command(tmp_path):
         make_neuron_df("m-a", ["m-z"], "ds", 2, 5)
     with pytest.raises(UserError, match="rows"):
         make_neuron_df("m-a", ["m-b"], "ds", 3, 5)
+
+
+def test_paper_dataframes_are_shipped_with_their_licence():
+    """The paper's published files: the counts its data README states, our column schema, the
+    universal rule they were selected by, and the MIT notice beside them."""
+    from universal_neurons.neuron_df import UNIVERSAL_THRESHOLD, load_paper_dataframe
+
+    for model, n in (("stanford-gpt2-small-a", 1533), ("stanford-gpt2-medium-a", 1211), ("pythia-160m", 465)):
+        df = load_paper_dataframe(model)
+        assert list(df.columns) == NEURON_DF_COLUMNS and len(df) == n
+        assert (df["excess_corr"] > UNIVERSAL_THRESHOLD).all() and not df[["layer", "neuron"]].duplicated().any()
+    pred = load_paper_dataframe("stanford-gpt2-medium-a", "prediction_neurons")
+    assert list(pred.columns) == ["layer", "neuron", "feature", "is_surpress"] and len(pred) == 136
+    assert "Copyright (c) 2023 Wes Gurnee" in (paths.PAPER_DATAFRAMES.parent / "LICENSE").read_text()
+    with pytest.raises(UserError, match="published no universal.csv for 'toy-gpt2-a'"):
+        load_paper_dataframe("toy-gpt2-a")

@@ -270,6 +270,17 @@ def load_neuron_df(model: str) -> pd.DataFrame:
     return pd.read_csv(f)
 
 
+def load_paper_dataframe(model: str, name: str = "universal") -> pd.DataFrame:
+    """The paper's published dataframes/interpretable_neurons/<model>/<name>.csv (MIT, shipped in
+    dataframes/paper/): 'universal' for stanford-gpt2-small-a, stanford-gpt2-medium-a and pythia-160m
+    (NEURON_DF_COLUMNS), 'prediction_neurons' for stanford-gpt2-medium-a."""
+    f = paths.PAPER_DATAFRAMES / model / f"{name}.csv"
+    if not f.is_file():
+        have = sorted(f"{d.name}/{c.stem}" for d in paths.PAPER_DATAFRAMES.glob("*") for c in d.glob("*.csv"))
+        raise UserError(f"the paper published no {name}.csv for {model!r} (shipped: {', '.join(have) or 'none'})")
+    return pd.read_csv(f)
+
+
 def load_universal(model: str) -> pd.DataFrame:
     f = paths.interpretable_neurons_path(model) / "universal.csv"
     if not f.exists():

@@ -118,6 +118,10 @@ def interpretable_neurons_path(model: str) -> Path:
     return dataframe_dir() / "interpretable_neurons" / model_dirname(model)
 
 
+# the paper's published dataframes, shipped in the repository (dataframes/README.md), never written
+PAPER_DATAFRAMES = Path(__file__).resolve().parent.parent / "dataframes" / "paper" / "interpretable_neurons"
+
+
 def activation_cache_path(model: str, dataset: str, root: str | Path | None = None) -> Path:
     return (Path(root) if root is not None else activation_dir()) / model_dirname(model) / dataset
 
