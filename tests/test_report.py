@@ -84,3 +84,40 @@ def test_explained_neuron_selection(n_min):
         assert got == set(zip(brute.layer, brute.neuron)) and len(got) == n_min and universal < got
         assert select_universal(df, UNIVERSAL_THRESHOLD, n_min)[1]
     assert not chosen["excess_corr"].isna().any()
+
+
+def test_paper_comparison_on_constructed_data(tmp_path):
+    """A run of a paper model is put beside the paper's universal.csv: per-layer shares over the model's
+    width, Jaccard overlap, how many of theirs pass here, and the shared neurons' excess_corr."""
+    ours = constructed_df()                                    # universal: 0.{1,5,9,30}, 1.{10..19}
+    paper = ours[ours["layer"] == 1].iloc[12:22].copy()        # theirs: 1.12 .. 1.21
+    paper["excess_corr"] = 0.8
+    cmp = report.paper_comparison(ours, paper)
+    mine, theirs = {(0, n) for n in (1, 5, 9, 30)} | {(1, n) for n in range(10, 20)}, {(1, n) for n in range(12, 22)}
+    assert cmp["jaccard"] == pytest.approx(len(mine & theirs) / len(mine | theirs))       # 8 / 16
+    assert cmp["found"] == 8 and cmp["n_paper"] == 10 and cmp["n_ours"] == 14
+    by = cmp["by_layer"].set_index("layer")
+    assert by.loc[0, "ours_pct"] == pytest.approx(10.0) and by.loc[1, "ours_pct"] == pytest.approx(25.0)
+    assert by.loc[1, "paper_pct"] == pytest.approx(25.0) and by.loc[2, "paper_pct"] == 0
+    assert len(cmp["shared"]) == 10 and (cmp["shared"]["paper"] == 0.8).all()
+
+    # a report of a paper model carries the section (the shipped stanford-gpt2-small-a file, 1533 neurons)
+    from universal_neurons.neuron_df import load_paper_dataframe
+
+    pub = load_paper_dataframe("stanford-gpt2-small-a")
+    full = pd.DataFrame({"layer": np.repeat(np.arange(12), 3072), "neuron": np.tile(np.arange(3072), 12)})
+    full = full.merge(pub[["layer", "neuron", "excess_corr"]], on=["layer", "neuron"], how="left")
+    full["excess_corr"] = full["excess_corr"].fillna(0.1)
+    full.loc[:99, "excess_corr"] = 0.9                        # 100 extra universal neurons in layer 0
+    for c in NEURON_DF_COLUMNS[2:]:
+        if c not in full:
+            full[c] = np.random.default_rng(0).uniform(0.1, 0.4, len(full))
+    path = report.write_report("stanford-gpt2-small-a", full[NEURON_DF_COLUMNS], others=["b"], dataset="ds",
+                               toy=False, out_dir=tmp_path)
+    text = path.read_text()
+    extra = 100 - int(((pub["layer"] == 0) & (pub["neuron"] < 100)).sum())
+    assert "## Against the paper's published universal neurons" in text
+    assert f"Jaccard overlap **{1533 / (1533 + extra):.3f}**" in text and "1533 of the paper's 1533" in text
+    assert (tmp_path / "paper_comparison.png").stat().st_size > 1000
+    assert "Against the paper" not in report.write_report("m", ours, others=["b"], dataset="ds", toy=True,
+                                                          out_dir=tmp_path / "m").read_text()

@@ -93,3 +93,17 @@ def intervention_curve(curve: pd.DataFrame, x: str = "value", y: str = "delta_en
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def paper_scatter(shared: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD):
+    """excess_corr of the paper's universal neurons: the paper's value against this run's."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(shared["paper"], shared["ours"], s=6, alpha=0.5)
+    lo = float(np.nanmin([shared["paper"].min(), shared["ours"].min(), 0.0]))
+    ax.plot([lo, 1], [lo, 1], color="grey", lw=0.8)
+    ax.axhline(threshold, color="red", lw=0.8, ls="--")
+    ax.set_xlabel("excess_corr, the paper's universal.csv")
+    ax.set_ylabel("excess_corr, this run")
+    ax.set_title(f"{len(shared)} neurons universal in the paper")
+    fig.tight_layout()
+    return fig

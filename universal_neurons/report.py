@@ -28,6 +28,28 @@ def property_differences(df: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOL
     return out
 
 
+def paper_comparison(df: pd.DataFrame, paper: pd.DataFrame, threshold: float = UNIVERSAL_THRESHOLD) -> dict:
+    """Our neuron dataframe `df` (every neuron) against the paper's published universal.csv `paper`:
+        by_layer   layer, ours_pct, paper_pct: universal share of each layer's neurons (both over our
+                   neuron count per layer, the model's width)
+        jaccard    |ours & theirs| / |ours | theirs| of the universal (layer, neuron) sets
+        found      how many of the paper's universal neurons have our excess_corr > threshold, of n_paper
+        shared     layer, neuron, ours, paper: excess_corr of the neurons in both files (ours may be NaN)"""
+    key = ["layer", "neuron"]
+    ours_set = set(map(tuple, df.loc[df["excess_corr"] > threshold, key].to_numpy().tolist()))
+    theirs = set(map(tuple, paper[key].to_numpy().tolist()))
+    width = df.groupby("layer").size()
+    by_layer = pd.DataFrame({"layer": width.index,
+                             "ours_pct": [100 * sum(l == x for x, _ in ours_set) / w for l, w in width.items()],
+                             "paper_pct": [100 * sum(l == x for x, _ in theirs) / w for l, w in width.items()]})
+    shared = paper[key + ["excess_corr"]].merge(df[key + ["excess_corr"]], on=key, how="inner", suffixes=("_paper", ""))
+    shared = shared.rename(columns={"excess_corr": "ours", "excess_corr_paper": "paper"})[key + ["ours", "paper"]]
+    union = ours_set | theirs
+    return {"by_layer": by_layer, "jaccard": len(ours_set & theirs) / len(union) if union else float("nan"),
+            "found": int((shared["ours"] > threshold).sum()), "n_paper": len(theirs), "n_ours": len(ours_set),
+            "shared": shared}
+
+
 def intervention_table(iv: pd.DataFrame) -> pd.DataFrame:
     """Per value: the target's deltas and the random baselines' mean (std) delta entropy."""
     tgt = iv[iv["group"] == "target"].set_index("value")
@@ -68,6 +90,12 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
         "universal_by_layer.png": plots.universal_by_layer(df, threshold),
         "properties.png": plots.property_percentiles(df, threshold),
     }
+    paper = None
+    if (paths.PAPER_DATAFRAMES / model / "universal.csv").is_file():  # a paper model: side by side
+        from .neuron_df import load_paper_dataframe
+
+        paper = paper_comparison(df, load_paper_dataframe(model), threshold)
+        figures["paper_comparison.png"] = plots.paper_scatter(paper["shared"], threshold)
     iv_table = None
     if intervention is not None and len(intervention):
         iv = intervention[intervention["group"] != "clean"]
@@ -94,6 +122,13 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
            f"{df['mean_baseline'].mean():.3f}; max excess_corr {df['excess_corr'].max():.3f}",
            f"- Dead or constant neurons (NaN correlation): {int(df['mean_corr'].isna().sum())}", "",
            "![excess correlation](excess_correlation.png)", "", "![universal by layer](universal_by_layer.png)", ""]
+    if paper is not None:
+        md += ["## Against the paper's published universal neurons", "",
+               f"dataframes/paper/interpretable_neurons/{model}/universal.csv (Gurnee et al. 2024, MIT): "
+               f"{paper['n_paper']} universal neurons there, {paper['n_ours']} here; Jaccard overlap "
+               f"**{paper['jaccard']:.3f}**; {paper['found']} of the paper's {paper['n_paper']} have excess_corr > "
+               f"{threshold} in this run.", "", "Universal share of each layer (%):", "",
+               _fmt_table(paper["by_layer"], "{:.2f}"), "", "![against the paper](paper_comparison.png)", ""]
     md += ["## How universal neurons differ", "",
            "Median within-layer percentile of each property (50 = typical neuron of its layer):", "",
            _fmt_table(property_differences(df, threshold), "{:.1f}"), "", "![properties](properties.png)", ""]
