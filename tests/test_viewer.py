@@ -185,7 +185,7 @@ def test_cli_parses_defaults(monkeypatch):
     summary_viewer.main(["--model", MODEL])
     from universal_neurons.cli import main as cli_main
     cli_main(["view", "--model", MODEL, "--port", "0"])
-    assert served == [(MODEL, "127.0.0.1", 8000), (MODEL, "127.0.0.1", 0)]
+    assert served == [(MODEL, "127.0.0.1", 8000, "cpu"), (MODEL, "127.0.0.1", 0, "cpu")]
     assert artifacts.stage_config("view", ["--model", MODEL]) == viewer.ViewConfig(model=MODEL)
     assert callable(summary_viewer.display_summary)  # the notebook re-exports stay
 
@@ -300,3 +300,39 @@ def test_a_killed_render_worker_is_replaced(tiny_zoo, tmp_path, monkeypatch):
         assert app.handle("/plot/activation_distribution/1/9.png")[0] == 200   # the new pool draws
     finally:
         app.close()
+
+
+def test_typed_text_is_coloured_by_the_neurons_activation(app):
+    """/api/activate runs the typed text through the model: the tokens are the tokenizer's (BOS first),
+    the values the neuron's GELU output computed independently through Hugging Face's GPT-2 modules;
+    long text is cut to MAX_TEXT_TOKENS; the neuron page carries the text box."""
+    from urllib.parse import quote
+
+    from transformers import GPT2LMHeadModel
+
+    from universal_neurons import zoo
+    from universal_neurons.models import load_tokenizer
+    from universal_neurons.viewer import MAX_TEXT_TOKENS
+
+    text = "def f(x):\n    return x + 1  # <b>&"
+    status, ctype, body = app.handle(f"/api/activate/1/7?text={quote(text)}")
+    assert status == 200 and ctype == "application/json"
+    d = json.loads(body)
+    tok = load_tokenizer(MODEL)
+    assert d["ids"] == [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
+    assert "".join(d["tokens"][1:]) == text and not d["truncated"]
+    hf = GPT2LMHeadModel.from_pretrained(str(zoo.model_dir(MODEL))).eval()
+    got = []
+    hf.transformer.h[1].mlp.act.register_forward_hook(lambda m, i, o: got.append(o[0, :, 7]))
+    with torch.no_grad():
+        hf(torch.tensor([d["ids"]]))
+    np.testing.assert_allclose(d["values"], got[0].numpy(), atol=1e-4)
+    assert np.ptp(d["values"]) > 1e-3                                           # not a constant
+
+    status, _, body = app.handle(f"/api/activate/0/3?text={quote('x = 1 ' * 400)}")
+    long = json.loads(body)
+    assert status == 200 and long["truncated"] and len(long["ids"]) == min(MAX_TEXT_TOKENS, 32)  # the tiny zoo's n_ctx
+    assert app.handle("/api/activate/0/3?text=")[0] == 400
+    assert app.handle("/api/activate/2/0?text=x")[0] == 404                     # out of range
+    page = app.handle("/neuron/1/7")[2].decode()
+    assert "id='typein'" in page and "/api/activate/1/7?model=" in page and "textContent" in page

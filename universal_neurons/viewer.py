@@ -9,6 +9,12 @@ Routes (everything else is 404):
                                        the neuron df, best-correlated neuron of each other seed,
                                        composition partners, explanations, intervention results
     /plot/<panel>/<layer>/<neuron>.png one panel, drawn by the same viewer_data functions as notebooks
+    /api/activate/<layer>/<neuron>?text=...   the text typed on a neuron page, tokenised with the
+                                       model's tokenizer (BOS first, as dataset rows), run through the
+                                       model: JSON {tokens [str], ids [int], values [float]: the
+                                       neuron's mlp.hook_post at each token, truncated}. The model is
+                                       loaded once per name on the viewer's device (--device); one
+                                       forward at a time per model; at most MAX_TEXT_TOKENS tokens.
 Every route takes an optional ?model=<name> (default: the --model); the name must be one of the
 models found on disk, and artifacts are located only through paths.py from discovered names, so
 no part of a URL is ever joined into a file path. layer / neuron are ints checked against the
@@ -45,6 +51,8 @@ from .flags import StageConfig
 
 from .neuron_df import UNIVERSAL_THRESHOLD  # noqa: E402  (the one definition)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_TEXT_CHARS = 4000   # typed text: characters read, then tokens run (BOS included)
+MAX_TEXT_TOKENS = 256
 
 
 def is_loopback(host: str) -> bool:
@@ -105,6 +113,27 @@ class ModelArtifacts:
         self.dirname = paths.model_dirname(model)
         self._lock = threading.RLock()
         self._cache: dict = {}
+
+    def activate(self, text: str, layer: int, neuron: int, device: str = "cpu") -> dict:
+        """The neuron's activation at every token of `text` (see the /api/activate route)."""
+        from .capture import mlp_activations
+        from .models import load_model
+
+        with self._lock:  # one load, and one forward at a time, per model
+            model = self._cache.get("live_model")
+            if model is None:
+                model = self._cache["live_model"] = load_model(self.model, device=device)
+            tok = model.tokenizer
+            ids = tok.encode(text[:MAX_TEXT_CHARS], add_special_tokens=False)
+            if tok.bos_token_id is not None:
+                ids = [tok.bos_token_id] + ids
+            limit = min(MAX_TEXT_TOKENS, getattr(model.cfg, "n_ctx", None) or MAX_TEXT_TOKENS)
+            truncated = len(ids) > limit or len(text) > MAX_TEXT_CHARS
+            ids = ids[:limit]
+            acts = mlp_activations(model, torch.tensor([ids]), "mlp.hook_post", layers=[layer])  # [1, pos, 1, D]
+            values = acts[0, :, 0, neuron].float().cpu().tolist()
+        return {"tokens": [tok.decode([i]) for i in ids], "ids": ids, "values": values, "truncated": truncated,
+                "layer": layer, "neuron": neuron}
 
     def trees(self) -> dict[str, list[Path]]:
         """The artifact folders / files the viewer reads for this model, by section."""
@@ -516,6 +545,34 @@ def _examples_html(art: ModelArtifacts, layer: int, neuron: int, n: int = 10) ->
     return "".join(parts)
 
 
+TYPEIN_JS = r"""
+async function runText(){
+  const box = document.getElementById('typein'), out = document.getElementById('typein_out');
+  const r = await fetch(box.dataset.url + '&text=' + encodeURIComponent(box.value));
+  const d = await r.json();
+  out.textContent = '';
+  if (d.error){ out.textContent = d.error; return; }
+  const top = Math.max(1e-9, ...d.values.map(v => Math.abs(v)));
+  d.tokens.forEach((t, i) => {
+    const s = document.createElement('span'), v = d.values[i], a = Math.min(1, Math.abs(v) / top);
+    s.className = 'tok'; s.textContent = t; s.title = v.toFixed(4); s.dataset.value = v;
+    s.style.background = v >= 0 ? `rgba(255,140,0,${a})` : `rgba(30,110,255,${a})`;
+    out.appendChild(s);
+  });
+  if (d.truncated){ const n = document.createElement('div'); n.className = 'note'; n.textContent = 'truncated'; out.appendChild(n); }
+}
+"""
+
+
+def _typein_html(art: ModelArtifacts, layer: int, neuron: int) -> str:
+    """A text box: the typed text is run through the model and each token coloured by the activation
+    (orange positive, blue negative, value on hover); drawn client-side with textContent only."""
+    url = html.escape(f"/api/activate/{layer}/{neuron}{_q(art.model)}", quote=True)
+    return (f"<textarea id='typein' rows='3' cols='80' maxlength='{MAX_TEXT_CHARS}' data-url='{url}'></textarea>"
+            f"<br><button id='typein_run' onclick='runText()'>run</button> (at most {MAX_TEXT_TOKENS} tokens)"
+            f"<pre id='typein_out' style='white-space:pre-wrap'></pre><script>{TYPEIN_JS}</script>")
+
+
 def neuron_page(app: "ViewerApp", art: ModelArtifacts, layer: int, neuron: int) -> bytes:
     q = html.escape(_q(art.model), quote=True)
     d_mlp = art.dims()[1]
@@ -539,6 +596,7 @@ def neuron_page(app: "ViewerApp", art: ModelArtifacts, layer: int, neuron: int) 
             f"<h2>Composition partners (top by weight cosine)</h2>{section(_composition_html, art, layer, neuron)}"
             f"<h2>Explanations (token features)</h2>{section(_explanations_html, art, layer, neuron)}"
             f"<h2>Interventions</h2>{section(_interventions_html, art, layer, neuron)}"
+            f"<h2>Try a text</h2>{_typein_html(art, layer, neuron)}"
             f"<h2>Max-activating examples</h2>{section(_examples_html, art, layer, neuron)}"
             f"<h2>Panels</h2>{imgs}")
     return _page(f"{art.model} {layer}.{neuron}", body)
@@ -602,10 +660,10 @@ def render_png(fig) -> bytes:
 class ViewerApp:
     """Routing and caches, independent of the socket (tests call `handle(path)` directly)."""
 
-    def __init__(self, model: str, cache_size: int = 8, render_workers: int = 0):
+    def __init__(self, model: str, cache_size: int = 8, render_workers: int = 0, device: str = "cpu"):
         """render_workers > 0: panels are drawn in that many processes side by side (matplotlib is not
-        thread-safe, so in one process they are drawn one at a time)."""
-        self.model = model
+        thread-safe, so in one process they are drawn one at a time). device: where typed text runs."""
+        self.model, self.device = model, device
         self._arts: dict[str, ModelArtifacts] = {}
         self._lock = threading.Lock()
         self.pages = _LRU(cache_size)
@@ -655,6 +713,19 @@ class ViewerApp:
                 return ln
             return 200, "text/html; charset=utf-8", self.pages.get(
                 (model, *ln), lambda: neuron_page(self, art, *ln))
+        m = re.fullmatch(r"/api/activate/(\d{1,5})/(\d{1,7})", path)
+        if m:
+            ln = self._check(art, int(m[1]), int(m[2]))
+            if isinstance(ln, tuple) and len(ln) == 3:
+                return ln
+            text = query.get("text", [""])[0]
+            if not text.strip():
+                return 400, "application/json", json.dumps({"error": "no text"}).encode()
+            try:
+                out = art.activate(text, *ln, device=self.device)
+            except UserError as e:
+                return 400, "application/json", json.dumps({"error": str(e)}).encode()
+            return 200, "application/json", json.dumps(out).encode()
         m = re.fullmatch(r"/plot/([a-z_]{1,40})/(\d{1,5})/(\d{1,7})\.png", path)
         if m and m[1] in PANELS:
             ln = self._check(art, int(m[2]), int(m[3]))
@@ -789,11 +860,11 @@ def _handler(app: ViewerApp, loopback: bool):
     return Handler
 
 
-def make_server(model: str, host: str = "127.0.0.1", port: int = 0, render_workers: int = 0
+def make_server(model: str, host: str = "127.0.0.1", port: int = 0, render_workers: int = 0, device: str = "cpu"
                 ) -> tuple[ThreadingHTTPServer, ViewerApp]:
     """A server for `model` (port 0: a free port, read it from server.server_address); render_workers:
-    processes drawing panels side by side (`serve` uses one per core, up to 4)."""
-    app = ViewerApp(model, render_workers=render_workers)
+    processes drawing panels side by side (`serve` uses one per core, up to 4); device: typed text's."""
+    app = ViewerApp(model, render_workers=render_workers, device=device)
     try:
         server = _Server((host, port), _handler(app, is_loopback(host)))
     except OverflowError:
@@ -813,17 +884,21 @@ class ViewConfig(StageConfig):
     port: int = field(default=8000, metadata={"type": int, "help": "TCP port (0: any free port)"})
     host: str = field(default="127.0.0.1", metadata={"help": "interface to bind (default loopback only; another "
                                                              "address serves other machines)"})
+    device: str = field(default="cpu", metadata={"help": "where the model runs the text typed on a neuron page "
+                                                         "(loaded on first use): cpu, cuda, auto"})
 
     def run(self) -> None:
-        serve(self.model, self.host, self.port)
+        from .device import resolve_device
+
+        serve(self.model, self.host, self.port, str(resolve_device(self.device)))
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
     if not any(paths.summary_dir().glob(f"{paths.model_dirname(model)}/*")) and \
             not paths.neuron_df_path(model).exists():
         print(f"note: no artifacts of {model} under {paths.summary_dir()} or {paths.dataframe_dir()} "
               f"(working directory {Path.cwd()}); pages will say which commands make them")
-    server, app = make_server(model, host, port, render_workers=min(4, os.cpu_count() or 1))
+    server, app = make_server(model, host, port, render_workers=min(4, os.cpu_count() or 1), device=device)
     art = app.artifacts(model)
     # the tokenizer (transformers' import is slow) and the table JSON are made in the background,
     # so the server answers at once and the first neuron page does not wait for them
