@@ -141,3 +141,49 @@ def test_a_hostile_dataframe_runs_no_script(tiny_zoo, tmp_path, monkeypatch, bro
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_typed_text_in_the_browser(tiny_zoo, tmp_path, monkeypatch, browser):
+    """Type a text on a neuron page, press run: one coloured span per token, each span's value the
+    neuron's activation computed independently through Hugging Face's GPT-2 modules."""
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from transformers import GPT2LMHeadModel
+
+    from universal_neurons import zoo
+    from universal_neurons.models import load_tokenizer
+    from universal_neurons.viewer import make_server
+
+    root = write_zoo_artifacts(tmp_path / "artifacts")
+    for var, sub in ENV.items():
+        monkeypatch.setenv(var, str(root / sub))
+    server, _ = make_server(MODEL, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    text = "for i in range(10):\n    print(i) <script>alert(1)</script>"
+    try:
+        browser.get(base + f"/neuron/1/7?model={MODEL}")
+        browser.find_element(By.ID, "typein").send_keys(text)
+        browser.find_element(By.ID, "typein_run").click()
+        WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#typein_out span.tok"))
+        spans = browser.execute_script(
+            "return [...document.querySelectorAll('#typein_out span.tok')].map(s => [s.textContent, +s.dataset.value, s.title, s.style.background])")
+        ARTIFACTS.mkdir(exist_ok=True)
+        _screenshot(browser, "viewer_typed_text.png")
+        assert not _severe(browser), _severe(browser)
+        assert not browser.execute_script("return document.querySelectorAll('#typein_out script').length")
+    finally:
+        server.shutdown()
+        server.server_close()
+    tok = load_tokenizer(MODEL)
+    ids = ([tok.bos_token_id] + tok.encode(text, add_special_tokens=False))[:zoo.get_preset("tiny").ctx_len]
+    assert [s[0] for s in spans] == [tok.decode([i]) for i in ids]
+    hf = GPT2LMHeadModel.from_pretrained(str(zoo.model_dir(MODEL))).eval()
+    got = []
+    hf.transformer.h[1].mlp.act.register_forward_hook(lambda m, i, o: got.append(o[0, :, 7]))
+    with torch.no_grad():
+        hf(torch.tensor([ids]))
+    for (_, value, title, background), want in zip(spans, got[0].tolist()):
+        assert abs(value - want) < 1e-4 and title == f"{value:.4f}"
+        assert ("255, 140, 0" if value >= 0 else "30, 110, 255") in background   # orange up, blue down
