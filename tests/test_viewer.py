@@ -336,3 +336,35 @@ def test_typed_text_is_coloured_by_the_neurons_activation(app):
     assert app.handle("/api/activate/2/0?text=x")[0] == 404                     # out of range
     page = app.handle("/neuron/1/7")[2].decode()
     assert "id='typein'" in page and "/api/activate/1/7?model=" in page and "textContent" in page
+
+
+def test_example_contexts_are_coloured_token_by_token(app):
+    """/api/examples: each max-activating example's whole window with the neuron's activation at every
+    token, equal to Hugging Face's GPT-2 MLP run on the example's dataset row (the fake artifacts'
+    summaries pick the examples; their values are not the model's)."""
+    from transformers import GPT2LMHeadModel
+
+    from universal_neurons import viewer_data as vd
+    from universal_neurons import zoo
+
+    status, ctype, body = app.handle("/api/examples/1/7")
+    assert status == 200 and ctype == "application/json"
+    got = json.loads(body)
+    art = app.artifacts(MODEL)
+    hf = GPT2LMHeadModel.from_pretrained(str(zoo.model_dir(MODEL))).eval()
+    acts = []
+    hf.transformer.h[1].mlp.act.register_forward_hook(lambda m, i, o: acts.append(o[0, :, 7]))
+    assert [d["dataset"] for d in got] == list(art.full_names().values())
+    for d, (short, full) in zip(got, art.full_names().items()):
+        rows = art.token_rows(full)
+        exs = vd.max_activating_examples(art.summaries()[short], rows, 1, 7, 10)
+        assert len(d["examples"]) == len(exs) > 0
+        for mine, e in zip(d["examples"], exs):
+            start = e["pos"] - len(e["before"])
+            with torch.no_grad():
+                hf(rows[e["seq"]][None])
+            want = acts[-1][start:e["pos"] + 1 + len(e["after"])]
+            np.testing.assert_allclose(mine["values"], want.numpy(), atol=1e-4)
+            assert len(mine["tokens"]) == len(want) and mine["pos"] == len(e["before"])
+    page = app.handle("/neuron/1/7")[2].decode()
+    assert "id='examples_run'" in page and "/api/examples/1/7?model=" in page

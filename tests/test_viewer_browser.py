@@ -169,10 +169,14 @@ def test_typed_text_in_the_browser(tiny_zoo, tmp_path, monkeypatch, browser):
         WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#typein_out span.tok"))
         spans = browser.execute_script(
             "return [...document.querySelectorAll('#typein_out span.tok')].map(s => [s.textContent, +s.dataset.value, s.title, s.style.background])")
+        browser.find_element(By.ID, "examples_run").click()                       # the examples' whole contexts
+        WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples_out div.ctx span.tok"))
+        n_ctx = browser.execute_script("return document.querySelectorAll('#examples_out div.ctx').length")
         ARTIFACTS.mkdir(exist_ok=True)
         _screenshot(browser, "viewer_typed_text.png")
         assert not _severe(browser), _severe(browser)
         assert not browser.execute_script("return document.querySelectorAll('#typein_out script').length")
+        assert n_ctx >= 10                                                          # 10 examples per dataset
     finally:
         server.shutdown()
         server.server_close()

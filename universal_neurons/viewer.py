@@ -9,6 +9,9 @@ Routes (everything else is 404):
                                        the neuron df, best-correlated neuron of each other seed,
                                        composition partners, explanations, intervention results
     /plot/<panel>/<layer>/<neuron>.png one panel, drawn by the same viewer_data functions as notebooks
+    /api/examples/<layer>/<neuron>     the max-activating examples of each summarised dataset with
+                                       the neuron's activation at every token of their windows (the
+                                       model runs each example's row up to the window's end)
     /api/activate/<layer>/<neuron>?text=...   the text typed on a neuron page, tokenised with the
                                        model's tokenizer (BOS first, as dataset rows), run through the
                                        model: JSON {tokens [str], ids [int], values [float]: the
@@ -114,15 +117,44 @@ class ModelArtifacts:
         self._lock = threading.RLock()
         self._cache: dict = {}
 
+    def _live_model(self, device: str):
+        """The model itself, loaded on first use (typed text, example contexts); call under self._lock."""
+        from .models import load_model
+
+        if "live_model" not in self._cache:
+            self._cache["live_model"] = load_model(self.model, device=device)
+        return self._cache["live_model"]
+
+    def example_contexts(self, layer: int, neuron: int, device: str = "cpu", n: int = 10) -> list[dict]:
+        """The max-activating examples of every summarised dataset with the activation of every token
+        of their window: [{dataset, examples: [{value, pos, tokens [str], values [float]}]}]. Each
+        example's row runs up to the window's end (causal: the same values as the whole row)."""
+        from .capture import mlp_activations
+
+        summaries, out = self.summaries(), []
+        for short, full in self.full_names().items():
+            rows = self.token_rows(full)
+            exs = vd.max_activating_examples(summaries[short], rows, layer, neuron, n)
+            with self._lock:
+                model = self._live_model(device)
+                tok = model.tokenizer
+                listed = []
+                for e in exs:
+                    start, end = e["pos"] - len(e["before"]), e["pos"] + 1 + len(e["after"])
+                    ids = rows[e["seq"]][:end][None]                                   # [1, end]
+                    acts = mlp_activations(model, ids, "mlp.hook_post", layers=[layer])[0, start:end, 0, neuron]
+                    listed.append({"value": e["value"], "pos": len(e["before"]),
+                                   "tokens": [tok.decode([i]) for i in ids[0, start:end].tolist()],
+                                   "values": acts.float().cpu().tolist()})
+            out.append({"dataset": full, "examples": listed})
+        return out
+
     def activate(self, text: str, layer: int, neuron: int, device: str = "cpu") -> dict:
         """The neuron's activation at every token of `text` (see the /api/activate route)."""
         from .capture import mlp_activations
-        from .models import load_model
 
         with self._lock:  # one load, and one forward at a time, per model
-            model = self._cache.get("live_model")
-            if model is None:
-                model = self._cache["live_model"] = load_model(self.model, device=device)
+            model = self._live_model(device)
             tok = model.tokenizer
             ids = tok.encode(text[:MAX_TEXT_CHARS], add_special_tokens=False)
             if tok.bos_token_id is not None:
@@ -546,20 +578,37 @@ def _examples_html(art: ModelArtifacts, layer: int, neuron: int, n: int = 10) ->
 
 
 TYPEIN_JS = r"""
+function colour(out, tokens, values, top){
+  tokens.forEach((t, i) => {
+    const s = document.createElement('span'), v = values[i], a = Math.min(1, Math.abs(v) / top);
+    s.className = 'tok'; s.textContent = t; s.title = v.toFixed(4); s.dataset.value = v;
+    s.style.background = v >= 0 ? `rgba(255,140,0,${a})` : `rgba(30,110,255,${a})`;
+    out.appendChild(s);
+  });
+}
 async function runText(){
   const box = document.getElementById('typein'), out = document.getElementById('typein_out');
   const r = await fetch(box.dataset.url + '&text=' + encodeURIComponent(box.value));
   const d = await r.json();
   out.textContent = '';
   if (d.error){ out.textContent = d.error; return; }
-  const top = Math.max(1e-9, ...d.values.map(v => Math.abs(v)));
-  d.tokens.forEach((t, i) => {
-    const s = document.createElement('span'), v = d.values[i], a = Math.min(1, Math.abs(v) / top);
-    s.className = 'tok'; s.textContent = t; s.title = v.toFixed(4); s.dataset.value = v;
-    s.style.background = v >= 0 ? `rgba(255,140,0,${a})` : `rgba(30,110,255,${a})`;
-    out.appendChild(s);
-  });
+  colour(out, d.tokens, d.values, Math.max(1e-9, ...d.values.map(v => Math.abs(v))));
   if (d.truncated){ const n = document.createElement('div'); n.className = 'note'; n.textContent = 'truncated'; out.appendChild(n); }
+}
+async function runExamples(){
+  const btn = document.getElementById('examples_run'), out = document.getElementById('examples_out');
+  const d = await (await fetch(btn.dataset.url)).json();
+  out.textContent = '';
+  if (d.error){ out.textContent = d.error; return; }
+  d.forEach(ds => {
+    const h = document.createElement('h3'); h.textContent = ds.dataset; out.appendChild(h);
+    const top = Math.max(1e-9, ...ds.examples.flatMap(e => e.values.map(v => Math.abs(v))));
+    ds.examples.forEach(e => {
+      const line = document.createElement('div'); line.className = 'ctx';
+      line.style.fontFamily = 'monospace'; line.style.whiteSpace = 'pre';
+      colour(line, e.tokens.map(t => t.replace(/\n/g, '\u23ce')), e.values, top); out.appendChild(line);
+    });
+  });
 }
 """
 
@@ -598,6 +647,9 @@ def neuron_page(app: "ViewerApp", art: ModelArtifacts, layer: int, neuron: int) 
             f"<h2>Interventions</h2>{section(_interventions_html, art, layer, neuron)}"
             f"<h2>Try a text</h2>{_typein_html(art, layer, neuron)}"
             f"<h2>Max-activating examples</h2>{section(_examples_html, art, layer, neuron)}"
+            f"<p><button id='examples_run' data-url='{html.escape(f'/api/examples/{layer}/{neuron}' + _q(art.model), quote=True)}' "
+            f"onclick='runExamples()'>colour every token of these contexts</button> (runs the model)</p>"
+            f"<div id='examples_out'></div>"
             f"<h2>Panels</h2>{imgs}")
     return _page(f"{art.model} {layer}.{neuron}", body)
 
@@ -723,6 +775,16 @@ class ViewerApp:
                 return 400, "application/json", json.dumps({"error": "no text"}).encode()
             try:
                 out = art.activate(text, *ln, device=self.device)
+            except UserError as e:
+                return 400, "application/json", json.dumps({"error": str(e)}).encode()
+            return 200, "application/json", json.dumps(out).encode()
+        m = re.fullmatch(r"/api/examples/(\d{1,5})/(\d{1,7})", path)
+        if m:
+            ln = self._check(art, int(m[1]), int(m[2]))
+            if isinstance(ln, tuple) and len(ln) == 3:
+                return ln
+            try:
+                out = art.example_contexts(*ln, device=self.device)
             except UserError as e:
                 return 400, "application/json", json.dumps({"error": str(e)}).encode()
             return 200, "application/json", json.dumps(out).encode()
