@@ -106,8 +106,10 @@ def fake_sbatch_env(tmp_path: Path, **extra) -> dict:
 
 
 def run_driver(family: str, env: dict, *flags: str, check: bool = True) -> subprocess.CompletedProcess:
+    # with EXEC_SBATCH the grid's 15 jobs run inside this call (about 110 s on 2 cores): a hang guard only
+    timeout = 600 if "SBATCH_RAN" in env else 120
     out = subprocess.run(["bash", str(DRIVER), family, *flags], env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=timeout)
     if check:
         assert out.returncode == 0, out.stdout + out.stderr
     return out
