@@ -49,18 +49,25 @@ def _severe(driver):
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def test_browse_table_neuron_and_partner(tiny_zoo, tmp_path, monkeypatch, browser):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from universal_neurons.viewer import PANELS, make_server
+def _serve_zoo(tmp_path, monkeypatch):
+    """The viewer of fake tiny-zoo artifacts on a free loopback port: (server, base URL)."""
+    from universal_neurons.viewer import make_server
 
     root = write_zoo_artifacts(tmp_path / "artifacts")
     for var, sub in ENV.items():
         monkeypatch.setenv(var, str(root / sub))
     server, _ = make_server(MODEL, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_browse_table_neuron_and_partner(tiny_zoo, tmp_path, monkeypatch, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from universal_neurons.viewer import PANELS
+
+    server, base = _serve_zoo(tmp_path, monkeypatch)
     ARTIFACTS.mkdir(exist_ok=True)
     wait = WebDriverWait(browser, 60)
     try:
@@ -153,14 +160,8 @@ def test_typed_text_in_the_browser(tiny_zoo, tmp_path, monkeypatch, browser):
 
     from universal_neurons import zoo
     from universal_neurons.models import load_tokenizer
-    from universal_neurons.viewer import make_server
 
-    root = write_zoo_artifacts(tmp_path / "artifacts")
-    for var, sub in ENV.items():
-        monkeypatch.setenv(var, str(root / sub))
-    server, _ = make_server(MODEL, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    server, base = _serve_zoo(tmp_path, monkeypatch)
     text = "for i in range(10):\n    print(i) <script>alert(1)</script>"
     try:
         browser.get(base + f"/neuron/1/7?model={MODEL}")

@@ -115,10 +115,11 @@ class ModelArtifacts:
         self.model = model
         self.dirname = paths.model_dirname(model)
         self._lock = threading.RLock()
+        self._forward = threading.Lock()  # the live model: one load, one forward at a time (pages don't wait)
         self._cache: dict = {}
 
     def _live_model(self, device: str):
-        """The model itself, loaded on first use (typed text, example contexts); call under self._lock."""
+        """The model itself, loaded on first use (typed text, example contexts); call under self._forward."""
         from .models import load_model
 
         if "live_model" not in self._cache:
@@ -135,7 +136,7 @@ class ModelArtifacts:
         for short, full in self.full_names().items():
             rows = self.token_rows(full)
             exs = vd.max_activating_examples(summaries[short], rows, layer, neuron, n)
-            with self._lock:
+            with self._forward:
                 model = self._live_model(device)
                 tok = model.tokenizer
                 listed = []
@@ -153,7 +154,7 @@ class ModelArtifacts:
         """The neuron's activation at every token of `text` (see the /api/activate route)."""
         from .capture import mlp_activations
 
-        with self._lock:  # one load, and one forward at a time, per model
+        with self._forward:
             model = self._live_model(device)
             tok = model.tokenizer
             ids = tok.encode(text[:MAX_TEXT_CHARS], add_special_tokens=False)
