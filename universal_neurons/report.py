@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .neuron_df import UNIVERSAL_THRESHOLD
+from .errors import UserError
+from .neuron_df import UNIVERSAL_THRESHOLD, load_paper_dataframe, universal_share_by_layer
 from . import paths, runs
 
 
@@ -39,9 +40,9 @@ def paper_comparison(df: pd.DataFrame, paper: pd.DataFrame, threshold: float = U
     ours_set = set(map(tuple, df.loc[df["excess_corr"] > threshold, key].to_numpy().tolist()))
     theirs = set(map(tuple, paper[key].to_numpy().tolist()))
     width = df.groupby("layer").size()
-    by_layer = pd.DataFrame({"layer": width.index,
-                             "ours_pct": [100 * sum(l == x for x, _ in ours_set) / w for l, w in width.items()],
-                             "paper_pct": [100 * sum(l == x for x, _ in theirs) / w for l, w in width.items()]})
+    ours_pct = universal_share_by_layer(df, threshold) * 100
+    paper_pct = paper["layer"].value_counts().reindex(width.index, fill_value=0) / width * 100
+    by_layer = pd.DataFrame({"layer": width.index, "ours_pct": ours_pct.to_numpy(), "paper_pct": paper_pct.to_numpy()})
     shared = paper[key + ["excess_corr"]].merge(df[key + ["excess_corr"]], on=key, how="inner", suffixes=("_paper", ""))
     shared = shared.rename(columns={"excess_corr": "ours", "excess_corr_paper": "paper"})[key + ["ours", "paper"]]
     union = ours_set | theirs
@@ -90,12 +91,11 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
         "universal_by_layer.png": plots.universal_by_layer(df, threshold),
         "properties.png": plots.property_percentiles(df, threshold),
     }
-    paper = None
-    if (paths.PAPER_DATAFRAMES / model / "universal.csv").is_file():  # a paper model: side by side
-        from .neuron_df import load_paper_dataframe
-
+    try:  # a paper model: its universal neurons side by side with the paper's published ones
         paper = paper_comparison(df, load_paper_dataframe(model), threshold)
         figures["paper_comparison.png"] = plots.paper_scatter(paper["shared"], threshold)
+    except UserError:  # the paper published nothing for this model
+        paper = None
     iv_table = None
     if intervention is not None and len(intervention):
         iv = intervention[intervention["group"] != "clean"]
