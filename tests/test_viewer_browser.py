@@ -192,3 +192,62 @@ def test_typed_text_in_the_browser(tiny_zoo, tmp_path, monkeypatch, browser):
     for (_, value, title, background), want in zip(spans, got[0].tolist()):
         assert abs(value - want) < 1e-4 and title == f"{value:.4f}"
         assert ("255, 140, 0" if value >= 0 else "30, 110, 255") in background   # orange up, blue down
+
+
+def test_committed_notebooks_show_their_figures(browser, tmp_path):
+    """Each committed paper notebook as a code host shows it (nbconvert's HTML of the .ipynb, nothing
+    executed): every figure among its outputs is a PNG the browser decoded; screenshot of one."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from test_notebooks import NB_DIR, NOTEBOOKS, build
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+        html, _ = HTMLExporter().from_notebook_node(nb)
+        page = tmp_path / f"{name}.html"
+        page.write_text(html)
+        browser.get(page.as_uri())
+        shown = browser.execute_script(
+            "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 100"
+            " && i.src.startsWith('data:image/png')).length")
+        assert shown == len(build.image_outputs(nb)) > 0, name
+        if name == "properties_of_universal_neurons":
+            _screenshot(browser, "notebook_properties.png")
+
+
+def test_report_paper_comparison_section_in_a_browser(browser, tmp_path):
+    """The report of a paper model built from constructed data (a GPT2-small neuron dataframe holding the
+    paper's universal neurons at their published excess_corr, plus 60 universal neurons of its own), as
+    HTML: the comparison section is there with its scatter decoded; screenshot of that section."""
+    import mistune
+    import numpy as np
+    import pandas as pd
+    from selenium.webdriver.common.by import By
+
+    from universal_neurons import report
+    from universal_neurons.neuron_df import NEURON_DF_COLUMNS, load_paper_dataframe
+
+    pub = load_paper_dataframe("stanford-gpt2-small-a")
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"layer": np.repeat(np.arange(12), 3072), "neuron": np.tile(np.arange(3072), 12)})
+    df = df.merge(pub[["layer", "neuron", "excess_corr"]], on=["layer", "neuron"], how="left")
+    noise = rng.normal(0, 0.08, len(df))
+    df["excess_corr"] = np.where(df["excess_corr"].isna(), rng.uniform(0, 0.4, len(df)), df["excess_corr"] + noise)
+    df.loc[rng.choice(len(df), 60, replace=False), "excess_corr"] = 0.8
+    for c in NEURON_DF_COLUMNS[2:]:
+        if c not in df:
+            df[c] = rng.uniform(0.1, 0.4, len(df))
+    md = report.write_report("stanford-gpt2-small-a", df[NEURON_DF_COLUMNS], others=["stanford-gpt2-small-b"],
+                             dataset="constructed", toy=False, out_dir=tmp_path).read_text()
+    page = tmp_path / "report.html"
+    page.write_text("<html><body style='font-family:sans-serif;max-width:1100px'>" + mistune.html(md) + "</body></html>")
+    browser.get(page.as_uri())
+    head = browser.find_element(By.XPATH, "//h2[contains(., \"Against the paper's published universal neurons\")]")
+    assert browser.execute_script(
+        "const i = Array.from(document.images).find(i => i.src.endsWith('paper_comparison.png'));"
+        "return i && i.complete && i.naturalWidth > 100")
+    browser.execute_script("arguments[0].scrollIntoView()", head)
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "report_paper_comparison.png"))
