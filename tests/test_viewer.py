@@ -109,6 +109,60 @@ def test_panels_are_png(app):
     assert status == 200 and body[:4] == b"\x89PNG"
 
 
+def test_cache_makes_a_value_once_while_it_is_asked_for_twice():
+    """Two requests for one panel while it is drawn: drawn once, both get it; a failure is not cached."""
+    import threading
+    import time
+
+    from universal_neurons.viewer import _LRU
+
+    cache, calls, out = _LRU(4), [], []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.3)
+        return b"png"
+
+    threads = [threading.Thread(target=lambda: out.append(cache.get("k", slow))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == [b"png"] * 3 and len(calls) == 1
+
+    def broken():
+        raise OSError("unreadable")
+
+    with pytest.raises(OSError):
+        cache.get("bad", broken)
+    assert "bad" not in cache and cache.get("bad", lambda: b"ok") == b"ok"
+    for k in range(5):  # least recently used out first; "k" was used last but one
+        cache.get(("x", k), lambda: b"")
+    assert "k" not in cache and ("x", 4) in cache
+
+
+def test_a_neuron_page_draws_its_panels_before_they_are_asked_for(app):
+    """Opening /neuron/0/5 queues its panels: they reach the cache without a request, hold the bytes a
+    fresh app draws, and a second page's panels wait in a bounded queue."""
+    import time
+
+    from universal_neurons.viewer import PANELS, ViewerApp
+
+    assert app.handle("/neuron/0/5")[0] == 200
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((MODEL, p, 0, 5) in app.pngs for p in PANELS):
+        time.sleep(0.1)
+    assert all((MODEL, p, 0, 5) in app.pngs for p in PANELS)
+    fresh = ViewerApp(MODEL)
+    for p in PANELS[:3]:
+        assert app.pngs.get((MODEL, p, 0, 5), lambda: None) == fresh.handle(f"/plot/{p}/0/5.png")[2], p
+    fresh._queued = __import__("threading").Semaphore(0)  # a full queue: the page serves, nothing is queued
+    assert fresh.handle("/neuron/1/6")[0] == 200
+    time.sleep(0.5)
+    assert not any((MODEL, p, 1, 6) in fresh.pngs for p in PANELS)
+    fresh.close()
+
+
 BAD = ["/neuron/2/0", "/neuron/0/128", "/neuron/-1/0", "/neuron/0/1.5", "/plot/nope/0/0.png", "/plot/activation_distribution/0/999.png",
        "/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/neuron/0/3/../../../etc/passwd", "/neuron/..%2f..%2fetc/passwd",
        "/plot/..%2f..%2f..%2fetc%2fpasswd/0/0.png", "/neuron/0/3?model=../../etc", "/neuron/0/3?model=%2e%2e%2fetc",

@@ -38,6 +38,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,22 +77,35 @@ _RENDER_LOCK = threading.Lock()  # matplotlib is not thread-safe; the server is 
 
 
 class _LRU:
-    """A small thread-safe least-recently-used cache."""
+    """A small thread-safe least-recently-used cache; a value asked for while it is being made is made
+    once (the second caller waits for the first: a prefetched panel and the browser's request for it)."""
 
     def __init__(self, size: int):
         self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
 
+    def __contains__(self, key) -> bool:
+        with self.lock:
+            return key in self.items
+
     def get(self, key, make):
         with self.lock:
-            if key in self.items:
+            fut = self.items.get(key)
+            mine = fut is None
+            if mine:
+                fut = self.items[key] = Future()
+                while len(self.items) > self.size:
+                    self.items.popitem(last=False)
+            else:
                 self.items.move_to_end(key)
-                return self.items[key]
-        value = make()
-        with self.lock:
-            self.items[key] = value
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-        return value
+        if mine:
+            try:
+                fut.set_result(make())
+            except BaseException as e:  # not cached: the next request tries again
+                with self.lock:
+                    if self.items.get(key) is fut:
+                        del self.items[key]
+                fut.set_exception(e)
+        return fut.result()
 
 
 class _DatasetRows:
@@ -722,6 +736,10 @@ class ViewerApp:
         self.pages = _LRU(cache_size)
         self.pngs = _LRU(cache_size * len(PANELS))
         self._pool = None
+        # A neuron page starts drawing its panels before the browser asks for them (one thread per render
+        # process, at most two pages' panels queued: clicking through neurons does not pile up work).
+        self._prefetch = ThreadPoolExecutor(max(1, render_workers), thread_name_prefix="panel-prefetch")
+        self._queued = threading.Semaphore(2 * len(PANELS))
         if render_workers > 0:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
@@ -764,8 +782,9 @@ class ViewerApp:
             ln = self._check(art, int(m[1]), int(m[2]))
             if isinstance(ln, tuple) and len(ln) == 3:
                 return ln
-            return 200, "text/html; charset=utf-8", self.pages.get(
-                (model, *ln), lambda: neuron_page(self, art, *ln))
+            page = self.pages.get((model, *ln), lambda: neuron_page(self, art, *ln))
+            self.prefetch_panels(art, *ln)
+            return 200, "text/html; charset=utf-8", page
         m = re.fullmatch(r"/api/activate/(\d{1,5})/(\d{1,7})", path)
         if m:
             ln = self._check(art, int(m[1]), int(m[2]))
@@ -794,7 +813,7 @@ class ViewerApp:
             ln = self._check(art, int(m[2]), int(m[3]))
             if isinstance(ln, tuple) and len(ln) == 3:
                 return ln
-            return 200, "image/png", self.pngs.get((model, m[1], *ln), lambda: self._png(art, m[1], *ln))
+            return 200, "image/png", self.png(art, m[1], *ln)
         return self.not_found("no such page")
 
     def _check(self, art: ModelArtifacts, layer: int, neuron: int):
@@ -806,6 +825,29 @@ class ViewerApp:
         if not (layer < dims[0] and neuron < dims[1]):
             return self.not_found(f"neuron {layer}.{neuron} is out of range ({dims[0]} layers x {dims[1]} neurons)")
         return layer, neuron
+
+    def png(self, art: ModelArtifacts, panel: str, layer: int, neuron: int) -> bytes:
+        """One panel's PNG, drawn once and cached (a request while it is drawn waits for that drawing)."""
+        return self.pngs.get((art.model, panel, layer, neuron), lambda: self._png(art, panel, layer, neuron))
+
+    def prefetch_panels(self, art: ModelArtifacts, layer: int, neuron: int) -> None:
+        """Queue the drawing of the neuron's panels not yet cached; skipped while the queue is full."""
+        for panel in PANELS:
+            if (art.model, panel, layer, neuron) in self.pngs or not self._queued.acquire(blocking=False):
+                continue
+
+            def draw(panel=panel):
+                try:
+                    self.png(art, panel, layer, neuron)
+                except Exception:  # the browser's own request reports it
+                    pass
+                finally:
+                    self._queued.release()
+
+            try:
+                self._prefetch.submit(draw)
+            except RuntimeError:  # closed
+                self._queued.release()
 
     def _png(self, art, panel, layer, neuron) -> bytes:
         if self._pool is not None:
@@ -820,6 +862,7 @@ class ViewerApp:
         return _render_here(art, panel, layer, neuron)
 
     def close(self) -> None:
+        self._prefetch.shutdown(wait=False, cancel_futures=True)
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
 
