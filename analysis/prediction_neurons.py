@@ -61,3 +61,18 @@ def plot_moments_by_layer(df: pd.DataFrame, kurt_threshold: float = 10.0):
     axes[0].legend(fontsize=8, markerscale=3)
     fig.tight_layout()
     return fig
+
+
+def published_classes(pred: pd.DataFrame, universal: pd.DataFrame, kurt_threshold: float = 10.0) -> pd.DataFrame:
+    """The paper's published prediction_neurons.csv `pred` (layer, neuron, feature, is_surpress) joined
+    with its universal.csv `universal` (for vocab_kurt, vocab_skew):
+        layer, neuron, feature, published ('prediction' / 'suppression' from is_surpress), vocab_kurt,
+        vocab_skew and rule (classify_prediction of those moments); both NaN for a neuron not in `universal`."""
+    out = pred[["layer", "neuron", "feature"]].copy()
+    flag = pred["is_surpress"].astype(str).str.lower().map({"true": True, "false": False})
+    if flag.isna().any():
+        raise ValueError(f"is_surpress holds values other than True / False: {sorted(set(pred['is_surpress'][flag.isna()]))}")
+    out["published"] = np.where(flag.to_numpy(dtype=bool), "suppression", "prediction")
+    out = out.merge(universal[["layer", "neuron", "vocab_kurt", "vocab_skew"]], on=["layer", "neuron"], how="left")
+    out["rule"] = classify_prediction(out, kurt_threshold).where(out["vocab_kurt"].notna()).to_numpy()
+    return out

@@ -7,7 +7,7 @@ import torch
 from analysis.correlations import flatten_layers, make_correlation_result_df, unflatten_layers
 from analysis.families import classify_family, family_counts, feature_mask, select_universal
 from analysis.position_neurons import mean_by_position, position_correlations
-from analysis.prediction_neurons import classify_prediction, counts_by_layer, vocab_tokens
+from analysis.prediction_neurons import classify_prediction, counts_by_layer, published_classes, vocab_tokens
 from analysis.topic_neurons import subset_moments, topic_scores
 from universal_neurons import paths
 from universal_neurons.activation_summary import bin_edges, histogram_moments
@@ -91,6 +91,22 @@ def test_classify_prediction_and_counts():
     c = counts_by_layer(df)
     assert c.loc[0, "prediction"] == 1 and c.loc[0, "suppression"] == 1 and c.loc[1, "other"] == 3
 
+
+
+def test_published_classes_join_and_check_the_rule():
+    """The paper's prediction_neurons.csv labels joined with its universal.csv moments: the label from
+    is_surpress (CSV text or bools), the rule's class from the moments, NaN for a neuron not universal;
+    a flag that is neither True nor False is refused."""
+    pred = pd.DataFrame({"layer": [20, 21, 22, 23], "neuron": [1, 2, 3, 4], "feature": ["a", "b", "c", "d"],
+                         "is_surpress": ["False", "True", "True", False]})
+    uni = pd.DataFrame({"layer": [20, 21, 22, 5], "neuron": [1, 2, 3, 4], "vocab_kurt": [40.0, 15.0, 4.0, 99.0],
+                        "vocab_skew": [1.2, -0.8, -2.0, 1.0]})
+    out = published_classes(pred, uni)
+    assert list(out["published"]) == ["prediction", "suppression", "suppression", "prediction"]
+    assert list(out["rule"][:3]) == ["prediction", "suppression", "other"] and pd.isna(out["rule"][3])
+    assert np.isnan(out["vocab_kurt"][3]) and out["vocab_kurt"][1] == 15.0  # 23.4 is not 5.4
+    with pytest.raises(ValueError, match="is_surpress"):
+        published_classes(pred.assign(is_surpress=["yes", "True", "True", "False"]), uni)
 
 def test_vocab_tokens_skips_missing_ids():
     comps = {"U_out": {"top_vocab_ix": torch.tensor([[[2, 0, -1]]]), "top_vocab_value": torch.tensor([[[0.9, 0.5, 0.0]]]),
