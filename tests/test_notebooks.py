@@ -1,27 +1,28 @@
-"""The twelve paper notebooks run end to end on the artifacts of one `universal-neurons run --quick`.
+"""The paper notebooks: committed sources and executed notebooks in sync, and every notebook running on
+the artifacts of one `universal-neurons run --quick`.
 
-The quick pipeline runs once per session (subprocess, in a temporary folder, with the shared zoo);
-each notebook then runs in its own kernel with UN_MODEL / UN_OTHERS / UN_DATASET / UN_ARTIFACT_ROOT /
-UN_FIG_DIR set. Figures are kept under ci_artifacts/notebook_figures/<notebook>/ for CI to upload.
+The committed paper_notebooks/<name>.ipynb carry the outputs of the default zoo run; they must hold the
+cells of <name>.py and the hash of the cells they were executed from (build_notebooks.problems). The
+quick pipeline runs once per session; each notebook's source then runs in its own kernel with UN_MODEL /
+UN_OTHERS / UN_DATASET / UN_ARTIFACT_ROOT / UN_FIG_DIR set; its figures are kept under
+ci_artifacts/notebook_figures/<notebook>/ for CI to upload. The paper's published files alone (no run)
+drive the properties and prediction notebooks' paper sections.
 """
+import base64
 import importlib.util
+import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 NB_DIR = REPO / "paper_notebooks"
 FIG_ROOT = REPO / "ci_artifacts" / "notebook_figures"
-NOTEBOOKS = ["family_count", "properties_of_universal_neurons", "unigram_neurons", "alphabet_neurons",
-             "previous_token_neurons", "syntax_neurons", "position_neurons", "topic_neurons",
-             "prediction_neurons", "entropy_neurons", "bos_signal_neurons", "mysteries"]
 QUICK_MODELS = [f"toy-gpt2-tiny-{s}" for s in "abcde"]
 QUICK_DATASET = "python-stdlib.all-32k.32"
-ARTIFACT_VARS = ("DATASET_DIR", "RESULTS_DIR", "SUMMARY_DIR", "ACTIVATION_DIR", "INTERVENTION_DIR",
-                 "DATAFRAME_DIR", "EXPLANATION_DIR", "REPORT_DIR")
 
 
 def _build_module():
@@ -31,47 +32,61 @@ def _build_module():
     return mod
 
 
-def test_notebooks_match_generator_and_have_no_outputs():
+build = _build_module()
+NOTEBOOKS = build.NOTEBOOKS
+
+
+def _png_colours(data: bytes) -> int:
+    """Number of distinct colours of a PNG (a blank figure has one or two)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    return len(img.getcolors(maxcolors=1 << 20) or [])
+
+
+def test_every_source_has_its_notebook():
+    assert sorted(p.stem for p in NB_DIR.glob("*.py") if p.name != "build_notebooks.py") == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_its_source_executed(name):
+    """The .ipynb holds the .py's cells, was executed from exactly those cells on the default zoo run, and
+    shows its figures; else: python paper_notebooks/build_notebooks.py --artifacts <default run>."""
+    assert build.problems(name) == []
     import nbformat
 
-    build = _build_module()
-    assert sorted(build.NOTEBOOKS) == sorted(NOTEBOOKS)
-    for name, cells in build.NOTEBOOKS.items():
-        on_disk = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
-        fresh = build.build(name, cells)
-        assert [c.source for c in on_disk.cells] == [c.source for c in fresh.cells], \
-            f"{name}.ipynb is stale: run python paper_notebooks/build_notebooks.py"
-        assert on_disk.cells[0].metadata.get("tags") == ["parameters"]
-        assert all(not c.get("outputs") for c in on_disk.cells if c.cell_type == "code")
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    assert "model toy-gpt2-a, others" in build.stream_text(nb)  # the default zoo, not the quick one
+    assert nb.cells[1].metadata.get("tags") == ["parameters"]
+    for b64 in build.image_outputs(nb):
+        data = base64.b64decode(b64)
+        assert len(data) < 250_000 and _png_colours(data) > 8
 
 
-def _stream_text(nb) -> str:
-    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                     for o in c.get("outputs", []) if o.get("output_type") == "stream")
+def test_committed_notebooks_stay_small():
+    sizes = {n: (NB_DIR / f"{n}.ipynb").stat().st_size for n in NOTEBOOKS}
+    assert sum(sizes.values()) < build.MAX_TOTAL_BYTES, sizes
 
 
-def _execute(name: str, artifacts: Path):
-    """Run one notebook in its own kernel (environment passed to the kernel, so several can run at
-    once). Returns (executed notebook or None, error text or None)."""
-    import nbformat
-    from nbclient import NotebookClient
+def test_check_reports_an_edited_source(tmp_path, monkeypatch):
+    """--check fails when a source was edited after its notebook was executed, and names it."""
+    import shutil
 
+    for f in NB_DIR.glob("family_count.*"):
+        shutil.copy(f, tmp_path / f.name)
+    monkeypatch.setattr(build, "HERE", tmp_path)
+    assert build.problems("family_count") == []
+    src = tmp_path / "family_count.py"
+    src.write_text(src.read_text().replace("counted by layer", "counted per layer"))
+    assert build.problems("family_count") == ["family_count.ipynb does not hold the cells of family_count.py"]
+
+
+def _execute(name: str, artifacts: Path, **env):
     figs = FIG_ROOT / name
     figs.mkdir(parents=True, exist_ok=True)
     for old in figs.glob("*.png"):
         old.unlink()
-    env = {k: v for k, v in os.environ.items() if k not in ARTIFACT_VARS}
-    env.update(UN_MODEL=QUICK_MODELS[0], UN_OTHERS=",".join(QUICK_MODELS[1:]), UN_DATASET=QUICK_DATASET,
-               UN_ARTIFACT_ROOT=str(artifacts), UN_FIG_DIR=str(figs),
-               UN_N_ROWS="48",  # fewer rows through the model: the test checks the plumbing
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(NB_DIR)}}).execute(env=env)
-    except Exception as e:  # reported by the notebook's own test
-        return nb, f"{type(e).__name__}: {e}"
-    return nb, None
+    return build.execute(name, {"UN_ARTIFACT_ROOT": str(artifacts), "UN_FIG_DIR": str(figs), **env}, timeout=300)
 
 
 @pytest.fixture(scope="session")
@@ -79,21 +94,75 @@ def executed(quick_artifacts):
     """{notebook: (executed notebook, error)}: all twelve, two kernels at a time (2-core CI runners)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    env = dict(UN_MODEL=QUICK_MODELS[0], UN_OTHERS=",".join(QUICK_MODELS[1:]), UN_DATASET=QUICK_DATASET,
+               UN_N_ROWS="48")  # fewer rows through the model: the test checks the plumbing
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(NOTEBOOKS, pool.map(lambda n: _execute(n, quick_artifacts), NOTEBOOKS)))
+        return dict(zip(NOTEBOOKS, pool.map(lambda n: _execute(n, quick_artifacts, **env), NOTEBOOKS)))
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name, executed):
     nb, error = executed[name]
     assert error is None, error[-4000:]
-    text = _stream_text(nb)
+    text = build.stream_text(nb)
     # Every artifact of the quick run exists, so no section may have been skipped.
     assert "SKIPPED" not in text, text
     assert f"model {QUICK_MODELS[0]}" in text
     pngs = sorted((FIG_ROOT / name).glob("*.png"))
-    assert pngs, f"{name} wrote no figure"
-    assert all(p.stat().st_size > 5000 for p in pngs), [(p.name, p.stat().st_size) for p in pngs]
+    assert pngs and len(build.image_outputs(nb)) == len(pngs), f"{name}: {len(pngs)} files"
+    assert all(_png_colours(p.read_bytes()) > 8 for p in pngs), [p.name for p in pngs]
+
+
+def test_paper_sections_run_on_the_published_files_alone(tmp_path):
+    """No run at all: the properties and prediction notebooks show the paper's own neurons from the
+    shipped files; the sections that need a run say what to run."""
+    nb, error = _execute("properties_of_universal_neurons", tmp_path, UN_MODEL="stanford-gpt2-medium-a",
+                         UN_OTHERS="stanford-gpt2-medium-b")
+    assert error is None, error[-4000:]
+    text = build.stream_text(nb)
+    assert "stanford-gpt2-medium-a: 1211 universal neurons of 98304 (1.23%)" in text
+    assert "SKIPPED [properties]: neuron dataframe" in text and "universal-neurons run --models" in text
+    assert (FIG_ROOT / "properties_of_universal_neurons" / "paper_published_properties.png").is_file()
+    nb, error = _execute("prediction_neurons", tmp_path)
+    assert error is None, error[-4000:]
+    text = build.stream_text(nb)
+    # 136 published: 81 prediction, 55 suppression; 59 in the universal set, 56 of them classed alike
+    assert "136 published neurons: 81 prediction, 55 suppression; 59 are in the published universal set, " \
+           "and the rule gives the published class for 56 of them" in text
+    assert (FIG_ROOT / "prediction_neurons" / "paper_gpt2_medium_prediction_neurons.png").is_file()
+
+
+def test_properties_notebook_compares_a_paper_model_with_the_paper(tmp_path):
+    """A constructed neuron dataframe of stanford-gpt2-small-a (every neuron; 70% of the paper's universal
+    neurons universal here too, plus 40 of our own): the notebook's overlap numbers are those of sets
+    computed here."""
+    from universal_neurons.neuron_df import NEURON_DF_COLUMNS, load_paper_dataframe
+
+    paper = load_paper_dataframe("stanford-gpt2-small-a")
+    rng = np.random.default_rng(0)
+    L, D = 12, 3072
+    df = pd.DataFrame({"layer": np.repeat(np.arange(L), D), "neuron": np.tile(np.arange(D), L)})
+    for c in NEURON_DF_COLUMNS:
+        if c not in df:
+            df[c] = rng.normal(size=len(df))
+    df["excess_corr"] = rng.uniform(0, 0.45, len(df))
+    ix = paper["layer"].to_numpy() * D + paper["neuron"].to_numpy()
+    keep = rng.random(len(ix)) < 0.7
+    df.loc[ix[keep], "excess_corr"] = 0.6
+    others = rng.choice(np.setdiff1d(np.arange(L * D), ix), 40, replace=False)
+    df.loc[others, "excess_corr"] = 0.7
+    (tmp_path / "dataframes" / "neuron_dfs").mkdir(parents=True)
+    df.to_csv(tmp_path / "dataframes" / "neuron_dfs" / "stanford-gpt2-small-a.csv", index=False)
+    ours = set(np.flatnonzero(df["excess_corr"].to_numpy() > 0.5).tolist())
+    theirs = set(ix.tolist())
+    nb, error = _execute("properties_of_universal_neurons", tmp_path, UN_MODEL="stanford-gpt2-small-a",
+                         UN_OTHERS="stanford-gpt2-small-b")
+    assert error is None, error[-4000:]
+    text = build.stream_text(nb)
+    assert f"{len(theirs)} universal neurons in the paper, {len(ours)} here; " \
+           f"Jaccard {len(ours & theirs) / len(ours | theirs):.3f}; {int(keep.sum())} of the paper's" in text
+    for f in ("paper_share_by_layer.png", "paper_excess_corr_scatter.png", "property_percentiles.png"):
+        assert (FIG_ROOT / "properties_of_universal_neurons" / f).is_file(), f
 
 
 def test_quick_run_reports_its_position_conventions(quick_artifacts):
