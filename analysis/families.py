@@ -16,6 +16,8 @@ Rules, in order (VR = variance reduction of the neuron's activation by the best 
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -43,6 +45,10 @@ def is_sequence_feature(name) -> bool:
     return isinstance(name, str) and (name.startswith(SEQUENCE_PREFIXES) or name in SEQUENCE_NAMES)
 
 
+def is_alphabet_feature(name: str) -> bool:
+    return bool(re.fullmatch(r"starts_with_[a-z]", name)) or name == "is_single_letter"
+
+
 def classify_family(df: pd.DataFrame, min_vr: float = 0.1, position_r: float = 0.5) -> pd.Series:
     """Family (one of FAMILIES) of each row of a frame with columns feature, variance_reduction,
     prev_feature, prev_variance_reduction and optionally position_corr. NaN VRs count as 0."""
@@ -56,7 +62,7 @@ def classify_family(df: pd.DataFrame, min_vr: float = 0.1, position_r: float = 0
         pvr > vr,
         feat.map(is_sequence_feature).to_numpy(dtype=bool),
         feat.str.startswith("unigram_").to_numpy(dtype=bool),
-        (feat.str.fullmatch(r"starts_with_[a-z]") | (feat == "is_single_letter")).to_numpy(dtype=bool),
+        feat.map(is_alphabet_feature).to_numpy(dtype=bool),
     ]
     # An unexplained neuron can still be a position neuron: position is measured directly, not by VR.
     conditions[0] = conditions[0] & ~conditions[1]
@@ -82,3 +88,73 @@ def feature_mask(tokenizer, vocab: list[str], feature: str) -> np.ndarray:
     if feature not in table:
         raise KeyError(f"unknown token feature {feature!r}")
     return table[feature].to_numpy(dtype=bool)[:len(vocab)]
+
+
+def kind_explanations(ex: pd.DataFrame, current: pd.DataFrame, previous: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """ex (indexed by 'layer.neuron') with kind_vr, kind_feature: the best variance reduction among the
+    features of one token family and that feature (NaN where none), from the explanation stage's VR
+    tables of current-token and previous-token features (analysis.heuristic_explanation).
+    kind: 'unigram' (unigram_<form>), 'alphabet' (starts_with_<letter>, is_single_letter) or
+    'previous_token' (every previous-token feature)."""
+    if kind == "previous_token":
+        vr = previous
+    elif kind == "unigram":
+        vr = current[[c for c in current.columns if c.startswith("unigram_")]]
+    elif kind == "alphabet":
+        vr = current[[c for c in current.columns if is_alphabet_feature(c)]]
+    else:
+        raise ValueError(f"unknown token family {kind!r}: unigram, alphabet or previous_token")
+    vr = vr.reindex(ex.index)
+    out = ex.copy()
+    out["kind_vr"] = vr.max(axis=1, skipna=True)
+    out["kind_feature"] = vr.fillna(-np.inf).idxmax(axis=1).where(out["kind_vr"].notna()) if vr.shape[1] else np.nan
+    return out
+
+
+def plot_kind_vr(ex: pd.DataFrame, top: pd.DataFrame, kind: str, title: str):
+    """Left: best VR of this family's features against the best VR of any feature (family members red);
+    right: the top neurons' best feature of this family and its VR."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    best_any = ex[["variance_reduction", "prev_variance_reduction"]].max(axis=1)
+    m = (ex["family"] == kind).to_numpy()
+    axes[0].scatter(best_any[~m], ex["kind_vr"][~m], s=12, color="#999999", label="other families")
+    axes[0].scatter(best_any[m], ex["kind_vr"][m], s=16, color="C3", label=f"{kind} family")
+    lim = [0, max(float(np.nanmax(best_any)), 0.05) * 1.05]
+    axes[0].plot(lim, lim, "k--", lw=0.7)
+    axes[0].set_xlabel("best VR (any feature)")
+    axes[0].set_ylabel(f"best {kind} VR")
+    axes[0].legend(fontsize=8)
+    axes[1].barh([f"{i}  {f}" for i, f in zip(top.index, top["kind_feature"])], top["kind_vr"], color="C3")
+    axes[1].invert_yaxis()
+    axes[1].set_xlabel("variance reduction")
+    axes[1].tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_activation_by_feature(tokenizer, vocab: list[str], tokens, acts, show: pd.DataFrame, kind: str):
+    """Per row of `show` (layer, neuron, kind_feature): the neuron's activation histogram where the
+    feature is false / true on the current token (the previous one for kind 'previous_token'); BOS
+    positions left out. tokens [rows, pos], acts [rows, pos, layer, neuron]."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    fig, axes = plt.subplots(1, len(show), figsize=(3.2 * len(show), 3), squeeze=False)
+    for ax, (name, row) in zip(axes[0], show.iterrows()):
+        fmask = torch.as_tensor(np.array(feature_mask(tokenizer, vocab, row["kind_feature"]), dtype=bool))
+        on = fmask[tokens]  # [rows, pos] the feature of the current token
+        if kind == "previous_token":
+            on = torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], dim=1)  # of the previous token
+        a = acts[:, :, int(row["layer"]), int(row["neuron"])]
+        keep = torch.ones_like(on)
+        keep[:, 0] = False  # BOS
+        ax.hist([a[keep & ~on].numpy(), a[keep & on].numpy()], bins=40, density=True, histtype="step",
+                label=["false", "true"], color=["#777777", "C3"])
+        ax.set_title(f"L{name}: {row['kind_feature']}", fontsize=8)
+        ax.set_xlabel("activation")
+        ax.legend(fontsize=7, title="feature", title_fontsize=7)
+    fig.tight_layout()
+    return fig

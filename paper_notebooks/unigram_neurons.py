@@ -49,68 +49,32 @@ TOP_N = 8
 
 # %%
 with section("features of this kind"):
-    from analysis.families import classify_family
+    from analysis.families import classify_family, kind_explanations, plot_kind_vr
     from analysis.heuristic_explanation import load_variance_reduction
 
     df = load_df()
     sel, label = load_selection(df)
     ex = load_explained(sel)
     ex["family"] = classify_family(ex)
-    cur, prev = load_variance_reduction(MODEL, DATASET)
-    if KIND == "previous_token":
-        vr = prev
-    elif KIND == "unigram":
-        vr = cur[[c for c in cur.columns if c.startswith("unigram_")]]
-    else:  # alphabet
-        vr = cur[[c for c in cur.columns if c == "is_single_letter" or (c.startswith("starts_with_") and len(c) == 13)]]
-    need(vr.shape[1] > 0, f"{KIND} features in the explanations",
+    ex = kind_explanations(ex, *load_variance_reduction(MODEL, DATASET), KIND)
+    need(ex["kind_vr"].notna().any(), f"{KIND} features in the explanations",
          f"python explain.py --model {MODEL} --dataset {DATASET} (a larger dataset gives unigram features)")
-    vr = vr.reindex(ex.index)
-    ex["kind_vr"] = vr.max(axis=1, skipna=True)
-    ex["kind_feature"] = vr.fillna(-1).idxmax(axis=1)
     members = ex[ex["family"] == KIND]
     print(f"{len(members)} of {len(ex)} {label} neurons are {KIND} neurons (best explanation of that kind)")
     top = ex.sort_values("kind_vr", ascending=False).head(TOP_N)
     display(top[["layer", "neuron", "excess_corr", "family", "kind_feature", "kind_vr", "feature", "variance_reduction"]])
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    best_any = ex[["variance_reduction", "prev_variance_reduction"]].max(axis=1)
-    m = (ex["family"] == KIND).to_numpy()
-    axes[0].scatter(best_any[~m], ex["kind_vr"][~m], s=12, color="#999999", label="other families")
-    axes[0].scatter(best_any[m], ex["kind_vr"][m], s=16, color="C3", label=f"{KIND} family")
-    lim = [0, max(float(np.nanmax(best_any)), 0.05) * 1.05]
-    axes[0].plot(lim, lim, "k--", lw=0.7)
-    axes[0].set_xlabel("best VR (any feature)"); axes[0].set_ylabel(f"best {KIND} VR"); axes[0].legend(fontsize=8)
-    axes[1].barh([f"{i}  {f}" for i, f in zip(top.index, top["kind_feature"])], top["kind_vr"], color="C3")
-    axes[1].invert_yaxis(); axes[1].set_xlabel("variance reduction"); axes[1].tick_params(axis="y", labelsize=7)
-    fig.suptitle(f"{MODEL}: {KIND} explanations of {label} neurons", fontsize=10)
-    fig.tight_layout()
-    save(fig, f"{KIND}_variance_reduction")
+    save(plot_kind_vr(ex, top, KIND, f"{MODEL}: {KIND} explanations of {label} neurons"), f"{KIND}_variance_reduction")
 
 # %%
 with section("activation by feature value"):
-    from analysis.families import feature_mask
+    from analysis.families import plot_activation_by_feature
+    from universal_neurons.viewer_data import get_tokenizer_and_decoded_vocab
 
     after("top")
     model, tokens, acts = model_activations()
-    from universal_neurons.viewer_data import get_tokenizer_and_decoded_vocab
-
     vocab = get_tokenizer_and_decoded_vocab(MODEL)[1]
-    show = top.head(4)
-    fig, axes = plt.subplots(1, len(show), figsize=(3.2 * len(show), 3), squeeze=False)
-    for ax, (name, row) in zip(axes[0], show.iterrows()):
-        fmask = torch.as_tensor(np.array(feature_mask(model.tokenizer, vocab, row["kind_feature"]), dtype=bool))
-        on = fmask[tokens]  # [rows, pos] feature of the current token
-        if KIND == "previous_token":
-            on = torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], dim=1)  # feature of the previous token
-        a = acts[:, :, int(row["layer"]), int(row["neuron"])]
-        keep = torch.ones_like(on); keep[:, 0] = False  # BOS position
-        ax.hist([a[keep & ~on].numpy(), a[keep & on].numpy()], bins=40, density=True, histtype="step",
-                label=["false", "true"], color=["#777777", "C3"])
-        ax.set_title(f"L{name}: {row['kind_feature']}", fontsize=8)
-        ax.set_xlabel("activation"); ax.legend(fontsize=7, title="feature", title_fontsize=7)
-    fig.tight_layout()
-    save(fig, f"{KIND}_activation_by_feature")
+    save(plot_activation_by_feature(model.tokenizer, vocab, tokens, acts, top.head(4), KIND),
+         f"{KIND}_activation_by_feature")
 
 # %%
 with section("top tokens"):

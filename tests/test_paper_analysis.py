@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from analysis.correlations import flatten_layers, make_correlation_result_df, unflatten_layers
-from analysis.families import classify_family, family_counts, feature_mask, select_universal
+from analysis.families import classify_family, family_counts, feature_mask, kind_explanations, select_universal
 from analysis.position_neurons import mean_by_position, position_correlations
 from analysis.prediction_neurons import classify_prediction, counts_by_layer, published_classes, vocab_tokens
 from analysis.topic_neurons import subset_moments, topic_scores
@@ -91,6 +91,26 @@ def test_classify_prediction_and_counts():
     c = counts_by_layer(df)
     assert c.loc[0, "prediction"] == 1 and c.loc[0, "suppression"] == 1 and c.loc[1, "other"] == 3
 
+
+
+def test_kind_explanations_pick_each_familys_best_feature():
+    """Per neuron the best VR among one family's features and its name; a neuron with no such VR (or
+    not in the tables) gets NaN; starts_with_ab is not an alphabet feature."""
+    ex = pd.DataFrame({"layer": [0, 0, 1], "neuron": [1, 2, 3]}, index=["0.1", "0.2", "1.3"])
+    cur = pd.DataFrame({"unigram_def": [0.5, 0.1], "unigram_if": [0.2, 0.3], "starts_with_d": [0.4, np.nan],
+                        "starts_with_ab": [0.9, 0.9], "is_single_letter": [0.1, 0.25]}, index=["0.1", "0.2"])
+    prev = pd.DataFrame({"prev_starts_with_x": [0.05, 0.6, 0.2]}, index=["0.1", "0.2", "1.3"])
+    u = kind_explanations(ex, cur, prev, "unigram")
+    assert list(u["kind_feature"][:2]) == ["unigram_def", "unigram_if"] and list(u["kind_vr"][:2]) == [0.5, 0.3]
+    assert pd.isna(u.loc["1.3", "kind_vr"]) and pd.isna(u.loc["1.3", "kind_feature"])
+    a = kind_explanations(ex, cur, prev, "alphabet")
+    assert list(a["kind_feature"][:2]) == ["starts_with_d", "is_single_letter"]
+    p = kind_explanations(ex, cur, prev, "previous_token")
+    assert list(p["kind_vr"]) == [0.05, 0.6, 0.2]
+    none = kind_explanations(ex, cur[["starts_with_ab"]], prev, "unigram")
+    assert none["kind_vr"].isna().all() and none["kind_feature"].isna().all()
+    with pytest.raises(ValueError, match="unknown token family"):
+        kind_explanations(ex, cur, prev, "bigram")
 
 
 def test_published_classes_join_and_check_the_rule():
