@@ -3,29 +3,16 @@ family counts.
 
     select_universal(df, threshold, n_min)   universal rows, or the n_min highest excess_corr when few pass
     explained_df(model, dataset, neurons)    neuron rows joined with their best current/previous-token feature
-    classify_family(row-wise frame)          family per neuron (FAMILIES, first matching rule wins)
-
-Rules, in order (VR = variance reduction of the neuron's activation by the best feature):
-    unexplained      best VR (current and previous) below min_vr, or no explanation
-    position         |corr(activation, position)| >= position_r (when a `position_corr` column is given)
-    previous_token   the best previous-token VR beats the best current-token VR
-    syntax           best feature is a sequence feature (pos_, dep_, morph_, ent_, is_stop, sent_start)
-    unigram          best feature is unigram_<form>
-    alphabet         best feature is starts_with_<letter> or is_single_letter
-    token_property   any other token feature (case, digits, symbols, code shapes, ...)
+    classify_family(row-wise frame)          family per neuron (universal_neurons.families: the rules)
 """
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pandas as pd
 
+from universal_neurons.families import (FAMILIES, classify_family, is_alphabet_feature,  # noqa: F401
+                                        is_sequence_feature)  # (the one definition: the report uses them too)
 from universal_neurons.neuron_df import select_universal  # noqa: F401 (the one definition)
-
-FAMILIES = ["unigram", "alphabet", "previous_token", "position", "syntax", "token_property", "unexplained"]
-SEQUENCE_PREFIXES = ("pos_", "dep_", "morph_", "ent_")
-SEQUENCE_NAMES = ("is_stop", "sent_start")
 
 
 def neuron_labels(df: pd.DataFrame) -> pd.Series:
@@ -39,35 +26,6 @@ def explained_df(df: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     out.index = neuron_labels(df)
     return out.join(best, how="left")
-
-
-def is_sequence_feature(name) -> bool:
-    return isinstance(name, str) and (name.startswith(SEQUENCE_PREFIXES) or name in SEQUENCE_NAMES)
-
-
-def is_alphabet_feature(name: str) -> bool:
-    return bool(re.fullmatch(r"starts_with_[a-z]", name)) or name == "is_single_letter"
-
-
-def classify_family(df: pd.DataFrame, min_vr: float = 0.1, position_r: float = 0.5) -> pd.Series:
-    """Family (one of FAMILIES) of each row of a frame with columns feature, variance_reduction,
-    prev_feature, prev_variance_reduction and optionally position_corr. NaN VRs count as 0."""
-    vr = df["variance_reduction"].fillna(0.0).to_numpy(dtype=float)
-    pvr = df["prev_variance_reduction"].fillna(0.0).to_numpy(dtype=float)
-    feat = df["feature"].where(df["feature"].notna(), "").astype(str)
-    pos = df["position_corr"].abs().fillna(0.0).to_numpy(dtype=float) if "position_corr" in df else np.zeros(len(df))
-    conditions = [
-        np.maximum(vr, pvr) < min_vr,
-        pos >= position_r,
-        pvr > vr,
-        feat.map(is_sequence_feature).to_numpy(dtype=bool),
-        feat.str.startswith("unigram_").to_numpy(dtype=bool),
-        feat.map(is_alphabet_feature).to_numpy(dtype=bool),
-    ]
-    # An unexplained neuron can still be a position neuron: position is measured directly, not by VR.
-    conditions[0] = conditions[0] & ~conditions[1]
-    choices = ["unexplained", "position", "previous_token", "syntax", "unigram", "alphabet"]
-    return pd.Series(np.select(conditions, choices, default="token_property"), index=df.index, name="family")
 
 
 def family_counts(families: pd.Series, layers: pd.Series) -> pd.DataFrame:

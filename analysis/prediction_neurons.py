@@ -12,15 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-CLASSES = ["prediction", "suppression", "other"]
-
-
-def classify_prediction(df: pd.DataFrame, kurt_threshold: float = 10.0) -> pd.Series:
-    """Class (CLASSES) per row of a frame with vocab_kurt and vocab_skew; NaN moments give 'other'."""
-    heavy = df["vocab_kurt"].to_numpy(dtype=float) > kurt_threshold
-    skew = df["vocab_skew"].to_numpy(dtype=float)
-    out = np.select([heavy & (skew > 0), heavy & (skew < 0)], ["prediction", "suppression"], default="other")
-    return pd.Series(out, index=df.index, name="prediction_class")
+from universal_neurons.families import PREDICTION_CLASSES as CLASSES, classify_prediction  # noqa: F401 (one rule)
 
 
 def counts_by_layer(df: pd.DataFrame, kurt_threshold: float = 10.0) -> pd.DataFrame:

@@ -73,3 +73,22 @@ with section("families"):
     save(fig, "family_counts")
     display(ex[["layer", "neuron", "excess_corr", "family", "feature", "variance_reduction", "prev_feature",
                 "prev_variance_reduction", "position_corr"]].sort_values(["family", "layer"]))
+
+# %% [markdown]
+# ## The paper's families in this run
+#
+# Every family by its rule (`universal_neurons/families.py`, the report's table): token families among the
+# explained neurons, prediction / suppression neurons by W_U kurtosis, the entropy intervention's verdict;
+# and, plainly, the families this run does not show.
+
+# %%
+with section("families of this run"):
+    from universal_neurons.families import family_table
+    from universal_neurons.interventions import read_summary
+
+    after("ex")
+    root = paths.intervention_dir() / paths.model_dirname(MODEL) / DATASET
+    runs = sorted(root.glob("*/summary_fixed_activation.csv")) if root.is_dir() else []
+    table, not_shown = family_table(df, ex, read_summary(runs[0]) if runs else None, THRESHOLD)
+    display(table)
+    print("Not shown by this run:\n" + "\n".join(f"- {line}" for line in not_shown))

@@ -121,3 +121,38 @@ def test_paper_comparison_on_constructed_data(tmp_path):
     assert (tmp_path / "paper_comparison.png").stat().st_size > 1000
     assert "Against the paper" not in report.write_report("m", ours, others=["b"], dataset="ds", toy=True,
                                                           out_dir=tmp_path / "m").read_text()
+
+
+def test_family_table_names_each_family_and_what_is_missing():
+    """Constructed run: token families from the explained neurons' best features, prediction and
+    suppression from vocab_kurt / vocab_skew of every neuron, entropy from the intervention against
+    the random neurons' mean + 2 sd; families with none are said plainly."""
+    from universal_neurons.families import family_table
+
+    df = pd.DataFrame({"layer": [0, 0, 0, 1, 1, 1, 1], "neuron": [0, 1, 2, 0, 1, 2, 3],
+                       "excess_corr": [0.7, 0.2, 0.6, 0.55, 0.1, 0.9, 0.3],
+                       "vocab_kurt": [3.0, 3.1, 2.9, 25.0, 12.0, 40.0, np.nan],
+                       "vocab_skew": [0.1, 0.0, 0.2, 1.5, -2.0, -0.5, 1.0]})
+    ex = pd.DataFrame({"layer": [0, 0, 1], "neuron": [0, 2, 2],
+                       "feature": ["unigram_def", "starts_with_a", "is_upper"], "variance_reduction": [0.6, 0.4, 0.05],
+                       "prev_feature": ["x", "y", "z"], "prev_variance_reduction": [0.1, 0.5, 0.02]})
+    iv = pd.DataFrame({"group": ["clean", "target", "target"] + ["random"] * 6, "label": ["clean", "1.3", "1.3"] + ["r"] * 6,
+                       "value": [np.nan, 1.0, 3.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0],
+                       "delta_entropy": [0.0, 0.9, 0.5, 0.0, 0.1, 0.2, 0.1, 0.2, 0.3]})
+    table, missing = family_table(df, ex, iv, 0.5)
+    t = table.set_index("family")
+    assert t.loc["unigram", "names"] == "L0.0†" and t.loc["previous_token", "names"] == "L0.2†"
+    assert t.loc["unexplained", "names"] == "L1.2†" and t.loc["alphabet", "neurons"] == 0
+    assert t.loc["prediction", "names"] == "L1.0†" and t.loc["prediction", "universal"] == 1
+    assert t.loc["suppression", "names"] == "L1.2†, L1.1" and t.loc["suppression", "universal"] == 1
+    # at the largest value 3.0: 0.5 > 0.2 + 2 x 0.1 = 0.4, an entropy neuron (at 1.0 it would also be)
+    assert t.loc["entropy", "names"] == "L1.3" and t.loc["entropy", "universal"] == 0
+    assert "position" not in t.index and "syntax" not in t.index
+    assert any(m.startswith("alphabet: none among the 3 explained") for m in missing)
+    assert not any(m.startswith(("prediction", "suppression", "entropy")) for m in missing)
+    # no entropy neuron, no heavy tails, no explanations: each said once
+    iv2 = iv.assign(delta_entropy=np.where(iv["group"] == "target", 0.3, iv["delta_entropy"]))
+    _, missing = family_table(df.assign(vocab_kurt=4.0), None, iv2, 0.5)
+    assert "prediction: no neuron has W_U kurtosis > 10 (largest 4.0)" in missing
+    assert any(m.startswith("entropy: the candidate L1.3 fixed at 3 changes entropy by +0.300 nats, not above") for m in missing)
+    assert "token families: no explanations in this run" in missing

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
+from .families import family_table
 from .errors import UserError
 from .neuron_df import UNIVERSAL_THRESHOLD, load_paper_dataframe, universal_share_by_layer
 from . import paths, runs
@@ -129,6 +130,12 @@ def write_report(model: str, df: pd.DataFrame, *, others: list[str], dataset: st
                f"**{paper['jaccard']:.3f}**; {paper['found']} of the paper's {paper['n_paper']} have excess_corr > "
                f"{threshold} in this run.", "", "Universal share of each layer (%):", "",
                _fmt_table(paper["by_layer"], "{:.2f}"), "", "![against the paper](paper_comparison.png)", ""]
+    fam, not_shown = family_table(df, explanations, intervention, threshold)
+    md += ["## Families of the paper in this run", "",
+           "Each family's rule (universal_neurons/families.py), how many neurons follow it and which († universal; "
+           "token families among the explained neurons):", "", _fmt_table(fam), ""]
+    if not_shown:
+        md += ["Not shown by this run:", ""] + [f"- {line}" for line in not_shown] + [""]
     md += ["## How universal neurons differ", "",
            "Median within-layer percentile of each property (50 = typical neuron of its layer):", "",
            _fmt_table(property_differences(df, threshold), "{:.1f}"), "", "![properties](properties.png)", ""]
