@@ -156,3 +156,6 @@ def test_family_table_names_each_family_and_what_is_missing():
     assert "prediction: no neuron has W_U kurtosis > 10 (largest 4.0)" in missing
     assert any(m.startswith("entropy: the candidate L1.3 fixed at 3 changes entropy by +0.300 nats, not above") for m in missing)
     assert "token families: no explanations in this run" in missing
+    _, missing = family_table(df.assign(vocab_kurt=np.nan), ex, None, 0.5)
+    assert "prediction: no neuron has W_U kurtosis > 10 (no W_U moments in this run)" in missing
+    assert "entropy: no entropy intervention with random baselines in this run" in missing

@@ -132,8 +132,9 @@ def family_table(df: pd.DataFrame, explained: pd.DataFrame | None, intervention:
                      "neurons": len(got), "universal": int((got["excess_corr"] > threshold).sum()),
                      "names": _names(got, threshold)})
         if got.empty:
-            missing.append(f"{fam}: no neuron has W_U kurtosis > {PREDICTION_KURT:g} "
-                           f"(largest {np.nanmax(df['vocab_kurt'].to_numpy(dtype=float)):.1f})")
+            kurt = df["vocab_kurt"].to_numpy(dtype=float)
+            largest = f"largest {np.nanmax(kurt):.1f}" if np.isfinite(kurt).any() else "no W_U moments in this run"
+            missing.append(f"{fam}: no neuron has W_U kurtosis > {PREDICTION_KURT:g} ({largest})")
     verdict = entropy_verdict(intervention) if intervention is not None and len(intervention) else None
     if verdict is None:
         missing.append("entropy: no entropy intervention with random baselines in this run")
