@@ -23,6 +23,14 @@ ARTIFACT_VARS = ("DATASET_DIR", "RESULTS_DIR", "SUMMARY_DIR", "ACTIVATION_DIR", 
                  "DATAFRAME_DIR", "EXPLANATION_DIR", "REPORT_DIR")
 
 
+def pytest_configure(config):
+    # The glyph warnings viewer_data filters at import: here too, for the whole session, because pytest
+    # restores the filters after each test and the viewer's panel threads may draw between tests.
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"(?s)Glyph \d+ .*missing from font")
+
+
 @pytest.fixture(autouse=True)
 def _workdir(tmp_path, monkeypatch):
     for var in ARTIFACT_VARS:

@@ -31,6 +31,9 @@ ATTN_KINDS = ("k", "q", "v", "o")
 VOCAB_KINDS = ("E_in", "U_in", "E_out", "U_out")
 NEURON_KINDS = ("in_in", "in_out", "out_in", "out_out")
 PERCENTILES = (0.0001, 0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999, 0.9999)
+# Control tokens have no glyph in any font and matplotlib warns for each. One filter at import instead of
+# catch_warnings around each drawing: catch_warnings is not thread-safe, and panels draw in threads.
+warnings.filterwarnings("ignore", message=r"(?s)Glyph \d+ .*missing from font")
 
 
 # Loaders ------------------------------------------------------------------------------------------
@@ -329,16 +332,14 @@ def panel_max_activating_examples(examples: list[dict], vocab: list[str], title:
     renderer = fig.canvas.get_renderer()
     to_axes = ax.transAxes.inverted()
     kw = dict(va="center", family="monospace", fontsize=8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # glyphs missing from the font
-        for i, e in enumerate(examples):
-            y = 1 - (i + 0.5) / n
-            ax.text(0.0, y, f"{e['value']:.3f}", ha="left", **kw)
-            ax.text(0.45, y, _show("".join(vocab[t] for t in e["before"])), ha="right", **kw)
-            tok = ax.text(0.455, y, _show(vocab[e["token"]]) or " ", ha="left", fontweight="bold",
-                          bbox=dict(facecolor="#ffd54f", edgecolor="none", pad=1.5), **kw)
-            x_end = to_axes.transform(tok.get_window_extent(renderer).get_points())[1, 0]
-            ax.text(x_end + 0.006, y, _show("".join(vocab[t] for t in e["after"])), ha="left", **kw)
+    for i, e in enumerate(examples):
+        y = 1 - (i + 0.5) / n
+        ax.text(0.0, y, f"{e['value']:.3f}", ha="left", **kw)
+        ax.text(0.45, y, _show("".join(vocab[t] for t in e["before"])), ha="right", **kw)
+        tok = ax.text(0.455, y, _show(vocab[e["token"]]) or " ", ha="left", fontweight="bold",
+                      bbox=dict(facecolor="#ffd54f", edgecolor="none", pad=1.5), **kw)
+        x_end = to_axes.transform(tok.get_window_extent(renderer).get_points())[1, 0]
+        ax.text(x_end + 0.006, y, _show("".join(vocab[t] for t in e["after"])), ha="left", **kw)
     ax.set_title(title or "max-activating examples", loc="left", fontsize=10)
     return fig
 
