@@ -5,6 +5,15 @@ config), measure on >= 1M held-out tokens (python-stdlib.all-1m.<ctx>, documents
 the paper's quantities for seed a's neurons against every other seed: max correlation over all
 neurons of the other model, and the same against a Haar-rotated copy of each of its layers; then
 excess_corr = mean_corr - mean_baseline and the share of neurons with excess_corr > 0.5 per layer.
+Then the paper's late-layer families in seed a (`late_families`):
+    prediction / suppression  W_U kurtosis of the output weights (weights.vocab_compositions' U_out
+                              comp_kurt, plain kurtosis) > 10 in the last two layers, skew > 0 / < 0
+    entropy                   the last layer's N_ENTROPY_CANDIDATES most entropy-neuron-like neurons by
+                              the pipeline's rule (neuron_df.entropy_candidate: large ||w_out||, low
+                              vocab_var) whose activation fixed at 2x its largest value on the
+                              held-out rows raises the mean next-token entropy by more than the mean
+                              + 2 sd of N_RANDOM random last-layer neurons fixed the same way
+and whether each is universal (excess_corr > 0.5).
 Results are appended as JSON lines to benchmarks/zoo_search.jsonl (one line per configuration).
 
     python benchmarks/zoo_search.py --configs s_shared s_perseed --n_seeds 3
@@ -69,6 +78,30 @@ CONFIGS = {
     "t_lr4e2": P(n_layer=2, d_model=32, d_mlp=128, n_head=2, vocab_size=512, ctx_len=32, train_tokens=250_000,
                  batch_size=16, lr=4e-2, tokenizer_docs=40, corpus_docs=60, eval_tokens=16_384),
     "r_12m": P(n_layer=2, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=12_000_000),
+    # Round 3 (issue: the late-layer families): deeper zoos for prediction / suppression / entropy
+    # neurons in the last layers, screened with 2 seeds on one thread each.
+    "f_l4": P(n_layer=4, d_model=64, d_mlp=256, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=6_000_000,
+              lr=2e-2),
+    "f_l3_d96": P(n_layer=3, d_model=96, d_mlp=384, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=4_000_000,
+                  lr=2e-2),
+    # W_U kurtosis scales like (cos / sigma)^4 with sigma ~ 1 / sqrt(d_model): wider residual streams
+    "f_l4_d128": P(n_layer=4, d_model=128, d_mlp=512, n_head=4, vocab_size=1024, ctx_len=64, train_tokens=3_000_000,
+                   lr=1e-2),
+    "f_l3_d128_v2k": P(n_layer=3, d_model=128, d_mlp=512, n_head=4, vocab_size=2048, ctx_len=64,
+                       train_tokens=3_000_000, lr=1e-2),
+    # rarely trained tokens stay near their random init and make the bulk of the W_U cosines; twice the
+    # tokens for the widest
+    "f_l4_v4k": P(n_layer=4, d_model=64, d_mlp=256, n_head=4, vocab_size=4096, ctx_len=64, train_tokens=4_000_000,
+                  lr=2e-2),
+    "f_l4_d128_6m": P(n_layer=4, d_model=128, d_mlp=512, n_head=4, vocab_size=1024, ctx_len=64,
+                      train_tokens=6_000_000, lr=1e-2),
+    # the CI zoo (--quick): the tiny shape trained 4-8x longer at the default's high rates
+    "tq_1m": P(n_layer=2, d_model=32, d_mlp=128, n_head=2, vocab_size=512, ctx_len=32, train_tokens=1_000_000,
+               batch_size=16, lr=2e-2, tokenizer_docs=40, corpus_docs=60, eval_tokens=16_384),
+    "tq_2m": P(n_layer=2, d_model=32, d_mlp=128, n_head=2, vocab_size=512, ctx_len=32, train_tokens=2_000_000,
+               batch_size=16, lr=2e-2, tokenizer_docs=40, corpus_docs=60, eval_tokens=16_384),
+    "tq_2m_lr4e2": P(n_layer=2, d_model=32, d_mlp=128, n_head=2, vocab_size=512, ctx_len=32, train_tokens=2_000_000,
+                     batch_size=16, lr=4e-2, tokenizer_docs=40, corpus_docs=60, eval_tokens=16_384),
 }
 
 
@@ -130,6 +163,66 @@ def max_corrs(models, ds, batch_size=64, seed=0):
     return torch.stack(out_max), torch.stack(out_base), n
 
 
+N_ENTROPY_CANDIDATES = 5
+FAMILY_ROWS = 256  # held-out rows of the entropy interventions
+N_RANDOM = 20
+KURT = 10.0  # the paper's W_U kurtosis threshold for prediction / suppression neurons
+
+
+@torch.no_grad()
+def late_families(model, tokens: torch.Tensor, excess: np.ndarray, seed: int = 0) -> dict:
+    """Prediction, suppression and entropy neurons of `model` (see the module docstring) on tokens
+    [n_seq, ctx]; excess [L, D] marks which are universal."""
+    from universal_neurons.interventions import evaluate as run_metrics, neuron_hooks
+    from universal_neurons.weights import extract_weights, vocab_compositions
+
+    w = extract_weights(model)
+    L, D = w.n_layers, w.d_mlp
+    U = vocab_compositions(w, layers=list(range(max(0, L - 2), L)))["U_out"]  # rows of the last two layers
+    kurt, skew, var = (U[f"comp_{m}"].double().numpy() for m in ("kurt", "skew", "var"))  # [<=2, D]
+
+    def listed(mask, first_layer):
+        return [{"neuron": f"{first_layer + i}.{n}", "vocab_kurt": round(float(kurt[i, n]), 1),
+                 "vocab_skew": round(float(skew[i, n]), 2), "excess": round(float(excess[first_layer + i, n]), 3),
+                 "universal": bool(excess[first_layer + i, n] > 0.5)} for i, n in zip(*np.nonzero(mask))]
+
+    first = max(0, L - 2)
+    pred = listed((kurt > KURT) & (skew > 0), first)
+    supp = listed((kurt > KURT) & (skew < 0), first)
+
+    # entropy: the pipeline's candidate rule, ranked, then the intervention against random neurons
+    import pandas as pd
+
+    out_norm = torch.linalg.vector_norm(w.W_out[L - 1].double(), dim=-1).numpy()
+    last = pd.DataFrame({"neuron": np.arange(D), "w_out_norm": out_norm, "vocab_var": var[-1]})
+    score = last["w_out_norm"].rank(pct=True) + (-last["vocab_var"]).rank(pct=True)
+    cands = [int(n) for n in score.sort_values(ascending=False, kind="stable").index[:N_ENTROPY_CANDIDATES]]
+    acts = torch.cat([mlp_activations(model, tokens[i:i + 32])[..., L - 1, :] for i in range(0, len(tokens), 32)])
+    top = acts[:, 1:].reshape(-1, D).amax(0)  # [D] largest activation after BOS
+    clean = run_metrics(model, tokens, record_scale=False, progress=False)["entropy"][:, :-1].float().mean()
+
+    def delta(n: int) -> float:
+        hooks = neuron_hooks([(L - 1, n)], "fixed_activation", 2.0 * float(top[n]))
+        ent = run_metrics(model, tokens, hooks, record_scale=False, progress=False)["entropy"][:, :-1]
+        return float(ent.float().mean() - clean)
+
+    rng = np.random.default_rng(seed)
+    others = rng.choice(np.setdiff1d(np.arange(D), cands), N_RANDOM, replace=False)
+    rand = np.array([delta(int(n)) for n in others])
+    bar = float(rand.mean() + 2 * rand.std(ddof=1))
+    entropy = [{"neuron": f"{L - 1}.{n}", "delta_entropy": round(delta(n), 4), "w_out_norm": round(float(out_norm[n]), 3),
+                "vocab_var": float(f"{var[-1, n]:.3g}"), "excess": round(float(excess[L - 1, n]), 3),
+                "universal": bool(excess[L - 1, n] > 0.5)} for n in cands]
+    for e in entropy:
+        e["entropy_neuron"] = e["delta_entropy"] > bar
+    return {"prediction": pred, "suppression": supp, "entropy_candidates": entropy,
+            "random_delta_entropy": [round(float(rand.mean()), 4), round(float(rand.std(ddof=1)), 4)],
+            "entropy_bar": round(bar, 4), "clean_entropy": round(float(clean), 4),
+            "n_prediction": len(pred), "n_suppression": len(supp),
+            "n_entropy": sum(e["entropy_neuron"] for e in entropy),
+            "max_vocab_kurt_last_two": round(float(np.nanmax(kurt)), 2)}
+
+
 def _record(metas: list[dict], excess: np.ndarray, mean_baseline: float, mean_max_corr: float) -> dict:
     """The fields every record shares: training cost, losses and excess_corr [layer, neuron] per layer."""
     train_min = sum(m["train_seconds"] for m in metas) / 60
@@ -163,9 +256,11 @@ def evaluate(name: str, n_seeds: int, eval_tokens: int, workers: int = 1) -> dic
     mxs, bases, n_tok = max_corrs(models, ds)
     excess = mxs.mean(0) - bases.mean(0)
     L, D = models[0].cfg.n_layers, models[0].cfg.d_mlp
+    rows = token_datasets.token_tensor(ds, 0, min(FAMILY_ROWS, len(ds)))
     rec = {"config": name, "threads": torch.get_num_threads(), "preset": json.loads(preset.key()),
            **_record(metas, excess.reshape(L, D).numpy(), float(bases.mean()), float(mxs.mean())),
-           "eval_tokens": n_tok, "wall_min": round((time.time() - t0) / 60, 2)}
+           "eval_tokens": n_tok, "families": late_families(models[0], rows, excess.reshape(L, D).numpy()),
+           "wall_min": round((time.time() - t0) / 60, 2)}
     return rec
 
 
@@ -180,9 +275,13 @@ def record_run(run_dir: str, zoo_root: str, preset: str = "default") -> dict:
                    key=lambda m: m["seed"])
     metas = [m for m in metas if m["preset"] == preset]
     excess = np.stack([g.to_numpy() for _, g in df.sort_values(["layer", "neuron"]).groupby("layer")["excess_corr"]])
+    model = load_model(a)
+    ctx = metas[0]["preset_config"]["ctx_len"]
+    ds = token_datasets.load_token_dataset(f"python-stdlib.all-1m.{ctx}", "toy", model.tokenizer)
+    rows = token_datasets.token_tensor(ds, 0, FAMILY_ROWS)
     return {"config": f"{preset} (universal-neurons run)", "preset": metas[0]["preset_config"],
             **_record(metas, excess, float(df["mean_baseline"].mean()), float(df["mean_corr"].mean())),
-            "eval_tokens": "python-stdlib.all-1m"}
+            "eval_tokens": "python-stdlib.all-1m", "families": late_families(model, rows, excess)}
 
 
 def main():
