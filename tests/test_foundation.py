@@ -224,15 +224,18 @@ def test_mismatched_tokenizers_are_refused(tiny_zoo, gpt2_folder):
         check_same_tokenizer(load_model(tiny_zoo[0]), load_model(str(gpt2_folder[0])))
 
 
-def test_zoo_training_loss_is_the_hf_model_loss():
-    """zoo.lm_loss (the fast training forward) == GPT2LMHeadModel(x, labels=x).loss, gradients included."""
+@pytest.mark.parametrize("tied", [True, False])
+def test_zoo_training_loss_is_the_hf_model_loss(tied):
+    """zoo.lm_loss (the fast training forward) == GPT2LMHeadModel(x, labels=x).loss, gradients included,
+    with the tied unembedding and with a separate lm_head (Preset.tie_embeddings=False)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(3)
     cfg = GPT2Config(vocab_size=97, n_positions=16, n_embd=24, n_layer=3, n_head=4, n_inner=40,
                      activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=0, eos_token_id=0)
+                     bos_token_id=0, eos_token_id=0, tie_word_embeddings=tied)
     model = GPT2LMHeadModel(cfg)
+    assert ("lm_head.weight" in dict(model.named_parameters())) == (not tied)
     with torch.no_grad():  # LayerNorms and biases away from their init, so each term is exercised
         for name, q in model.named_parameters():
             if "ln" in name or name.endswith("bias"):
@@ -247,6 +250,28 @@ def test_zoo_training_loss_is_the_hf_model_loss():
     assert abs(ours.item() - ref.item()) < 1e-5
     for n, q in model.named_parameters():
         torch.testing.assert_close(q.grad, ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_preset_keys_and_the_deep_preset():
+    """Tied presets' keys carry no tie_embeddings field (zoos trained before it stay valid); an untied one's
+    does (it retrains); `run --preset deep` runs toy-gpt2-deep-a..e on its 250k mix, and bad presets are refused."""
+    import dataclasses
+
+    from universal_neurons.pipeline import PipelineConfig, settings
+
+    for name, p in zoo.PRESETS.items():
+        assert "tie_embeddings" not in json.loads(p.key()), name
+    untied = dataclasses.replace(zoo.PRESETS["default"], tie_embeddings=False)
+    assert json.loads(untied.key())["tie_embeddings"] is False and untied.key() != zoo.PRESETS["default"].key()
+    deep = settings(PipelineConfig(preset="deep"))
+    assert deep.models == [f"toy-gpt2-deep-{s}" for s in "abcde"] and deep.mix_name == "python-stdlib.all-250k.64"
+    assert settings(PipelineConfig(family="toy-gpt2-deep")).mix_name == deep.mix_name
+    assert settings(PipelineConfig()).mix_name == "python-stdlib.all-1m.64"
+    assert settings(PipelineConfig(preset="tiny")).models == settings(PipelineConfig(quick=True)).models
+    for bad, msg in [(dict(preset="huge"), "unknown zoo preset"), (dict(preset="deep", quick=True), "--quick"),
+                     (dict(preset="deep", models=["toy-gpt2-a", "toy-gpt2-b"]), "not both")]:
+        with pytest.raises(UserError, match=msg):
+            PipelineConfig(**bad)
 
 
 def test_zoo_training_is_deterministic(tmp_path, monkeypatch, tiny_zoo):

@@ -51,6 +51,7 @@ SEED_FAMILIES = {
     **{f"pythia-{size}": [f"pythia-{size}"] + [f"pythia-{size}-seed{i}" for i in range(1, 10)] for size in POLYPYTHIA_SIZES},
     "toy-gpt2": [f"toy-gpt2-{s}" for s in "abcde"],
     "toy-gpt2-tiny": [f"toy-gpt2-tiny-{s}" for s in "abcde"],
+    "toy-gpt2-deep": [f"toy-gpt2-deep-{s}" for s in "abcde"],
 }
 
 

@@ -54,6 +54,10 @@ class PipelineConfig(StageConfig):
                                                "existing token datasets to summarise instead"})
     quick: bool = field(default=False, metadata={"action": "store_true", "help":
                         "tiny zoo and small datasets (CI, smoke tests)"})
+    preset: str | None = field(default=None, metadata={"help":
+                               "the zoo preset to run when --models and --family are not given: default, tiny "
+                               "(= --quick's zoo) or deep (3 layers, d_model 256: the paper's prediction neurons; "
+                               "a one-time build of about an hour on 2 cores, correlation mix 250k)"})
     device: str = field(default="cpu", metadata={"common": True})  # the embedded default runs on the CPU
     batch_size: int = field(default=32, metadata={"common": True})
     overwrite: bool = field(default=False, metadata={"common": True})
@@ -61,7 +65,7 @@ class PipelineConfig(StageConfig):
                              "excess_corr above which a neuron is universal"})
     ctx_len: int | None = field(default=None, metadata={"type": int, "help":
                                 "context of the token datasets (default: the zoo's, or 512)"})
-    mix_tokens: str | None = field(default=None, metadata={"help": "size of the correlation mix (default 1m; --quick 32k)"})
+    mix_tokens: str | None = field(default=None, metadata={"help": "size of the correlation mix (default 1m; --quick 32k; --preset deep 250k)"})
     skip: list[str] = field(default_factory=list, metadata={"nargs": "*", "help":
                             "stages to skip (explanations intervention attention ...)"})
     exclude_special_tokens: bool = field(default=False, metadata={"action": "store_true", "help":
@@ -83,6 +87,12 @@ class PipelineConfig(StageConfig):
             from .models import family_members
 
             self.models = family_members(self.family, self.n_seeds)
+        if self.preset is not None:
+            zoo.get_preset(self.preset)  # an unknown preset is one clear error
+            if self.models is not None:
+                raise UserError("give --preset or --models / --family, not both")
+            if self.quick and self.preset != "tiny":
+                raise UserError(f"--quick runs the tiny preset; drop --quick to run --preset {self.preset}")
         if self.models is not None and len(self.models) < 2:
             raise UserError(f"--models needs seed a and at least one other seed, got {self.models}")
 
@@ -91,11 +101,16 @@ class PipelineConfig(StageConfig):
 
 
 def settings(args) -> SimpleNamespace:
-    preset = "tiny" if args.quick else "default"
+    preset = args.preset or ("tiny" if args.quick else "default")
     models = args.models or [zoo.zoo_name(preset, s) for s in range(5)]
     toy = all(zoo.is_zoo_name(m) for m in models)
     ctx = args.ctx_len if args.ctx_len is not None else (zoo.get_preset(zoo.parse_zoo_name(models[0])[0]).ctx_len if toy else 512)
-    mix = token_datasets.parse_count(args.mix_tokens) if args.mix_tokens else (32_000 if args.quick else 10 ** 6)
+    if args.mix_tokens:
+        mix = token_datasets.parse_count(args.mix_tokens)
+    elif args.quick:
+        mix = 32_000
+    else:  # a zoo preset may set its own (deep: 250k, so the 3072 neurons' correlations stay within the hour)
+        mix = zoo.RUN_MIX_TOKENS.get(zoo.parse_zoo_name(models[0])[0], 10 ** 6) if toy else 10 ** 6
     prefix = token_datasets.dataset_prefix(args.dataset)  # the names make_dataset.py gives this corpus's datasets
     return SimpleNamespace(
         preset=preset, models=models, a=models[0], others=models[1:], toy=toy, ctx_len=ctx,
