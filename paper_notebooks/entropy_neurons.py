@@ -46,6 +46,7 @@ setup(MODEL, OTHERS, DATASET, ARTIFACT_ROOT, FIG_DIR, N_ROWS, THRESHOLD, N_MIN);
 # %%
 with section("intervention curves"):
     from analysis.entropy_neurons import plot_entropy_intervention, read_summary
+    from universal_neurons.families import entropy_verdict
 
     root = paths.intervention_dir() / paths.model_dirname(MODEL) / DATASET
     files = sorted(root.glob("*/summary_*.csv")) if root.is_dir() else []
@@ -57,6 +58,14 @@ with section("intervention curves"):
         targets.append(f.parent.name)
         fig, _ = plot_entropy_intervention(s, title=f"{MODEL}: fix L{f.parent.name} ({f.stem.split('_', 1)[1]})")
         save(fig, f"entropy_intervention_{f.parent.name.replace('.', '_')}")
+        # The paper's criterion, said plainly (the report's family table uses the same rule).
+        v = entropy_verdict(s)
+        if v is None:
+            print(f"L{f.parent.name}: no random neurons to compare against, so no verdict")
+        else:
+            print(f"L{v['neuron']} fixed at {v['value']:g}: next-token entropy {v['delta_entropy']:+.3f} nats against the "
+                  f"random neurons' {v['random_mean']:+.3f} + 2 x {v['random_std']:.3f} = {v['bar']:+.3f}: "
+                  + ("an entropy neuron" if v["entropy_neuron"] else "not an entropy neuron; this run does not show one"))
 
 # %%
 with section("norm vs vocab_var"):

@@ -52,6 +52,21 @@ with section("vocab moments"):
     save(plot_moments_by_layer(df, KURT), "vocab_kurt_skew_by_layer")
     counts = counts_by_layer(df, KURT)
     display(counts)
+    # Said plainly, the same rule as the report's family table (universal_neurons/families.py).
+    cls = classify_prediction(df, KURT)
+    late = df[df["layer"] >= df["layer"].max() - 1]
+    top = late.loc[late["vocab_kurt"].idxmax()] if late["vocab_kurt"].notna().any() else None
+    found = {c: df[cls == c] for c in ("prediction", "suppression")}
+    print(f"{MODEL}: {len(found['prediction'])} prediction and {len(found['suppression'])} suppression neurons "
+          f"(vocab_kurt > {KURT:g}); the largest W_U kurtosis in the last two layers is "
+          + (f"{top['vocab_kurt']:.1f} (L{int(top['layer'])}.{int(top['neuron'])}; Gaussian: 3)" if top is not None else "unknown"))
+    for c, got in found.items():
+        if got.empty:
+            print(f"  {c} neurons: this run does not show them")
+        else:
+            print(f"  {c} (\u2020 universal): " + ", ".join(
+                f"L{int(r.layer)}.{int(r.neuron)}" + ("\u2020" if r.excess_corr > THRESHOLD else "")
+                for r in got.sort_values("vocab_kurt", ascending=False).itertuples()))
     fig, ax = plt.subplots(figsize=(6, 3.2))
     w = 0.38
     ax.bar(counts.index - w / 2, counts["prediction"], width=w, color="C0", label="prediction")
