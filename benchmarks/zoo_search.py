@@ -121,6 +121,9 @@ CONFIGS = {
                               train_tokens=2_000_000, lr=1e-2, tie_embeddings=False),
     "g_l3_d256_4m": P(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64, train_tokens=4_000_000,
                       lr=1e-2),
+    # round 5: one more layer, for suppression and entropy neurons (the paper finds both in the final layers)
+    "g_l4_d256_4m": P(n_layer=4, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64, train_tokens=4_000_000,
+                      lr=1e-2),
 }
 
 
