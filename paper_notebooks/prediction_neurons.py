@@ -53,6 +53,8 @@ with section("vocab moments"):
     counts = counts_by_layer(df, KURT)
     display(counts)
     # Said plainly, the same rule as the report's family table (universal_neurons/families.py).
+    from universal_neurons.families import neuron_names
+
     cls = classify_prediction(df, KURT)
     late = df[df["layer"] >= df["layer"].max() - 1]
     top = late.loc[late["vocab_kurt"].idxmax()] if late["vocab_kurt"].notna().any() else None
@@ -64,9 +66,7 @@ with section("vocab moments"):
         if got.empty:
             print(f"  {c} neurons: this run does not show them")
         else:
-            print(f"  {c} (\u2020 universal): " + ", ".join(
-                f"L{int(r.layer)}.{int(r.neuron)}" + ("\u2020" if r.excess_corr > THRESHOLD else "")
-                for r in got.sort_values("vocab_kurt", ascending=False).itertuples()))
+            print(f"  {c} (\u2020 universal): {neuron_names(got, THRESHOLD, limit=len(got))}")
     fig, ax = plt.subplots(figsize=(6, 3.2))
     w = 0.38
     ax.bar(counts.index - w / 2, counts["prediction"], width=w, color="C0", label="prediction")

@@ -92,7 +92,7 @@ def entropy_verdict(intervention: pd.DataFrame) -> dict | None:
             "random_std": std, "bar": mean + 2 * std, "entropy_neuron": bool(delta > mean + 2 * std)}
 
 
-def _names(rows: pd.DataFrame, threshold: float, limit: int = 12) -> str:
+def neuron_names(rows: pd.DataFrame, threshold: float, limit: int = 12) -> str:
     """'L1.88†, L0.3, ...' († universal), the most universal first, at most `limit`."""
     rows = rows.sort_values("excess_corr", ascending=False)
     names = [f"L{int(r.layer)}.{int(r.neuron)}{'†' if r.excess_corr > threshold else ''}"
@@ -122,7 +122,7 @@ def family_table(df: pd.DataFrame, explained: pd.DataFrame | None, intervention:
                 missing.append(f"{fam}: none among the {len(ex)} explained neurons")
             rows.append({"family": fam, "rule": "best explanation of the explained neurons",
                          "neurons": len(got), "universal": int((got["excess_corr"] > threshold).sum()),
-                         "names": _names(got, threshold)})
+                         "names": neuron_names(got, threshold)})
     else:
         missing.append("token families: no explanations in this run")
     cls = classify_prediction(df)
@@ -130,7 +130,7 @@ def family_table(df: pd.DataFrame, explained: pd.DataFrame | None, intervention:
         got = df[cls == fam]
         rows.append({"family": fam, "rule": f"vocab_kurt > {PREDICTION_KURT:g}, vocab_skew {'>' if fam == 'prediction' else '<'} 0",
                      "neurons": len(got), "universal": int((got["excess_corr"] > threshold).sum()),
-                     "names": _names(got, threshold)})
+                     "names": neuron_names(got, threshold)})
         if got.empty:
             kurt = df["vocab_kurt"].to_numpy(dtype=float)
             largest = f"largest {np.nanmax(kurt):.1f}" if np.isfinite(kurt).any() else "no W_U moments in this run"
@@ -143,7 +143,7 @@ def family_table(df: pd.DataFrame, explained: pd.DataFrame | None, intervention:
         got = df[(df["layer"] == l) & (df["neuron"] == n)] if verdict["entropy_neuron"] else df.iloc[:0]
         rows.append({"family": "entropy", "rule": "fixed high, raises entropy > random mean + 2 sd",
                      "neurons": len(got), "universal": int((got["excess_corr"] > threshold).sum()),
-                     "names": _names(got, threshold)})
+                     "names": neuron_names(got, threshold)})
         if got.empty:
             missing.append(f"entropy: the candidate L{verdict['neuron']} fixed at {verdict['value']:g} changes entropy by "
                            f"{verdict['delta_entropy']:+.3f} nats, not above the random neurons' "
