@@ -124,6 +124,9 @@ CONFIGS = {
     # round 5: one more layer, for suppression and entropy neurons (the paper finds both in the final layers)
     "g_l4_d256_4m": P(n_layer=4, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64, train_tokens=4_000_000,
                       lr=1e-2),
+    # and the deep preset trained twice as long
+    "g_l3_d256_8m": P(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64, train_tokens=8_000_000,
+                      lr=1e-2),
 }
 
 
