@@ -17,7 +17,7 @@ and whether each is universal (excess_corr > 0.5).
 Results are appended as JSON lines to benchmarks/zoo_search.jsonl (one line per configuration).
 
     python benchmarks/zoo_search.py --configs s_shared s_perseed --n_seeds 3
-    python benchmarks/zoo_search.py --probe --configs k_l3_d256_v512     # seed a's W_U kurtosis only
+    python benchmarks/zoo_search.py --probe --configs k_l3_d256_v512     # seed a only: W_U kurtosis, entropy
 """
 from __future__ import annotations
 
@@ -127,6 +127,13 @@ CONFIGS = {
     # and the deep preset trained twice as long
     "g_l3_d256_8m": P(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64, train_tokens=8_000_000,
                       lr=1e-2),
+    # round 6: bf16 matrix products (2.2x faster at d_model 256), so the deep preset trains 12M tokens; one-seed
+    # probes for an entropy neuron: a fourth layer at half the rate, and an untied unembedding (free to keep an
+    # effective null space, which a tied one that also embeds every token is not)
+    "h_l4_d256_8m_lr5e3": P(n_layer=4, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64,
+                            train_tokens=8_000_000, lr=5e-3, precision="bf16"),
+    "h_l3_d256_12m_untied": P(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64,
+                              train_tokens=12_000_000, lr=1e-2, precision="bf16", tie_embeddings=False),
 }
 
 
@@ -262,22 +269,27 @@ def _record(metas: list[dict], excess: np.ndarray, mean_baseline: float, mean_ma
     }
 
 
+def heldout_dataset(name: str, tok, eval_tokens: int):
+    """The held-out token dataset of config `name` (eval_tokens tokens of documents no seed trained on), made once."""
+    ctx = zoo.PRESETS[name].ctx_len
+    ds_name = f"zoo-search.{name}-{eval_tokens}.{ctx}"
+    try:
+        return token_datasets.load_token_dataset(ds_name, "toy", tok)
+    except Exception:
+        from universal_neurons import corpus
+
+        rows = token_datasets.tokenize_and_concatenate((d for _, d in corpus.iter_all("heldout")), tok, ctx,
+                                                       max_rows=eval_tokens // ctx)
+        token_datasets.save_token_dataset(rows, "toy", ds_name, tok)
+        return token_datasets.load_token_dataset(ds_name, "toy", tok)
+
+
 def evaluate(name: str, n_seeds: int, eval_tokens: int, workers: int = 1) -> dict:
     preset = zoo.PRESETS[name]
     t0 = time.time()
     metas = zoo.train_zoo(name, n_seeds, progress=False, workers=workers)
     models = [load_model(zoo.zoo_name(name, s)) for s in range(n_seeds)]
-    tok = models[0].tokenizer
-    ds_name = f"zoo-search.{name}-{eval_tokens}.{preset.ctx_len}"
-    try:
-        ds = token_datasets.load_token_dataset(ds_name, "toy", tok)
-    except Exception:
-        from universal_neurons import corpus
-
-        rows = token_datasets.tokenize_and_concatenate((d for _, d in corpus.iter_all("heldout")), tok, preset.ctx_len,
-                                                       max_rows=eval_tokens // preset.ctx_len)
-        token_datasets.save_token_dataset(rows, "toy", ds_name, tok)
-        ds = token_datasets.load_token_dataset(ds_name, "toy", tok)
+    ds = heldout_dataset(name, models[0].tokenizer, eval_tokens)
     mxs, bases, n_tok = max_corrs(models, ds)
     excess = mxs.mean(0) - bases.mean(0)
     L, D = models[0].cfg.n_layers, models[0].cfg.d_mlp
@@ -289,20 +301,26 @@ def evaluate(name: str, n_seeds: int, eval_tokens: int, workers: int = 1) -> dic
     return rec
 
 
-def probe(name: str) -> dict:
-    """One seed only, no correlations: the W_U kurtosis of seed a's last two layers (cheap screen of shapes)."""
-    from universal_neurons.weights import extract_weights, vocab_compositions
-
+def probe(name: str, eval_tokens: int) -> dict:
+    """One seed only, no correlations (cheap screen of shapes): seed a's W_U kurtosis in the last two layers and
+    its entropy candidates' intervention (late_families, with every neuron's universality unknown)."""
     t0 = time.time()
     meta = zoo.train_zoo(name, 1, progress=False)[0]
-    w = extract_weights(load_model(zoo.zoo_name(name, 0)))
-    U = vocab_compositions(w, layers=list(range(max(0, w.n_layers - 2), w.n_layers)))["U_out"]
-    kurt, skew = U["comp_kurt"].double().numpy(), U["comp_skew"].double().numpy()  # [<=2, D]
+    model = load_model(zoo.zoo_name(name, 0))
+    L, D = model.cfg.n_layers, model.cfg.d_mlp
+    ds = heldout_dataset(name, model.tokenizer, eval_tokens)
+    rows = token_datasets.token_tensor(ds, 0, min(FAMILY_ROWS, len(ds)))
+    fam = late_families(model, rows, np.full((L, D), np.nan))
+    from universal_neurons.weights import extract_weights, vocab_compositions
+
+    w = extract_weights(model)
+    kurt = vocab_compositions(w, layers=list(range(max(0, L - 2), L)))["U_out"]["comp_kurt"].double().numpy()
     return {"config": name, "probe": True, "threads": torch.get_num_threads(), "preset": json.loads(zoo.PRESETS[name].key()),
             "train_min_per_seed": round(meta["train_seconds"] / 60, 2), "heldout_loss": [round(meta["heldout_loss"], 3)],
-            "max_vocab_kurt_last_two": round(float(kurt.max()), 2),
+            "max_vocab_kurt_last_two": fam["max_vocab_kurt_last_two"],
             "top_vocab_kurt": [round(float(k), 1) for k in np.sort(kurt.ravel())[::-1][:6]],
-            "n_prediction": int(((kurt > KURT) & (skew > 0)).sum()), "n_suppression": int(((kurt > KURT) & (skew < 0)).sum()),
+            "n_prediction": fam["n_prediction"], "n_suppression": fam["n_suppression"],
+            "families": {k: v for k, v in fam.items() if k not in ("prediction", "suppression")},
             "wall_min": round((time.time() - t0) / 60, 2)}
 
 
@@ -336,7 +354,7 @@ def main():
     p.add_argument("--workers", type=int, default=1, help="seeds trained side by side")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".jsonl")))
-    p.add_argument("--probe", action="store_true", help="seed a only: its W_U kurtosis, no correlations")
+    p.add_argument("--probe", action="store_true", help="seed a only: its W_U kurtosis and entropy candidates, no correlations")
     p.add_argument("--record_preset", default="default", help="the preset of --record_run's run")
     p.add_argument("--record_run", nargs=2, metavar=("RUN_DIR", "ZOO_DIR"),
                    help="append the record of a finished `universal-neurons run` (default preset) instead")
@@ -351,7 +369,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     for c in args.configs:
-        rec = probe(c) if args.probe else evaluate(c, args.n_seeds, args.eval_tokens, args.workers)
+        rec = probe(c, args.eval_tokens) if args.probe else evaluate(c, args.n_seeds, args.eval_tokens, args.workers)
         print(json.dumps(rec), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -252,15 +252,57 @@ def test_zoo_training_loss_is_the_hf_model_loss(tied):
         torch.testing.assert_close(q.grad, ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
+def test_zoo_bf16_training_loss_matches_a_float64_reference():
+    """Preset.precision "bf16" (the deep preset): lm_loss in mixed precision agrees with the HF model run in float64
+    to bf16 precision, loss and every gradient, with its written-out causal attention; and it is bf16 (it differs
+    from the fp32 path), so a dtype silently dropped would fail."""
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(5)
+    cfg = GPT2Config(vocab_size=97, n_positions=16, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for name, q in model.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                q.add_(0.3 * torch.randn_like(q))
+            elif "c_attn.weight" in name:
+                q.mul_(20.0)  # sharp attention patterns: a wrong mask or scale moves the loss by far more than bf16
+    x = torch.randint(0, 97, (6, 16))
+    ref_model = copy.deepcopy(model).double()
+    ref = ref_model(x, labels=x).loss
+    ref.backward()
+    ref_grads = dict((n, q.grad) for n, q in ref_model.named_parameters())
+    losses = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model.zero_grad()
+        loss = zoo.lm_loss(dict(model.named_parameters()), x, cfg.n_layer, cfg.n_head, dtype)
+        loss.backward()
+        losses[dtype] = loss.item()
+    assert abs(losses[torch.bfloat16] - ref.item()) < 2e-2 * ref.item()
+    assert losses[torch.bfloat16] != losses[torch.float32]
+    for n, q in model.named_parameters():  # the bf16 gradients (the last pass), in float64
+        g, r = q.grad.double().ravel(), ref_grads[n].ravel()
+        assert torch.nn.functional.cosine_similarity(g, r, dim=0) > 0.99, n
+        assert abs(g.norm() / r.norm() - 1) < 0.05, n
+    with pytest.raises(ValueError, match="precision"):
+        zoo.Preset(n_layer=1, d_model=8, d_mlp=8, n_head=1, vocab_size=10, ctx_len=8, train_tokens=10, precision="fp8")
+
+
 def test_preset_keys_and_the_deep_preset():
     """Tied presets' keys carry no tie_embeddings field (zoos trained before it stay valid); an untied one's
-    does (it retrains); `run --preset deep` runs toy-gpt2-deep-a..e on its 250k mix, and bad presets are refused."""
+    does (it retrains); likewise precision, present only in bf16 presets' keys; `run --preset deep` runs toy-gpt2-deep-a..e on its 250k mix, and bad presets are refused."""
     import dataclasses
 
     from universal_neurons.pipeline import PipelineConfig, settings
 
     for name, p in zoo.PRESETS.items():
         assert "tie_embeddings" not in json.loads(p.key()), name
+        assert ("precision" in json.loads(p.key())) == (p.precision != "fp32"), name  # fp32 keys are unchanged
+    assert json.loads(zoo.PRESETS["deep"].key())["precision"] == "bf16"
     untied = dataclasses.replace(zoo.PRESETS["default"], tie_embeddings=False)
     assert json.loads(untied.key())["tie_embeddings"] is False and untied.key() != zoo.PRESETS["default"].key()
     deep = settings(PipelineConfig(preset="deep"))

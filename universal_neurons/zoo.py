@@ -27,6 +27,7 @@ from .errors import UserError, would
 from .flags import StageConfig
 
 SEED_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class Preset:
     corpus_docs: int | None = None      # documents per subset used for training (None = all)
     eval_tokens: int = 262_144
     tie_embeddings: bool = True         # False: a separate unembedding (lm_head), as in GPT-NeoX / Pythia
+    precision: str = "fp32"             # "bf16": training's matrix products in bfloat16 (see lm_loss); weights stay fp32
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Preset.precision must be one of {sorted(PRECISIONS)}, not {self.precision!r}")
 
     def data_key(self) -> str:
         """What the tokenizer and the tokenised corpus depend on (not the training hyperparameters)."""
@@ -57,6 +63,8 @@ class Preset:
         d = dataclasses.asdict(self)
         if d["tie_embeddings"]:
             del d["tie_embeddings"]  # absent from tied presets' keys, so zoos trained before the field stay valid
+        if d["precision"] == "fp32":
+            del d["precision"]  # likewise absent from fp32 presets' keys
         return json.dumps({**d, "corpus_version": corpus.VERSION}, sort_keys=True)
 
 
@@ -70,12 +78,13 @@ PRESETS = {
     "tiny": Preset(n_layer=2, d_model=32, d_mlp=128, n_head=2, vocab_size=512, ctx_len=32,
                    train_tokens=2_000_000, batch_size=16, lr=4e-2, tokenizer_docs=40, corpus_docs=60,
                    eval_tokens=16_384),
-    # The paper's late-layer families (`universal-neurons run --preset deep`, a one-time build of about an hour on
+    # The paper's late-layer families (`universal-neurons run --preset deep`, a one-time build of under an hour on
     # 2 cores): a residual stream 4x wider, so a neuron writing onto a few tokens' unembeddings stands out from the
-    # bulk of cos(w_out, W_U) (sd ~ 1 / sqrt(d_model)). Screened (2 seeds): 5 prediction and 1 suppression neuron
-    # (W_U kurtosis > 10) in the last two layers, 0.4 / 9.8 / 19.7% universal, no entropy neuron.
+    # bulk of cos(w_out, W_U) (sd ~ 1 / sqrt(d_model)). Screened (2 seeds, fp32): at 4M tokens 5 prediction and 1
+    # suppression neuron (W_U kurtosis > 10) in the last two layers; at 8M 23 and 3, no entropy neuron at either.
+    # 12M tokens fit the hour with bf16 matrix products (2.1x faster per step): benchmarks/zoo_search.md, round 6.
     "deep": Preset(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64,
-                   train_tokens=4_000_000, batch_size=32, lr=1e-2),
+                   train_tokens=12_000_000, batch_size=32, lr=1e-2, precision="bf16"),
 }
 RUN_MIX_TOKENS = {"deep": 250_000}  # `universal-neurons run`'s correlation mix for a preset (1M otherwise; --quick 32k)
 
@@ -164,30 +173,44 @@ def heldout_loss(model, ids: np.ndarray, ctx: int, bos: int, n_tokens: int, batc
     return total / count
 
 
-def lm_loss(params: dict, x: torch.Tensor, n_layer: int, n_head: int) -> torch.Tensor:
+def lm_loss(params: dict, x: torch.Tensor, n_layer: int, n_head: int,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Next-token cross-entropy (nats) of a GPT-2 given by its Hugging Face parameters; x [batch, pos].
 
     The same function as GPT2LMHeadModel(x, labels=x).loss without dropout (tested to 1e-5), written
     out because at toy width the module stack's overhead is a third of each step: 1.5x faster.
+    dtype bfloat16 (Preset.precision "bf16"): mixed precision. The matrix products and the MLP run in
+    bf16 on bf16 copies of the weights (made here, so gradients reach the fp32 parameters); the residual
+    stream, the LayerNorms, the attention softmax and the loss stay fp32. 2.1x faster per step than fp32 on
+    a CPU core with AMX (benchmarks/zoo_search.md, round 6); tested against fp32 to bf16 precision.
     """
     B, T = x.shape
     P = params
-    h = P["transformer.wte.weight"][x] + P["transformer.wpe.weight"][:T]                  # [batch, pos, d_model]
+    low = dtype != torch.float32
+    C = {k: q.to(dtype) for k, q in P.items() if q.ndim == 2 or k.endswith("bias")} if low else P  # compute copies
+    h = P["transformer.wte.weight"][x] + P["transformer.wpe.weight"][:T]                  # [batch, pos, d_model] fp32
     d = h.shape[-1]
+    dh = d // n_head
     for l in range(n_layer):
         b = f"transformer.h.{l}."
-        a = F.layer_norm(h, (d,), P[b + "ln_1.weight"], P[b + "ln_1.bias"])
-        qkv = a @ P[b + "attn.c_attn.weight"] + P[b + "attn.c_attn.bias"]                  # [batch, pos, 3 d_model]
-        q, k, v = qkv.view(B, T, 3, n_head, d // n_head).permute(2, 0, 3, 1, 4)            # [batch, head, pos, d_head]
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, d)
-        h = h + z @ P[b + "attn.c_proj.weight"] + P[b + "attn.c_proj.bias"]
-        m = F.layer_norm(h, (d,), P[b + "ln_2.weight"], P[b + "ln_2.bias"])
-        post = F.gelu(m @ P[b + "mlp.c_fc.weight"] + P[b + "mlp.c_fc.bias"], approximate="tanh")  # = gelu_new
-        h = h + post @ P[b + "mlp.c_proj.weight"] + P[b + "mlp.c_proj.bias"]
-    f = F.layer_norm(h[:, :-1], (d,), P["transformer.ln_f.weight"], P["transformer.ln_f.bias"])
-    W_U = P.get("lm_head.weight", P["transformer.wte.weight"])  # [vocab, d_model]; wte itself when tied
+        a = F.layer_norm(h, (d,), P[b + "ln_1.weight"], P[b + "ln_1.bias"]).to(dtype)
+        qkv = a @ C[b + "attn.c_attn.weight"] + C[b + "attn.c_attn.bias"]                  # [batch, pos, 3 d_model]
+        q, k, v = qkv.view(B, T, 3, n_head, dh).permute(2, 0, 3, 1, 4)                     # [batch, head, pos, d_head]
+        if low:  # written out: the CPU's bf16 flash-attention backward is slower than all the bf16 GEMMs together
+            s = (q @ k.transpose(-1, -2)).float() / math.sqrt(dh)                            # [batch, head, pos, pos]
+            s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+            z = torch.softmax(s, -1).to(dtype) @ v
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        z = z.transpose(1, 2).reshape(B, T, d)
+        h = h + z @ C[b + "attn.c_proj.weight"] + C[b + "attn.c_proj.bias"]
+        m = F.layer_norm(h, (d,), P[b + "ln_2.weight"], P[b + "ln_2.bias"]).to(dtype)
+        post = F.gelu(m @ C[b + "mlp.c_fc.weight"] + C[b + "mlp.c_fc.bias"], approximate="tanh")  # = gelu_new
+        h = h + post @ C[b + "mlp.c_proj.weight"] + C[b + "mlp.c_proj.bias"]
+    f = F.layer_norm(h[:, :-1], (d,), P["transformer.ln_f.weight"], P["transformer.ln_f.bias"]).to(dtype)
+    W_U = C.get("lm_head.weight", C["transformer.wte.weight"])  # [vocab, d_model]; wte itself when tied
     logits = f.reshape(-1, d) @ W_U.T
-    return F.cross_entropy(logits, x[:, 1:].reshape(-1))
+    return F.cross_entropy(logits.float(), x[:, 1:].reshape(-1))
 
 
 def train_model(preset: str, seed: int, out: Path, progress: bool | int = True) -> dict:
@@ -227,7 +250,7 @@ def train_model(preset: str, seed: int, out: Path, progress: bool | int = True) 
                position=None if isinstance(progress, bool) else progress, leave=True, mininterval=2.0)
     for step in bar:
         x = _windows(train_ids, rng.integers(0, len(train_ids) - p.ctx_len, p.batch_size), p.ctx_len, bos)
-        loss = lm_loss(params, x, p.n_layer, p.n_head)
+        loss = lm_loss(params, x, p.n_layer, p.n_head, PRECISIONS[p.precision])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
