@@ -333,6 +333,26 @@ def test_zoo_training_is_deterministic(tmp_path, monkeypatch, tiny_zoo):
     assert other["heldout_loss"] != runs[0]["heldout_loss"], "another seed gives another model"
 
 
+def test_zoo_trains_in_the_presets_precision(tmp_path, monkeypatch, tiny_zoo):
+    """A bf16 preset reaches the training loop (its weights differ from the fp32 run of the same seed and data),
+    trains as well (held-out loss within 3%), saves fp32 weights and records its precision in zoo.json."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    short = dataclasses.replace(zoo.PRESETS["tiny"], train_tokens=200_000)
+    monkeypatch.setitem(zoo.PRESETS, "tiny", short)
+    monkeypatch.setitem(zoo.PRESETS, "tinybf", dataclasses.replace(short, precision="bf16"))
+    f32 = zoo.train_model("tiny", 1, tmp_path / "f32", progress=False)
+    b16 = zoo.train_model("tinybf", 1, tmp_path / "b16", progress=False)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("f32", "b16"))
+    assert all(t.dtype == torch.float32 for t in b.values())
+    assert not torch.equal(a["transformer.h.0.mlp.c_fc.weight"], b["transformer.h.0.mlp.c_fc.weight"])
+    assert b16["heldout_loss"] < b16["unigram_entropy"]  # it learned more than token frequencies
+    assert abs(b16["heldout_loss"] - f32["heldout_loss"]) < 0.03 * f32["heldout_loss"]
+    assert b16["preset_config"]["precision"] == "bf16" and "precision" not in f32["preset_config"]
+
+
 def test_zoo_seeds_trained_side_by_side_equal_seeds_trained_alone(tmp_path, monkeypatch, tiny_zoo):
     from safetensors.torch import load_file
 
