@@ -311,6 +311,8 @@ def probe(name: str, eval_tokens: int) -> dict:
     ds = heldout_dataset(name, model.tokenizer, eval_tokens)
     rows = token_datasets.token_tensor(ds, 0, min(FAMILY_ROWS, len(ds)))
     fam = late_families(model, rows, np.full((L, D), np.nan))
+    for e in fam["entropy_candidates"]:
+        e["excess"] = e["universal"] = None  # one seed: universality unknown (None, not NaN, keeps the JSON strict)
     from universal_neurons.weights import extract_weights, vocab_compositions
 
     w = extract_weights(model)

@@ -82,7 +82,7 @@ PRESETS = {
     # 2 cores): a residual stream 4x wider, so a neuron writing onto a few tokens' unembeddings stands out from the
     # bulk of cos(w_out, W_U) (sd ~ 1 / sqrt(d_model)). Screened (2 seeds, fp32): at 4M tokens 5 prediction and 1
     # suppression neuron (W_U kurtosis > 10) in the last two layers; at 8M 23 and 3, no entropy neuron at either.
-    # 12M tokens fit the hour with bf16 matrix products (2.1x faster per step): benchmarks/zoo_search.md, round 6.
+    # 12M tokens fit the hour with bf16 matrix products (2.2x faster per step): benchmarks/zoo_search.md, round 6.
     "deep": Preset(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64,
                    train_tokens=12_000_000, batch_size=32, lr=1e-2, precision="bf16"),
 }
@@ -181,7 +181,7 @@ def lm_loss(params: dict, x: torch.Tensor, n_layer: int, n_head: int,
     out because at toy width the module stack's overhead is a third of each step: 1.5x faster.
     dtype bfloat16 (Preset.precision "bf16"): mixed precision. The matrix products and the MLP run in
     bf16 on bf16 copies of the weights (made here, so gradients reach the fp32 parameters); the residual
-    stream, the LayerNorms, the attention softmax and the loss stay fp32. 2.1x faster per step than fp32 on
+    stream, the LayerNorms, the attention softmax and the loss stay fp32. 2.2x faster per step than fp32 on
     a CPU core with AMX (benchmarks/zoo_search.md, round 6); tested against fp32 to bf16 precision.
     """
     B, T = x.shape
