@@ -182,7 +182,7 @@ def lm_loss(params: dict, x: torch.Tensor, n_layer: int, n_head: int,
     dtype bfloat16 (Preset.precision "bf16"): mixed precision. The matrix products and the MLP run in
     bf16 on bf16 copies of the weights (made here, so gradients reach the fp32 parameters); the residual
     stream, the LayerNorms, the attention softmax and the loss stay fp32. 2.2x faster per step than fp32 on
-    a CPU core with AMX (benchmarks/zoo_search.md, round 6); tested against fp32 to bf16 precision.
+    a CPU core with AMX (benchmarks/zoo_search.md, round 6); tested against the HF model in float64.
     """
     B, T = x.shape
     P = params
