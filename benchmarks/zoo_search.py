@@ -132,6 +132,9 @@ CONFIGS = {
     # effective null space, which a tied one that also embeds every token is not)
     "h_l4_d256_8m_lr5e3": P(n_layer=4, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64,
                             train_tokens=8_000_000, lr=5e-3, precision="bf16"),
+    # and the deep preset trained twice as long again (one seed: does the entropy family grow with training?)
+    "h_l3_d256_24m": P(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64, train_tokens=24_000_000,
+                       lr=1e-2, precision="bf16"),
     "h_l3_d256_12m_untied": P(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64,
                               train_tokens=12_000_000, lr=1e-2, precision="bf16", tie_embeddings=False),
 }
