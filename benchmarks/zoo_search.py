@@ -13,7 +13,11 @@ Then the paper's late-layer families in seed a (`late_families`):
                               vocab_var) whose activation fixed at 2x its largest value on the
                               held-out rows raises the mean next-token entropy by more than the mean
                               + 2 sd of N_RANDOM random last-layer neurons fixed the same way
-and whether each is universal (excess_corr > 0.5).
+and whether each is universal (excess_corr > 0.5). A diagnostic beside the rule (`null_space`): the
+effective null space of the folded unembedding (singular directions below NULL_REL x the median,
+and those beyond its rank), the share rho of each last-layer w_out in it (rho = ||P w||^2 / ||w||^2),
+the same share of the final residual stream, and the N_NULL neurons of largest rho fixed like the
+candidates (the paper's entropy neurons write mostly into that space: rho near 1 at a large norm).
 Results are appended as JSON lines to benchmarks/zoo_search.jsonl (one line per configuration).
 
     python benchmarks/zoo_search.py --configs s_shared s_perseed --n_seeds 3
@@ -137,6 +141,13 @@ CONFIGS = {
                        lr=1e-2, precision="bf16"),
     "h_l3_d256_12m_untied": P(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=512, ctx_len=64,
                               train_tokens=12_000_000, lr=1e-2, precision="bf16", tie_embeddings=False),
+    # round 7: a vocabulary whose used tokens span fewer directions than d_model. The byte-level BPE has 257 base
+    # ids, of which the training corpus uses 186 (98 more than 1000 times); at 300 ids about 140 tokens carry the
+    # text, so their unembeddings leave most of a 256-wide stream as a null space (GPT-2's is learned, and small)
+    "i_l3_d256_v300": P(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=300, ctx_len=64,
+                        train_tokens=12_000_000, lr=1e-2, precision="bf16"),
+    "i_l3_d256_v300_untied": P(n_layer=3, d_model=256, d_mlp=1024, n_head=4, vocab_size=300, ctx_len=64,
+                               train_tokens=12_000_000, lr=1e-2, precision="bf16", tie_embeddings=False),
 }
 
 
@@ -202,6 +213,23 @@ N_ENTROPY_CANDIDATES = 5
 FAMILY_ROWS = 256  # held-out rows of the entropy interventions
 N_RANDOM = 20
 KURT = 10.0  # the paper's W_U kurtosis threshold for prediction / suppression neurons
+N_NULL = 5  # last-layer neurons with the largest null-space share, intervened on as well (a diagnostic, not the rule)
+NULL_REL = 0.1  # effective null space: singular directions of the folded W_U below NULL_REL x the median
+
+
+def null_space(W_U: torch.Tensor, rel: float = NULL_REL) -> torch.Tensor:
+    """Orthonormal basis [d_model, k] of the unembedding's effective null space: the left singular vectors of
+    W_U [d_model, V] whose singular value is below rel x the median, plus those beyond its rank when V < d_model."""
+    U, S, _ = torch.linalg.svd(W_U.double(), full_matrices=True)  # U [d_model, d_model], S [min(d_model, V)]
+    small = torch.ones(U.shape[1], dtype=torch.bool)
+    small[:len(S)] = S < rel * S.median()
+    return U[:, small]
+
+
+def null_share(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """rho [n] = ||P_null v||^2 / ||v||^2 for rows v of vectors [n, d_model]; NaN for a zero row."""
+    v = vectors.double()
+    return ((v @ basis) ** 2).sum(-1) / (v * v).sum(-1)
 
 
 @torch.no_grad()
@@ -250,7 +278,23 @@ def late_families(model, tokens: torch.Tensor, excess: np.ndarray, seed: int = 0
                 "universal": bool(excess[L - 1, n] > 0.5)} for n in cands]
     for e in entropy:
         e["entropy_neuron"] = e["delta_entropy"] > bar
-    return {"prediction": pred, "suppression": supp, "entropy_candidates": entropy,
+
+    # diagnostic: where the paper's mechanism would act. The share rho of each last-layer w_out in the folded
+    # W_U's effective null space, the same share of the final residual stream (centred, before ln_f: what an
+    # entropy neuron's output would add norm to), and the N_NULL neurons of largest rho fixed like the candidates
+    basis = null_space(w.W_U)
+    rho = null_share(w.W_out[L - 1], basis).numpy()  # [D]
+    _, cache = model.run_with_cache(tokens[:32], names_filter=lambda name: name == f"blocks.{L - 1}.hook_resid_post")
+    resid = cache[f"blocks.{L - 1}.hook_resid_post"][:, 1:].reshape(-1, w.W_U.shape[0])  # [tokens, d_model]
+    resid = resid - resid.mean(-1, keepdim=True)
+    norm_pct = pd.Series(out_norm).rank(pct=True).to_numpy()
+    top_rho = {int(n): delta(int(n)) for n in np.argsort(-np.nan_to_num(rho, nan=-1.0), kind="stable")[:N_NULL]}
+    null = {"dims": int(basis.shape[1]), "resid_share_median": round(float(null_share(resid, basis).median()), 4),
+            "neuron_share_median": round(float(np.nanmedian(rho)), 4),
+            "top": [{"neuron": f"{L - 1}.{n}", "rho": round(float(rho[n]), 3), "w_out_norm_pct": round(float(norm_pct[n]), 2),
+                     "delta_entropy": round(d, 4), "above_bar": d > bar, "universal": bool(excess[L - 1, n] > 0.5)}
+                    for n, d in top_rho.items()]}
+    return {"prediction": pred, "suppression": supp, "entropy_candidates": entropy, "null_space": null,
             "random_delta_entropy": [round(float(rand.mean()), 4), round(float(rand.std(ddof=1)), 4)],
             "entropy_bar": round(bar, 4), "clean_entropy": round(float(clean), 4),
             "n_prediction": len(pred), "n_suppression": len(supp),
@@ -315,7 +359,9 @@ def probe(name: str, eval_tokens: int) -> dict:
     rows = token_datasets.token_tensor(ds, 0, min(FAMILY_ROWS, len(ds)))
     fam = late_families(model, rows, np.full((L, D), np.nan))
     for e in fam["entropy_candidates"]:
-        e["excess"] = e["universal"] = None  # one seed: universality unknown (None, not NaN, keeps the JSON strict)
+        e["excess"] = e["universal"] = None
+    for e in fam["null_space"]["top"]:
+        e["universal"] = None  # one seed: universality unknown (None, not NaN, keeps the JSON strict)
     from universal_neurons.weights import extract_weights, vocab_compositions
 
     w = extract_weights(model)
