@@ -63,7 +63,6 @@ def test_null_share_against_known_mixtures():
 def test_late_families_null_space_block(tmp_path):
     """A random GPT-2 whose 300-id vocabulary cannot span its 320-wide stream: the block's dimension, shares
     and ranking agree with numpy's SVD of the same (folded) unembedding, and each verdict with the bar."""
-    from universal_neurons.capture import mlp_activations  # noqa: F401 (the module late_families imports)
     from universal_neurons.models import load_model
     from universal_neurons.weights import extract_weights
 
